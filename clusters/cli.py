@@ -1,0 +1,50 @@
+"""The `pairforge` command: one argparse front end, one module per subcommand.
+
+Each subcommand lives in ``clusters/commands/<name>.py`` and exposes
+``add_parser(subparsers) -> argparse.ArgumentParser`` and ``run(args) -> int``.
+Modules are imported only when their command runs, so ``pairforge --help`` stays
+fast and a broken optional dependency of one command does not break the others.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+#: subcommand name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "degrade": ("clusters.commands.degrade", "degrade images with a preset and write a contact sheet"),
+    "synth": ("clusters.commands.synth", "synthesize LR/HR pairs into WebDataset shards"),
+    "inspect": ("clusters.commands.inspect", "summarize a pairforge dataset (tables, histograms, contact sheet)"),
+    "train": ("clusters.commands.train", "train a one-step diffusion SR model on pairforge shards"),
+    "weights": ("clusters.commands.weights", "prepare perceptual-network weights (VGG16/AlexNet) offline"),
+    "demo": ("clusters.commands.demo", "run the end-to-end demo on the bundled sample photos"),
+}
+
+
+def build_parser(argv: Sequence[str] | None = None) -> tuple[argparse.ArgumentParser, str | None]:
+    """Build the top-level parser; only the chosen subcommand's module is imported."""
+    parser = argparse.ArgumentParser(prog="pairforge", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, help_text) in COMMANDS.items():
+        if name == chosen:
+            importlib.import_module(module).add_parser(sub)
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)
+    return parser, chosen if chosen in COMMANDS else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, chosen = build_parser(argv)
+    args = parser.parse_args(argv)
+    if chosen is None:
+        parser.print_help()
+        return 2
+    return int(importlib.import_module(COMMANDS[chosen][0]).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Real-ESRGAN's second-order degradation chain as a batched, per-sample, replayable torch library.
+
+    from degradations import Degrader, load_preset, replay
+    cfg = load_preset("realesrgan-x4plus")
+    deg = Degrader(cfg, device="cpu")
+    lr, records = deg(hr, keys=keys, seed=7)     # hr uint8 (B,3,H,W) → lr uint8 (B,3,H/s,W/s)
+    assert torch.equal(replay(hr[:1], records[0]), lr[:1])
+
+No Ray, no S3, no files: torch, kornia and numpy (Pillow for the libjpeg codec).
+"""
+__version__ = "0.1.0"
+
+from .chain import apply_chain
+from .config import ConfigError, DegradationConfig, available_presets, load_preset
+from .degrader import Degrader, replay
+from .filters import usm_sharpen
+from .kernels import build_kernels
+from .sampling import RECORD_FORMAT, draw_record
+
+__all__ = [
+    "ConfigError",
+    "DegradationConfig",
+    "Degrader",
+    "RECORD_FORMAT",
+    "__version__",
+    "apply_chain",
+    "available_presets",
+    "build_kernels",
+    "draw_record",
+    "load_preset",
+    "replay",
+    "usm_sharpen",
+]

@@ -1,0 +1,78 @@
+"""The public entry points: :class:`Degrader` (draw + apply) and :func:`replay` (apply only)."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from .chain import StageTimer, apply_chain
+from .config import DegradationConfig
+from .sampling import draw_record
+
+
+class Degrader:
+    """Degrade uint8 HR batches with per-sample parameters drawn from (config, seed, key).
+
+    >>> deg = Degrader(load_preset("osediff"), device="cpu")
+    >>> lr, records = deg(hr, keys=["a", "b"], seed=7)   # hr: uint8 (2, 3, 512, 512)
+
+    A sample's parameters — and, on one device type, its pixels — do not depend on the batch
+    it is in, so any batching, ordering or number of workers yields the same dataset.
+    ``profile=True`` records per-stage wall time of the last call in ``last_stage_times``.
+    """
+
+    def __init__(self, cfg: DegradationConfig, device: str | torch.device = "cpu", profile: bool = False) -> None:
+        if not isinstance(cfg, DegradationConfig):
+            raise TypeError(f"cfg must be a DegradationConfig (see load_preset), got {type(cfg).__name__}")
+        self.cfg = cfg
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' was requested but torch.cuda.is_available() is False")
+        self.profile = profile
+        self.last_stage_times: dict[str, float] = {}
+
+    def draw(self, keys: Sequence[str], seed: int, hr_hw: tuple[int, int]) -> list[dict[str, Any]]:
+        """The parameter records for ``keys`` without touching pixels (cheap, CPU only)."""
+        return [draw_record(self.cfg, seed, key, hr_hw) for key in keys]
+
+    @torch.no_grad()
+    def __call__(self, hr: torch.Tensor, keys: Sequence[str], seed: int) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        _check_hr(hr, self.cfg.scale)
+        keys = list(keys)
+        if len(keys) != hr.shape[0]:
+            raise ValueError(f"got {hr.shape[0]} images but {len(keys)} keys")
+        records = self.draw(keys, seed, (int(hr.shape[-2]), int(hr.shape[-1])))
+        timer = StageTimer(self.profile, self.device)
+        lr, codecs = apply_chain(hr.to(self.device, non_blocking=True), records, timer)
+        for record, codec in zip(records, codecs):
+            record["jpeg_codec"] = codec
+            record["device_type"] = self.device.type
+        self.last_stage_times = dict(timer.times)
+        return lr, records
+
+
+@torch.no_grad()
+def replay(hr: torch.Tensor, record: dict[str, Any]) -> torch.Tensor:
+    """Re-apply one sample's record to its HR image (1, 3, H, W) uint8; returns (1, 3, h, w) uint8.
+
+    Runs on ``hr``'s device; equal to the original LR when run on the same device type.
+    """
+    if hr.dim() == 3:
+        hr = hr.unsqueeze(0)
+    _check_hr(hr, int(record["scale"]))
+    if hr.shape[0] != 1:
+        raise ValueError(f"replay takes one image, got a batch of {hr.shape[0]}")
+    lr, _ = apply_chain(hr, [record])
+    return lr
+
+
+def _check_hr(hr: torch.Tensor, scale: int) -> None:
+    if not isinstance(hr, torch.Tensor) or hr.dtype != torch.uint8:
+        raise TypeError(f"HR must be a uint8 tensor (B, 3, H, W); got {getattr(hr, 'dtype', type(hr))}")
+    if hr.dim() != 4 or hr.shape[1] != 3:
+        raise ValueError(f"HR must have shape (B, 3, H, W); got {tuple(hr.shape)}")
+    h, w = hr.shape[-2:]
+    if h % scale or w % scale:
+        raise ValueError(f"HR size {h}x{w} must be divisible by the scale {scale}")
+    if min(h, w) < 8 * scale:
+        raise ValueError(f"HR size {h}x{w} is too small for scale {scale} (need at least {8 * scale} px per side)")

@@ -1,0 +1,61 @@
+"""Per-sample resizing onto a new canvas.
+
+Like the reference, interpolation is ``F.interpolate`` without antialiasing or clamping
+(bicubic may overshoot; later steps clip). Samples that share input size, output size and
+mode are resized together; others one by one, which is exact and cheap compared to blur.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .canvas import Canvas
+
+
+def _interpolate(x: torch.Tensor, size: tuple[int, int], mode: str, factor: float | None) -> torch.Tensor:
+    if mode == "copy":
+        return x
+    kwargs: dict[str, Any] = {"mode": mode}
+    if mode in ("bilinear", "bicubic"):
+        kwargs["align_corners"] = False
+    if factor is not None and mode != "area":
+        # stage 1 of the reference resizes with scale_factor: coordinates map by 1/factor
+        return F.interpolate(x, scale_factor=factor, recompute_scale_factor=False, **kwargs)
+    return F.interpolate(x, size=size, **kwargs)
+
+
+def resize(canvas: Canvas, params: Sequence[dict[str, Any] | None], by_factor: bool = False) -> Canvas:
+    """Resize sample b to ``params[b]["size"]`` with ``params[b]["mode"]`` (``None``: keep it).
+
+    ``by_factor`` maps coordinates by the drawn factor (reference stage 1) instead of by the
+    ratio of sizes; the output size is the same either way.
+    """
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    out_sizes: list[tuple[int, int]] = []
+    for i, p in enumerate(params):
+        if p is None:
+            groups[(canvas.sizes[i], canvas.sizes[i], "copy", None)].append(i)
+            out_sizes.append(canvas.sizes[i])
+            continue
+        factor = float(p["factor"]) if by_factor else None
+        groups[(canvas.sizes[i], tuple(p["size"]), p["mode"], factor)].append(i)
+        out_sizes.append((int(p["size"][0]), int(p["size"][1])))
+    if len(groups) == 1:
+        (in_size, size, mode, factor), index = next(iter(groups.items()))
+        x = canvas.data[:, :, : in_size[0], : in_size[1]]
+        res = _interpolate(x, size, mode, factor)
+        assert tuple(res.shape[-2:]) == size, (res.shape, size)
+        return Canvas(res, out_sizes)
+    h = max(s[0] for s in out_sizes)
+    w = max(s[1] for s in out_sizes)
+    out = canvas.data.new_zeros((len(params), canvas.data.shape[1], h, w))
+    for (in_size, size, mode, factor), index in groups.items():
+        idx = torch.as_tensor(index, device=out.device)
+        x = canvas.data.index_select(0, idx)[:, :, : in_size[0], : in_size[1]]
+        res = _interpolate(x, size, mode, factor)
+        assert tuple(res.shape[-2:]) == size, (res.shape, size)
+        out[idx, :, : size[0], : size[1]] = res
+    return Canvas(out, out_sizes)

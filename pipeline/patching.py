@@ -1,0 +1,105 @@
+"""Cut HR training patches out of a decoded image with albumentations.
+
+Each patch gets its own key ``<image key>_<patch index:03d>`` and its own random stream derived
+from ``(dataset seed, key)``; the albumentations pipeline is re-seeded per patch, so the crop
+box and the flip/rotation depend on nothing else — not on which worker runs it, how many
+patches were cut before it, or global RNG state.  The applied parameters (crop box, flip,
+rot90, upscale factor) go into the sample's JSON so a patch can be re-cut from its source.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .decode import SkipInput
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """How HR patches are cut.  ``size=None`` means "the degradation preset's ``hr_size``"."""
+
+    size: int | None = None
+    per_image: int = 4
+    min_size_policy: str = "skip"     # "skip" images smaller than a patch, or "upscale" them
+    min_side: int = 32                # absolute floor: smaller images are always skipped
+    flips: bool = True                # random horizontal flip + rot90 (the 8 dihedral symmetries)
+
+    def __post_init__(self) -> None:
+        if self.min_size_policy not in ("skip", "upscale"):
+            raise ValueError(f"min_size_policy must be 'skip' or 'upscale', not {self.min_size_policy!r}")
+        if self.per_image < 1:
+            raise ValueError("patches per image must be >= 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def derive_seed(seed: int, key: str, purpose: str) -> int:
+    """A 63-bit seed that is a pure function of (dataset seed, sample key, purpose)."""
+    digest = hashlib.sha256(f"pairforge:{purpose}:{int(seed)}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def patch_key(image_key: str, j: int) -> str:
+    return f"{image_key}_{j:03d}"
+
+
+class Patcher:
+    """Thread-safe patch cutter (one albumentations pipeline per thread)."""
+
+    def __init__(self, cfg: PatchConfig, size: int):
+        self.cfg = cfg
+        self.size = int(size)
+        self._local = threading.local()
+
+    def _compose(self):
+        comp = getattr(self._local, "compose", None)
+        if comp is None:
+            import albumentations as A
+
+            transforms = [A.RandomCrop(self.size, self.size, p=1.0)]
+            if self.cfg.flips:
+                transforms += [A.HorizontalFlip(p=0.5), A.RandomRotate90(p=1.0)]
+            comp = A.Compose(transforms, save_applied_params=True, seed=0)
+            self._local.compose = comp
+        return comp
+
+    def _fit(self, img: np.ndarray) -> tuple[np.ndarray, float | None]:
+        h, w = img.shape[:2]
+        short = min(h, w)
+        if short < self.cfg.min_side:
+            raise SkipInput("too_small", f"{w}x{h} below min_side {self.cfg.min_side}")
+        if short >= self.size:
+            return img, None
+        if self.cfg.min_size_policy == "skip":
+            raise SkipInput("too_small", f"{w}x{h} < patch {self.size}")
+        import cv2
+
+        s = self.size / short
+        nw, nh = max(self.size, math.ceil(w * s)), max(self.size, math.ceil(h * s))
+        return cv2.resize(img, (nw, nh), interpolation=cv2.INTER_CUBIC), s
+
+    def patches(self, img: np.ndarray, image_key: str, seed: int) -> list[tuple[str, np.ndarray, dict]]:
+        """``[(sample key, HxWx3 uint8 patch, meta)]`` for one decoded image."""
+        img, upscale = self._fit(img)
+        comp = self._compose()
+        out = []
+        for j in range(self.cfg.per_image):
+            key = patch_key(image_key, j)
+            comp.set_random_seed(derive_seed(seed, key, "patch"))
+            res = comp(image=img)
+            meta: dict = {"index": j, "image_size": [int(img.shape[1]), int(img.shape[0])],
+                          "upscale": upscale, "hflip": False, "rot90": 0}
+            for name, params in res.get("applied_transforms", []):
+                if name == "RandomCrop":
+                    meta["crop_box"] = [int(v) for v in params["crop_coords"]]  # x0, y0, x1, y1
+                elif name == "HorizontalFlip":
+                    meta["hflip"] = True
+                elif name == "RandomRotate90":
+                    meta["rot90"] = int(params.get("factor", 0))
+            out.append((key, np.ascontiguousarray(res["image"]), meta))
+        return out
