@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import threading
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from .decode import SkipInput
+
+# albumentations otherwise tries to reach PyPI for a version check on import (offline clusters)
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,9 @@ class Patcher:
         self.cfg = cfg
         self.size = int(size)
         self._local = threading.local()
+
+    def warm_up(self) -> None:
+        self._compose()
 
     def _compose(self):
         comp = getattr(self._local, "compose", None)

@@ -248,15 +248,25 @@ def remove_stale_tmp(folder: str, storage_options: dict | None = None) -> int:
 
 
 # ---------------------------------------------------------------- webdataset integration
+_READ_OPTIONS: dict = {}
+
+
 def _gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any) -> Any:
     """webdataset gopen handler for ``s3://``; the filesystem is made in the reading process."""
-    fs, path = get_fs(url)
+    fs, path = get_fs(url, _READ_OPTIONS or None)
     return retry(lambda: fs.open(path, mode, block_size=8 * 1024 * 1024), what=f"open {url}")
 
 
-def register_webdataset_s3() -> None:
-    """webdataset 1.0.2 ships no ``s3://`` opener; plug ours (fsspec/s3fs) in. Idempotent."""
-    import webdataset.gopen as wg
+def register_webdataset_s3(storage_options: dict | None = None) -> None:
+    """webdataset 1.0.2 ships no ``s3://`` opener; plug ours (fsspec/s3fs) in. Idempotent.
 
+    ``storage_options`` (if given) apply to every s3:// read in this process afterwards.
+    """
+    import importlib
+
+    wg = importlib.import_module("webdataset.gopen")  # the package re-exports a *function* `gopen`
+    if storage_options:
+        _READ_OPTIONS.clear()
+        _READ_OPTIONS.update(storage_options)
     wg.gopen_schemes["s3"] = _gopen_s3
     wg.gopen_schemes["s3a"] = _gopen_s3

@@ -1,0 +1,445 @@
+"""Throughput benchmark: pairforge's ``Degrader`` against the naive reference chain.
+
+    python bench/degradations.py                        # CPU, defaults (≈10 min on 2 cores)
+    python bench/degradations.py --device cuda --batches 16,64,256
+    python bench/degradations.py --presets osediff --batches 16 --repeats 2 --json out.json
+
+For every preset / HR size / batch size it measures pairs per second of
+
+* pairforge: ``Degrader(cfg, device)`` with each JPEG backend (``real`` and ``differentiable``),
+  where ``cfg = load_preset(name)`` with only the JPEG-backend field replaced;
+* the naive baseline (``bench/naive_reference.py``): the BasicSR/Real-ESRGAN chain as written
+  (per-batch choices, full 2-D 51x51 USM, per-sample host syncs, numpy kernels per sample).
+
+HR batches are uint8 crops of scikit-image's sample photos, already on the device; LR stays on
+the device. Each configuration gets one warm-up call, then up to ``--repeats`` timed calls
+within ``--max-seconds`` (at least one). Call ``r`` of every configuration uses seed ``r``, so
+the naive baseline's per-batch choices follow the same sequence at every batch size.
+
+Two more tables give the time per stage: pairforge's ``Degrader(cfg, device, profile=True)``
+(``deg.last_stage_times``) and the naive chain's own instrumentation. Timings are never asserted
+anywhere; targets are printed beside the results.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+# Run as a script, this file's folder is sys.path[0] and this file would shadow the
+# `degradations` package; put the repository root first instead.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(ROOT))
+
+from bench.naive_reference import STAGES as NAIVE_STAGES  # noqa: E402
+from bench.naive_reference import NaiveDegrader  # noqa: E402
+
+DEFAULT_HR = {"realesrgan-x4plus": [400, 256], "osediff": [512]}
+BACKENDS = ("real", "differentiable")
+# (device, preset) -> minimum speed-up over the naive baseline
+SPEEDUP_TARGETS = {("cpu", "realesrgan-x4plus"): 10.0, ("cpu", "osediff"): 3.0}
+# (device, preset, hr, backend) -> minimum pairs/s
+RATE_TARGETS = {("cuda", "realesrgan-x4plus", 256, "real"): 5000.0,
+                ("cuda", "realesrgan-x4plus", 256, "differentiable"): 15000.0}
+
+
+# --------------------------------------------------------------------------------------------
+# inputs
+# --------------------------------------------------------------------------------------------
+def _photos() -> list[np.ndarray]:
+    try:
+        from skimage import data
+        names = ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina",
+                 "hubble_deep_field", "colorwheel", "cat"]
+        out = []
+        for n in names:
+            fn = getattr(data, n, None)
+            if fn is None:
+                continue
+            try:
+                im = fn()
+            except Exception:
+                continue
+            if im.ndim == 3 and im.shape[2] >= 3:
+                out.append(np.ascontiguousarray(im[..., :3]))
+        if out:
+            return out
+    except Exception:
+        pass
+    # fallback: smooth random colour fields
+    g = np.random.default_rng(0)
+    small = g.integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
+    return [np.asarray(F.interpolate(torch.from_numpy(s).permute(2, 0, 1)[None].float(),
+                                     size=(512, 512), mode="bicubic")
+                       .clamp(0, 255).byte()[0].permute(1, 2, 0)) for s in small]
+
+
+_PHOTOS: list[np.ndarray] | None = None
+
+
+def make_hr(batch: int, size: int, seed: int = 0) -> torch.Tensor:
+    """uint8 (batch, 3, size, size) random crops of sample photos (upscaled where too small)."""
+    global _PHOTOS
+    if _PHOTOS is None:
+        _PHOTOS = _photos()
+    g = np.random.default_rng(seed)
+    out = torch.empty(batch, 3, size, size, dtype=torch.uint8)
+    for i in range(batch):
+        im = torch.from_numpy(_PHOTOS[i % len(_PHOTOS)]).permute(2, 0, 1)
+        h, w = im.shape[-2:]
+        if min(h, w) < size:
+            f = size / min(h, w)
+            im = F.interpolate(im[None].float(), size=(max(size, round(h * f)), max(size, round(w * f))),
+                               mode="bicubic", align_corners=False).clamp(0, 255).byte()[0]
+            h, w = im.shape[-2:]
+        y, x = int(g.integers(0, h - size + 1)), int(g.integers(0, w - size + 1))
+        out[i] = im[:, y:y + size, x:x + size]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# pairforge config handling
+# --------------------------------------------------------------------------------------------
+def _find_backend_paths(d, prefix=()):
+    """Paths of keys in a config dict whose name mentions 'backend' (jpeg ones first)."""
+    found = []
+    if isinstance(d, dict):
+        for k, v in d.items():
+            p = prefix + (k,)
+            if isinstance(v, dict):
+                found += _find_backend_paths(v, p)
+            elif "backend" in str(k).lower() and (v is None or isinstance(v, str)):
+                found.append(p)
+    found.sort(key=lambda p: (0 if any("jpeg" in str(s).lower() for s in p) else 1, len(p)))
+    return found
+
+
+def _get(d, path):
+    for k in path:
+        d = d[k]
+    return d
+
+
+def with_jpeg_backend(cfg, backend: str):
+    """``cfg`` with its JPEG backend set to ``backend``; None if the config has no such field."""
+    d = cfg.to_dict()
+    paths = _find_backend_paths(d)
+    if not paths:
+        return None
+    path = paths[0]
+    if len(path) == 1 and dataclasses.is_dataclass(cfg) and path[0] in {
+            f.name for f in dataclasses.fields(cfg)}:
+        new = dataclasses.replace(cfg, **{path[0]: backend})
+    else:
+        parent = _get(d, path[:-1])
+        parent[path[-1]] = backend
+        new = type(cfg).from_dict(d)
+    if _get(new.to_dict(), path) != backend:
+        raise RuntimeError(f"could not set JPEG backend {'.'.join(map(str, path))}={backend!r}")
+    return new
+
+
+def engine_info() -> dict:
+    import degradations
+    files = sorted(p.name for p in Path(degradations.__file__).parent.iterdir()
+                   if p.suffix == ".py" or p.is_dir() and not p.name.startswith("__"))
+    stub = "TEMPORARY STUB" in (degradations.__doc__ or "")
+    return {"version": getattr(degradations, "__version__", "?"), "stub": stub, "files": files}
+
+
+# --------------------------------------------------------------------------------------------
+# timing
+# --------------------------------------------------------------------------------------------
+def _sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(call, batch: int, device: torch.device, repeats: int, max_seconds: float,
+               warmup=None) -> dict:
+    """``call(r)`` runs one batch with seed r. Returns pairs/s over the timed calls."""
+    (warmup or call)(0)
+    _sync(device)
+    times = []
+    t_start = time.perf_counter()
+    for r in range(1, max(1, repeats) + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        call(r)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - t_start >= max_seconds:
+            break
+    return {"pairs_per_s": batch * len(times) / sum(times), "calls": len(times),
+            "seconds_per_call": times}
+
+
+def _add_stages(acc: dict, st: dict):
+    for k, v in st.items():
+        acc[k] = acc.get(k, 0.0) + float(v)
+
+
+def bench_pairforge(preset, backend, cfg, hr, device, args) -> tuple[dict, dict | None]:
+    from degradations import Degrader
+
+    b = hr.shape[0]
+    deg = Degrader(cfg, device=str(device))
+    keys = [[f"r{r}s{i}" for i in range(b)] for r in range(max(1, args.repeats) + 1)]
+    scale = int(getattr(cfg, "scale", 4))
+    out_shape = (b, 3, hr.shape[2] // scale, hr.shape[3] // scale)
+
+    def call(r):
+        lr, rec = deg(hr, keys=keys[r], seed=r)
+        if r == 0:
+            assert tuple(lr.shape) == out_shape and lr.dtype == torch.uint8, (lr.shape, lr.dtype)
+            assert len(rec) == b
+
+    res = time_calls(call, b, device, args.repeats, args.max_seconds)
+    stages = None
+    if args.profile_calls > 0:
+        try:
+            pdeg = Degrader(cfg, device=str(device), profile=True)
+        except TypeError:
+            pdeg = None
+        if pdeg is not None:
+            if device.type == "cuda":
+                pdeg(hr, keys=keys[0], seed=0)
+            acc, n, t_start = {}, 0, time.perf_counter()
+            for r in range(1, args.profile_calls + 1):
+                pdeg(hr, keys=keys[r % len(keys)], seed=r)
+                _sync(device)
+                _add_stages(acc, getattr(pdeg, "last_stage_times", {}) or {})
+                n += 1
+                if time.perf_counter() - t_start >= args.max_seconds:
+                    break
+            stages = {"pairs": n * b, "seconds": acc} if acc else None
+    return res, stages
+
+
+def bench_naive(preset, hr, device, args) -> tuple[dict, dict]:
+    b = hr.shape[0]
+    # CPU: per-stage timing costs two perf_counter calls, so profile the timed calls themselves.
+    # CUDA: profiling adds syncs, so time unprofiled and profile in a separate short pass.
+    profile_inline = device.type == "cpu"
+    deg = NaiveDegrader(preset, device=device, profile=profile_inline)
+    acc = {}
+
+    def call(r):
+        deg.reseed(r)
+        torch.manual_seed(r)
+        lr = deg(hr)
+        if profile_inline and r > 0:
+            _add_stages(acc, deg.last_stage_times)
+        return lr
+
+    warm = None
+    if device.type == "cpu" and b > 4:  # the CPU baseline needs no full-size warm-up (slow)
+        small = hr[:4]
+
+        def warm(r):
+            deg.reseed(r)
+            deg(small)
+
+    res = time_calls(call, b, device, args.repeats, args.max_seconds, warmup=warm)
+    n_pairs = b * res["calls"]
+    if not profile_inline:
+        pdeg = NaiveDegrader(preset, device=device, profile=True)
+        n_pairs = 0
+        for r in range(1, min(args.profile_calls, res["calls"]) + 1):
+            pdeg.reseed(r)
+            torch.manual_seed(r)
+            pdeg(hr)
+            _add_stages(acc, pdeg.last_stage_times)
+            n_pairs += b
+    return res, {"pairs": n_pairs, "seconds": acc}
+
+
+# --------------------------------------------------------------------------------------------
+# reporting
+# --------------------------------------------------------------------------------------------
+def _table(header, rows) -> str:
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    w = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    line = lambda r: "  ".join(c.rjust(w[i]) if i >= 1 else c.ljust(w[i]) for i, c in enumerate(r))
+    return "\n".join([line(cells[0]), "  ".join("-" * x for x in w)] + [line(r) for r in cells[1:]])
+
+
+def _fmt_rate(x):
+    if x is None:
+        return "-"
+    return f"{x:,.0f}" if x >= 100 else f"{x:.2f}"
+
+
+def stage_table(title, entries, order=()) -> str:
+    """entries: list of (column label, {"pairs": n, "seconds": {stage: s}})."""
+    entries = [(c, e) for c, e in entries if e and e.get("seconds")]
+    if not entries:
+        return f"{title}: no per-stage data"
+    stages = [s for s in order if any(s in e["seconds"] for _, e in entries)]
+    stages += sorted({s for _, e in entries for s in e["seconds"]} - set(stages))
+    rows = []
+    for s in stages + ["TOTAL"]:
+        row = [s]
+        for _, e in entries:
+            tot = sum(e["seconds"].values())
+            v = tot if s == "TOTAL" else e["seconds"].get(s)
+            row.append("-" if v is None else f"{1e3 * v / e['pairs']:.3f} ({100 * v / tot:4.1f}%)")
+        rows.append(row)
+    return f"{title}  [ms per pair (share)]\n" + _table(["stage"] + [c for c, _ in entries], rows)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", default="realesrgan-x4plus,osediff")
+    ap.add_argument("--batches", default="1,16,64")
+    ap.add_argument("--hr-size", default=None,
+                    help="comma list of HR sides for every preset (default: 400,256 for "
+                         "realesrgan-x4plus, 512 for osediff)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--backends", default=",".join(BACKENDS))
+    ap.add_argument("--repeats", type=int, default=3, help="max timed calls per configuration")
+    ap.add_argument("--max-seconds", type=float, default=12.0,
+                    help="stop timing a configuration after this long (>= 1 call)")
+    ap.add_argument("--profile-calls", type=int, default=2,
+                    help="calls of the per-stage profiling pass (0: skip)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-naive", action="store_true")
+    ap.add_argument("--no-pairforge", action="store_true")
+    ap.add_argument("--json", default=None, metavar="OUT")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda but torch.cuda.is_available() is False")
+    device = torch.device(args.device)
+    presets = [p for p in args.presets.split(",") if p]
+    batches = [int(b) for b in args.batches.split(",") if b]
+    backends = [b for b in args.backends.split(",") if b]
+
+    env = {"torch": torch.__version__, "python": platform.python_version(),
+           "device": args.device, "threads": args.threads, "cpu_count": os.cpu_count(),
+           "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+           "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None}
+    if not args.no_pairforge:
+        from degradations import load_preset
+        env["pairforge"] = engine_info()
+    print("# pairforge degradation benchmark")
+    print("  " + ", ".join(f"{k}={v}" for k, v in env.items()))
+    if env.get("pairforge", {}).get("stub"):
+        print("  WARNING: degradations/ is still the temporary stub; pairforge numbers are not real")
+    la = env["loadavg_start"]
+    if args.device == "cpu" and la and la[0] > 0.5 * (os.cpu_count() or 1):
+        print(f"  WARNING: load average {la[0]:.1f} on {os.cpu_count()} cores; other processes "
+              f"compete for the CPU and CPU timings are noisy")
+    sys.stdout.flush()
+
+    rows, pf_stages, nv_stages, results = [], [], [], []
+    t_all = time.perf_counter()
+    for preset in presets:
+        hr_sizes = ([int(s) for s in args.hr_size.split(",")] if args.hr_size
+                    else DEFAULT_HR.get(preset, [256]))
+        cfgs = {}
+        if not args.no_pairforge:
+            base = load_preset(preset)
+            for be in backends:
+                c = with_jpeg_backend(base, be)
+                if c is None:
+                    print(f"  note: {preset} config has no JPEG-backend field; measuring the "
+                          f"preset as loaded (backend 'default')")
+                    cfgs = {"default": base}
+                    break
+                cfgs[be] = c
+        for hr_size in hr_sizes:
+            pf_by_batch = {be: [] for be in cfgs}
+            nv_by_batch = []
+            for b in batches:
+                hr = make_hr(b, hr_size, seed=b).to(device)
+                naive = nst = None
+                if not args.no_naive:
+                    t0 = time.perf_counter()
+                    naive, nst = bench_naive(preset, hr, device, args)
+                    nv_by_batch.append((f"B={b}", nst))
+                    print(f"  naive     {preset:18s} HR {hr_size} B={b:<4d} "
+                          f"{naive['pairs_per_s']:10.2f} pairs/s  ({naive['calls']} calls, "
+                          f"{time.perf_counter() - t0:.0f}s)", flush=True)
+                for be, cfg in cfgs.items():
+                    t0 = time.perf_counter()
+                    pf, pst = bench_pairforge(preset, be, cfg, hr, device, args)
+                    pf_by_batch[be].append((f"B={b}", pst))
+                    print(f"  pairforge {preset:18s} HR {hr_size} B={b:<4d} {be:14s} "
+                          f"{pf['pairs_per_s']:10.2f} pairs/s  ({pf['calls']} calls, "
+                          f"{time.perf_counter() - t0:.0f}s)", flush=True)
+                    results.append({"preset": preset, "batch": b, "hr": hr_size,
+                                    "device": args.device, "backend": be, "pairforge": pf,
+                                    "naive": naive, "pairforge_stages": pst,
+                                    "naive_stages": nst})
+                if not cfgs and naive is not None:
+                    results.append({"preset": preset, "batch": b, "hr": hr_size,
+                                    "device": args.device, "backend": "-", "pairforge": None,
+                                    "naive": naive, "pairforge_stages": None,
+                                    "naive_stages": nst})
+                del hr
+            for be, entries in pf_by_batch.items():
+                pf_stages.append(stage_table(f"pairforge {preset} HR {hr_size} {args.device} "
+                                             f"jpeg={be}", entries))
+            if nv_by_batch:
+                nv_stages.append(stage_table(f"naive {preset} HR {hr_size} {args.device}",
+                                             nv_by_batch, NAIVE_STAGES))
+
+    # ---- main table
+    header = ["preset", "batch", "HR", "device", "backend", "pairforge pairs/s", "naive pairs/s",
+              "speed-up", "target", "met"]
+    for r in results:
+        pf = r["pairforge"]["pairs_per_s"] if r["pairforge"] else None
+        nv = r["naive"]["pairs_per_s"] if r["naive"] else None
+        sp = pf / nv if pf and nv else None
+        r["speedup"] = sp
+        tgt, met = "-", "-"
+        st = SPEEDUP_TARGETS.get((r["device"], r["preset"]))
+        rt = RATE_TARGETS.get((r["device"], r["preset"], r["hr"], r["backend"]))
+        if st is not None and sp is not None:
+            tgt, met = f">={st:g}x", "yes" if sp >= st else "NO"
+        elif rt is not None and pf is not None:
+            tgt, met = f">={rt:,.0f}/s", "yes" if pf >= rt else "NO"
+        r["target"], r["met"] = tgt, met
+        rows.append([r["preset"], r["batch"], r["hr"], r["device"], r["backend"], _fmt_rate(pf),
+                     _fmt_rate(nv), "-" if sp is None else f"{sp:.1f}x", tgt, met])
+    print()
+    print("## Throughput (LR/HR pairs per second; higher is better)")
+    print(_table(header, rows))
+    print("Targets: CPU (2 cores) speed-up over naive >=10x realesrgan-x4plus, >=3x osediff; "
+          "CUDA (H100) realesrgan-x4plus at 256^2 HR >=5,000 pairs/s with real JPEG, "
+          ">=15,000 with differentiable.")
+    if pf_stages:
+        print("\n## pairforge per-stage time (Degrader(..., profile=True).last_stage_times)")
+        for t in pf_stages:
+            print(t + "\n")
+    if nv_stages:
+        print("## naive baseline per-stage time")
+        for t in nv_stages:
+            print(t + "\n")
+    env["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    env["wall_seconds"] = time.perf_counter() - t_all
+    print(f"total wall time {env['wall_seconds']:.0f}s; load average at end {env['loadavg_end']}")
+    out = {"env": env, "args": vars(args), "results": results}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
+        print(f"wrote {args.json}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

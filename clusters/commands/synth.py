@@ -1,0 +1,70 @@
+"""``pairforge synth``: parse arguments, call :func:`pipeline.synth`, print the dataset URL last."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("synth", help="synthesize LR/HR pairs into WebDataset shards",
+                              description="Synthesize degraded LR/HR pairs into WebDataset shards at "
+                                          "OUT/<dataset-id>/. The dataset URL is the last line of stdout.")
+    p.add_argument("--source", required=True,
+                   help="'bundled', a folder, s3://bucket/prefix, a .txt list of paths/URLs, or a WebDataset "
+                        "(.tar, brace pattern, folder of tars, pairforge dataset)")
+    p.add_argument("--out", required=True, help="output root (local path, file:// or s3://)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--preset", default="realesrgan-x4plus", help="degradation preset name (default %(default)s)")
+    g.add_argument("--config", help="degradation config YAML file")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patches-per-image", type=int, default=4, help="HR patches per source image (N)")
+    p.add_argument("--views", type=int, default=1, help="degraded LR views per HR patch (K)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="degradation workers (Ray actors); default: one per GPU, else half the cores")
+    p.add_argument("--ray-address", default=None, help="join an existing Ray cluster (default: embedded local Ray)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run of the same job")
+    p.add_argument("--images-per-shard", type=int, default=64)
+    p.add_argument("--patch-size", type=int, default=None, help="HR patch side (default: the preset's hr_size)")
+    p.add_argument("--min-size-policy", choices=["skip", "upscale"], default="skip",
+                   help="images smaller than a patch: skip them or upscale them (default %(default)s)")
+    p.add_argument("--hr-format", choices=["png", "webp", "jpg"], default="png",
+                   help="HR encoding (png/webp lossless; jpg is lossy)")
+    p.add_argument("--lr-format", choices=["png", "webp"], default="png")
+    p.add_argument("--batch-size", type=int, default=32, help="patches per degradation call")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--cpus-per-worker", type=float, default=None)
+    p.add_argument("--executor", choices=["ray", "inline"], default="ray",
+                   help="'inline' runs in this process without Ray (debugging)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from pipeline import JobError, SourceError, synth
+
+    try:
+        res = synth(args.source, args.out, preset=args.preset, config=args.config, seed=args.seed,
+                    patches_per_image=args.patches_per_image, views=args.views, workers=args.workers,
+                    ray_address=args.ray_address, resume=args.resume, images_per_shard=args.images_per_shard,
+                    patch_size=args.patch_size, min_size_policy=args.min_size_policy, hr_format=args.hr_format,
+                    lr_format=args.lr_format, batch_size=args.batch_size, device=args.device,
+                    executor=args.executor, cpus_per_worker=args.cpus_per_worker, progress=not args.no_progress)
+    except (SourceError, JobError, ValueError) as exc:
+        print(f"pairforge synth: error: {exc}", file=sys.stderr)
+        return 2
+    if res.ok:
+        t = res.manifest["totals"]
+        print(f"{res.status}: {t['samples']} pairs in {t['shards']} shards from {t['inputs']} inputs "
+              f"({t['skipped_inputs']} skipped{': ' + str(t['skipped_by_reason']) if t['skipped_inputs'] else ''})")
+    else:
+        print(f"failed: {len(res.failed)} of {res.shards_total} shards not committed; re-run with --resume",
+              file=sys.stderr)
+        for name, err in sorted(res.failed.items()):
+            print(f"  {name}: {err}", file=sys.stderr)
+    print(res.url)
+    sys.stdout.flush()
+    return 0 if res.ok else 1

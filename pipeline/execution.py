@@ -1,0 +1,255 @@
+"""Running shard tasks: on Ray (embedded local cluster or an existing one), or inline.
+
+Design (img2dataset's, adapted to GPUs): ``workers`` long-lived actors each own a Degrader on
+their device; the driver hands whole shards to them (at most two queued per actor, so the next
+shard starts without a round trip but work stays spread).  One actor call = one shard = one tar
++ one stats file; retries simply redo the shard, which is safe because the bytes are a pure
+function of the shard's inputs.
+
+Measured Ray pitfalls on small machines that shape this module:
+
+* actors that take every CPU starve other tasks and the job hangs silently → the embedded
+  cluster is started with more logical CPUs than actors need, and we check that the requested
+  actors fit the cluster before creating them (with a readiness timeout instead of a hang);
+* a ``num_gpus=1`` actor on a CPU-only cluster waits forever → GPUs are requested only when the
+  cluster reports them, and an actor that gets a GPU it cannot use falls back to CPU explicitly;
+* bind to 127.0.0.1, cap the object store, use a private short ``_temp_dir``, no dashboard.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+from .worker import JobSpec, ShardProcessor, ShardTask
+
+log = logging.getLogger(__name__)
+
+OnDone = Callable[[ShardTask, dict], None]
+
+
+@dataclass
+class RunReport:
+    done: list[str]
+    failed: dict[str, str]    # shard name -> last error (never contains credentials)
+    workers: list[dict]
+
+
+# ---------------------------------------------------------------- Ray lifecycle
+_STARTED_TEMP: list[str] = []
+
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
+             object_store_mb: int = 512) -> bool:
+    """Connect to ``address`` or start an embedded local Ray; returns True if we started it.
+
+    An already-initialised Ray (e.g. a test fixture, or a notebook) is reused as is.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        return True
+    tmp = tempfile.mkdtemp(prefix="pfray-", dir="/tmp")  # short: unix socket paths are limited
+    _STARTED_TEMP.append(tmp)
+    kwargs = dict(num_cpus=num_cpus or (os.cpu_count() or 1) + 1, object_store_memory=object_store_mb << 20,
+                  include_dashboard=False, _temp_dir=tmp, _node_ip_address="127.0.0.1",
+                  logging_level=logging.WARNING, log_to_driver=True)
+    if num_gpus is not None:
+        kwargs["num_gpus"] = num_gpus
+    ray.init(**kwargs)
+    return True
+
+
+def shutdown_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    while _STARTED_TEMP:
+        shutil.rmtree(_STARTED_TEMP.pop(), ignore_errors=True)
+
+
+# ---------------------------------------------------------------- actors
+class _ShardActor:
+    """Ray actor wrapper: one ShardProcessor per process."""
+
+    def __init__(self, spec: JobSpec, device: str, torch_threads: int):
+        self.proc = ShardProcessor(spec, device=device, torch_threads=torch_threads)
+
+    def ready(self) -> dict:
+        return self.proc.info()
+
+    def process(self, task: ShardTask) -> dict:
+        return self.proc.process(task)
+
+
+def _error_text(exc: BaseException) -> str:
+    from .storage import redact
+
+    cause = getattr(exc, "cause", None) or exc
+    return redact(f"{type(cause).__name__}: {cause}")[:500]
+
+
+class RayExecutor:
+    """Runs shard tasks on ``workers`` Ray actors with bounded queueing and shard retries."""
+
+    def __init__(self, spec: JobSpec, workers: int, *, device: str = "auto", cpus_per_worker: float | None = None,
+                 torch_threads: int | None = None, max_retries: int = 2, ready_timeout: float = 600.0):
+        self.spec, self.workers, self.device = spec, max(1, int(workers)), device
+        self.cpus_per_worker, self.torch_threads = cpus_per_worker, torch_threads
+        self.max_retries, self.ready_timeout = max_retries, ready_timeout
+
+    def _placement(self) -> tuple[int, float, float, str, int]:
+        """(workers, num_cpus, num_gpus per actor, actor device, torch threads) that fit the cluster."""
+        import ray
+
+        res = ray.cluster_resources()
+        gpus, cpus = float(res.get("GPU", 0)), float(res.get("CPU", 0))
+        workers = self.workers
+        if self.device == "cuda" and gpus < 1:
+            raise RuntimeError("--device cuda: the Ray cluster reports no GPU")
+        use_gpu = self.device in ("auto", "cuda") and gpus >= 1
+        num_gpus = min(1.0, gpus / workers) if use_gpu else 0.0
+        if self.cpus_per_worker:
+            cpw = self.cpus_per_worker
+        elif use_gpu:
+            cpw = 1  # the GPU does the heavy lifting; decode/encode threads share one CPU slot
+        else:
+            cpw = max(1, (os.cpu_count() or 1) // workers)  # split this node's cores between actors
+        cpw = float(cpw)
+        # never ask for more than the cluster has: actors would stay pending forever
+        fit = int(cpus // cpw) if cpw > 0 else workers
+        if fit < workers:
+            cpw = max(0.25, cpus / workers) if cpus else cpw
+            log.warning("execution: %d workers x %.2f CPU does not fit %g CPUs; using %.2f CPU each",
+                        workers, float(self.cpus_per_worker or 1), cpus, cpw)
+        threads = self.torch_threads or max(1, int(round(cpw)))
+        return workers, cpw, num_gpus, ("auto" if use_gpu else "cpu"), threads
+
+    def run(self, tasks: list[ShardTask], on_done: OnDone | None = None) -> RunReport:
+        import ray
+
+        workers, cpw, ngpu, device, threads = self._placement()
+        workers = min(workers, max(1, len(tasks)))
+        cls = ray.remote(_ShardActor).options(num_cpus=cpw, num_gpus=ngpu, max_restarts=0)
+        spec_ref = ray.put(self.spec)
+        actors = [cls.remote(spec_ref, device, threads) for _ in range(workers)]
+        try:
+            infos = self._wait_ready(actors)
+            return self._schedule(actors, tasks, on_done, infos, cls, spec_ref, device, threads)
+        finally:
+            for a in actors:
+                try:
+                    ray.kill(a)
+                except Exception:  # noqa: BLE001
+                    pass
+
+    def _wait_ready(self, actors: list) -> list[dict]:
+        import ray
+
+        refs = [a.ready.remote() for a in actors]
+        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=self.ready_timeout)
+        if pending:
+            raise RuntimeError(f"{len(pending)} of {len(refs)} pipeline workers could not start within "
+                               f"{self.ready_timeout:.0f}s; cluster resources: {ray.cluster_resources()}")
+        return ray.get(refs)
+
+    def _schedule(self, actors, tasks, on_done, infos, cls, spec_ref, device, threads) -> RunReport:
+        import ray
+
+        queue = deque(tasks)
+        attempts: dict[str, int] = {}
+        inflight: dict = {}  # ref -> (actor index, task)
+        load = [0] * len(actors)
+        done, failed = [], {}
+
+        def submit(ai: int) -> None:
+            while load[ai] < 2 and queue:
+                t = queue.popleft()
+                inflight[actors[ai].process.remote(t)] = (ai, t)
+                load[ai] += 1
+
+        for ai in range(len(actors)):
+            submit(ai)
+        while inflight:
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            ref = ready[0]
+            ai, task = inflight.pop(ref)
+            load[ai] -= 1
+            try:
+                stats = ray.get(ref)
+            except ray.exceptions.RayActorError as exc:  # the process died (OOM, segfault, node loss)
+                log.warning("execution: worker %d died on %s: %s; restarting it", ai, task.name, _error_text(exc))
+                self._retry(task, exc, attempts, queue, failed)
+                try:
+                    ray.kill(actors[ai])
+                except Exception:  # noqa: BLE001
+                    pass
+                actors[ai] = cls.remote(spec_ref, device, threads)
+                # calls still queued on the dead actor would fail too: hand them to the new one
+                for r in [r for r, (a, _) in inflight.items() if a == ai]:
+                    queue.appendleft(inflight.pop(r)[1])
+                load[ai] = 0
+            except Exception as exc:  # noqa: BLE001 - application error inside the shard
+                self._retry(task, exc, attempts, queue, failed)
+            else:
+                done.append(task.name)
+                if on_done:
+                    on_done(task, stats)
+            for j in range(len(actors)):
+                submit(j)
+        return RunReport(done, failed, infos)
+
+    def _retry(self, task: ShardTask, exc: BaseException, attempts: dict, queue: deque, failed: dict) -> None:
+        n = attempts.get(task.name, 0) + 1
+        attempts[task.name] = n
+        msg = _error_text(exc)
+        if n <= self.max_retries:
+            log.warning("execution: shard %s failed (attempt %d): %s; retrying", task.name, n, msg)
+            queue.append(task)
+        else:
+            log.error("execution: shard %s failed %d times: %s", task.name, n, msg)
+            failed[task.name] = msg
+
+
+class InlineExecutor:
+    """Same contract as :class:`RayExecutor`, in this process (debugging, benchmarks, no Ray)."""
+
+    def __init__(self, spec: JobSpec, *, device: str = "auto", torch_threads: int | None = None,
+                 max_retries: int = 1):
+        self.spec, self.device, self.torch_threads, self.max_retries = spec, device, torch_threads, max_retries
+
+    def run(self, tasks: list[ShardTask], on_done: OnDone | None = None) -> RunReport:
+        import torch
+
+        prev = torch.get_num_threads()
+        proc = ShardProcessor(self.spec, device=self.device, torch_threads=self.torch_threads)
+        done, failed = [], {}
+        try:
+            for task in tasks:
+                for attempt in range(self.max_retries + 1):
+                    try:
+                        stats = proc.process(task)
+                    except Exception as exc:  # noqa: BLE001
+                        if attempt == self.max_retries:
+                            failed[task.name] = _error_text(exc)
+                        else:
+                            time.sleep(0.2)
+                        continue
+                    done.append(task.name)
+                    if on_done:
+                        on_done(task, stats)
+                    break
+            return RunReport(done, failed, [proc.info()])
+        finally:
+            proc.close()
+            torch.set_num_threads(prev)

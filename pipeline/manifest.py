@@ -1,0 +1,129 @@
+"""Dataset identity, per-shard commit markers and the manifest.
+
+* :func:`dataset_id` — the output folder name, a hash of everything that determines the bytes
+  of the shards (source listing, degradation config fingerprint, patching/encoding config,
+  seed, views, shard layout, code versions).  Same inputs → same folder → reuse; any change →
+  a new folder, so another config can never overwrite an existing dataset.
+* stats files (``shard-NNNNNN.stats.json``) — written by a worker after its tar is complete;
+  their presence is what "committed" means (img2dataset's convention, and the only one that
+  works on S3, which has no rename).
+* ``manifest.json`` — written last by the driver once every shard is committed; its presence
+  makes the dataset usable.  It contains no timestamps, so it is byte-identical across runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from . import storage
+from .shards import stats_name
+
+FORMAT = "pairforge-shards-v1"
+#: bump when the bytes a given config produces change (encoders, member layout, key scheme)
+PIPELINE_VERSION = "1"
+
+
+def canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def pretty_json(obj: Any) -> bytes:
+    return (json.dumps(obj, sort_keys=True, indent=1, default=str) + "\n").encode()
+
+
+def dataset_id(identity: dict, name: str = "") -> str:
+    """``<preset name>-<16 hex>``: readable, and unique per identity dict."""
+    digest = hashlib.sha256(canonical_json(identity)).hexdigest()[:16]
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40]
+    return f"{safe}-{digest}" if safe else digest
+
+
+def config_hash(identity: dict) -> str:
+    return hashlib.sha256(canonical_json(identity)).hexdigest()
+
+
+def read_json(url: str, storage_options: dict | None = None) -> dict | None:
+    """Parsed JSON at ``url``, or None if it does not exist (or is unreadable garbage)."""
+    try:
+        data = storage.read_bytes(url, storage_options)
+    except FileNotFoundError:
+        return None
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def write_stats(dataset_url: str, shard: str, stats: dict, storage_options: dict | None = None) -> None:
+    storage.write_bytes(storage.join(dataset_url, stats_name(shard)), pretty_json(stats), storage_options)
+
+
+def committed_shards(dataset_url: str, expected: list[str], storage_options: dict | None = None) -> dict[str, dict]:
+    """Stats of the shards in ``expected`` whose commit marker exists *and* matches their tar.
+
+    A stats file whose tar is missing or has another size (someone deleted/truncated it) does
+    not count: that shard is redone.
+    """
+    names = set(storage.listdir(dataset_url, storage_options))
+    out: dict[str, dict] = {}
+    for shard in expected:
+        if stats_name(shard) not in names:
+            continue
+        stats = read_json(storage.join(dataset_url, stats_name(shard)), storage_options)
+        if not stats or stats.get("status") != "committed":
+            continue
+        size = storage.size(storage.join(dataset_url, shard), storage_options) if shard in names else None
+        if size is not None and size == stats.get("bytes"):
+            out[shard] = stats
+    return out
+
+
+def build_manifest(job: dict, stats: dict[str, dict]) -> dict:
+    """The manifest dict from the job description and the committed shards' stats."""
+    shards, skipped_by_reason = [], {}
+    total = inputs = skipped = 0
+    for name in job["shards"]:
+        s = stats[name]
+        shards.append({"name": name, "count": s["count"], "bytes": s["bytes"], "sha256": s["sha256"],
+                       "inputs": s["inputs"], "skipped": len(s["skipped"])})
+        total += s["count"]
+        inputs += s["inputs"]
+        skipped += len(s["skipped"])
+        for item in s["skipped"]:
+            skipped_by_reason[item["reason"]] = skipped_by_reason.get(item["reason"], 0) + 1
+    return {
+        "format": FORMAT,
+        "dataset_id": job["dataset_id"],
+        "config_hash": job["config_hash"],
+        "config": job["identity"],
+        "seed": job["identity"]["seed"],
+        "code_version": job["identity"]["code_version"],
+        "scale": job["scale"],
+        "hr_size": job["hr_size"],
+        "lr_size": job["hr_size"] // job["scale"],
+        "views": job["identity"]["views"],
+        "degradation": job["degradation_name"],
+        "source": job["source"],
+        "totals": {"samples": total, "shards": len(shards), "inputs": inputs, "skipped_inputs": skipped,
+                   "skipped_by_reason": dict(sorted(skipped_by_reason.items())),
+                   "bytes": sum(s["bytes"] for s in shards)},
+        "shards": shards,
+    }
+
+
+def load_manifest(url: str, storage_options: dict | None = None) -> dict:
+    """The manifest of a dataset (a folder URL, or the manifest.json URL itself).
+
+    Raises ``FileNotFoundError`` with an explanation when the dataset is incomplete.
+    """
+    url = storage.normalize(str(url))
+    murl = url if url.endswith(".json") else storage.join(url, "manifest.json")
+    man = read_json(murl, storage_options)
+    if man is None:
+        raise FileNotFoundError(
+            f"no readable manifest.json at {storage.redact(murl)}: not a pairforge dataset, or its "
+            "synth job has not finished (re-run it with --resume)")
+    if man.get("format") != FORMAT:
+        raise ValueError(f"{storage.redact(murl)}: unknown dataset format {man.get('format')!r}")
+    return man

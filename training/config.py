@@ -1,0 +1,357 @@
+"""Typed training configuration: YAML in, validated dataclasses out.
+
+A config is a YAML mapping with the sections below. Every value is checked when the
+file is loaded; an error names the offending field (``generator.lora_rank: expected
+an integer >= 1, got -3``). Presets live in ``training/presets/<name>.yaml`` and a
+user file may start from one with ``preset: NAME`` and override only some fields.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+PRESET_DIR = Path(__file__).with_name("presets")
+
+#: OSEDiff-style LoRA targets on the diffusers UNet (attention projections, feed-forward,
+#: resnet convs, down/up-sampler convs, transformer proj in/out).
+DEFAULT_UNET_LORA_TARGETS = [
+    "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+    "conv1", "conv2", "conv_shortcut", "conv",
+]
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message starts with the dotted field name."""
+
+
+@dataclass
+class GeneratorConfig:
+    #: "tiny" builds small random-init VAE/UNet configs; "pretrained" loads `pretrained_path`.
+    arch: Literal["tiny", "pretrained"] = "tiny"
+    #: local folder in diffusers layout (vae/, unet/, scheduler/ [, text_encoder/, tokenizer/])
+    pretrained_path: Optional[str] = None
+    #: what to download into pretrained_path when it is missing (shown in the error)
+    hub_id: str = "stabilityai/stable-diffusion-2-1-base"
+    timestep: int = 399
+    lora_rank: int = 16
+    lora_alpha: float = 16.0
+    lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_UNET_LORA_TARGETS))
+    #: which parts train. D3SR: LoRA only. tiny (random init): the whole UNet and VAE too.
+    train_lora: bool = True
+    train_unet: bool = False
+    train_vae: bool = False
+    #: the fixed text embedding fed to cross-attention instead of a text encoder:
+    #: "zeros", "empty-prompt" (computed once from pretrained_path/text_encoder), or a
+    #: .safetensors file holding `prompt_embeds` (1, L, C)
+    text_embedding: str = "zeros"
+    learnable_text_embedding: bool = True
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class DiscriminatorConfig:
+    #: "tiny" / "tiny-sdxl" (random-init small UNet; the latter with SDXL-style added
+    #: conditions), or "sd21" / "sdxl" loaded from pretrained_path
+    arch: Literal["tiny", "tiny-sdxl", "sd21", "sdxl"] = "tiny"
+    pretrained_path: Optional[str] = None
+    hub_id: str = "stabilityai/stable-diffusion-xl-base-1.0"
+    lora_rank: int = 16
+    lora_alpha: float = 16.0
+    lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_UNET_LORA_TARGETS))
+    train_lora: bool = True
+    #: train every backbone weight (random-init tiny discriminators)
+    train_backbone: bool = False
+    head_hidden: int = 256
+    #: range of the shared diffusion time t ~ U[t_min, t_max] for real and fake latents
+    t_min: int = 0
+    t_max: int = 999
+    #: how generator latents enter a discriminator trained on another VAE's latent space:
+    #: "rescale" = z / s_gen * s_disc (explicit scaling-factor change, 0.18215 → 0.13025),
+    #: "reencode" = encode the generated/real image with the discriminator's own VAE.
+    latent_adapter: Literal["rescale", "reencode"] = "rescale"
+    #: fixed conditioning for the UNet's cross-attention (and SDXL's pooled embedding):
+    #: "zeros", "empty-prompt" (encoded once from pretrained_path's text encoder(s)) or a
+    #: .safetensors file with `prompt_embeds` (+ `pooled_prompt_embeds` for SDXL)
+    text_embedding: str = "zeros"
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class LossConfig:
+    mse: float = 1.0
+    ea_dists: float = 1.0
+    dists: float = 0.0
+    lpips: float = 0.0
+    lpips_net: Literal["alex", "vgg"] = "vgg"
+    adv: float = 0.5
+    gan: Literal["nonsaturating", "hinge"] = "nonsaturating"
+    #: "imagenet" = real weights (from $PAIRFORGE_WEIGHTS / weights_dir, see `pairforge weights`);
+    #: "random" only when asked for by name; reports then say so
+    perceptual_backbone: Literal["imagenet", "random"] = "imagenet"
+    weights_dir: Optional[str] = None
+    #: steps before the adversarial term switches on (the G loss uses only MSE/perceptual)
+    adv_start_step: int = 0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-5
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 1e-2
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+
+
+@dataclass
+class EngineConfig:
+    zero_stage: int = 2
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    grad_accum: int = 1
+    #: optional DeepSpeed JSON files merged over the generated engine configs
+    deepspeed_g: Optional[str] = None
+    deepspeed_d: Optional[str] = None
+
+
+@dataclass
+class DataConfig:
+    batch_size: int = 4
+    num_workers: int = 2
+    #: random HR crop side (aligned to the scale) or null to use the stored patch size
+    crop_size: Optional[int] = None
+    #: samples shuffled inside consecutive windows of this size (deterministic, resumable)
+    shuffle_window: int = 64
+    #: the last `val_shards` shards are held out for validation (training never reads them)
+    val_shards: int = 1
+    val_samples: int = 16
+    #: a separate dataset URL for validation; then no training shard is held out
+    val_data: Optional[str] = None
+    prefetch_factor: int = 2
+
+
+@dataclass
+class LogConfig:
+    log_every: int = 10
+    val_every: int = 200
+    ckpt_every: int = 500
+    image_every: int = 200
+    keep_checkpoints: int = 2
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+
+@dataclass
+class TrainConfig:
+    preset: Optional[str] = None
+    seed: int = 0
+    steps: int = 1000
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim_g: OptimConfig = field(default_factory=OptimConfig)
+    optim_d: OptimConfig = field(default_factory=OptimConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    #: test hook: the process SIGKILLs itself right after finishing this step (0 = never)
+    debug_kill_at_step: int = 0
+
+    # ----------------------------------------------------------------- I/O
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(self.to_yaml())
+
+    def fingerprint(self) -> str:
+        import hashlib
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- validation
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp, where: str):
+    """Check `value` against the annotation `tp`; return it (ints widen to floats)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML reads "5e-5" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
+
+
+def _from_dict(cls, data: Any, where: str = ""):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown field (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
+    return cls(**kwargs)
+
+
+def _check(cond: bool, where: str, msg: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"{where}: {msg}, got {value!r}")
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Range and cross-field checks (types were checked while parsing)."""
+    _check(cfg.steps >= 1, "steps", "expected an integer >= 1", cfg.steps)
+    g, d, l, e, da, lg = cfg.generator, cfg.discriminator, cfg.loss, cfg.engine, cfg.data, cfg.log
+    _check(0 <= g.timestep <= 999, "generator.timestep", "expected 0 <= T_L <= 999", g.timestep)
+    for sec, c in (("generator", g), ("discriminator", d)):
+        _check(c.lora_rank >= 1, f"{sec}.lora_rank", "expected an integer >= 1", c.lora_rank)
+        _check(c.lora_alpha > 0, f"{sec}.lora_alpha", "expected a number > 0", c.lora_alpha)
+        _check(len(c.lora_targets) > 0, f"{sec}.lora_targets", "expected a non-empty list", c.lora_targets)
+    _check(g.arch == "tiny" or g.pretrained_path, "generator.pretrained_path",
+           "required when generator.arch is 'pretrained'", g.pretrained_path)
+    _check(d.arch.startswith("tiny") or d.pretrained_path, "discriminator.pretrained_path",
+           f"required when discriminator.arch is {d.arch!r}", d.pretrained_path)
+    _check(g.train_lora or g.train_unet or g.train_vae or g.learnable_text_embedding,
+           "generator.train_lora", "nothing in the generator would train", g.train_lora)
+    _check(d.train_lora or d.train_backbone, "discriminator.train_lora",
+           "nothing in the discriminator would train", d.train_lora)
+    _check(d.head_hidden >= 1, "discriminator.head_hidden", "expected an integer >= 1", d.head_hidden)
+    _check(0 <= d.t_min <= d.t_max <= 999, "discriminator.t_max", "expected 0 <= t_min <= t_max <= 999",
+           (d.t_min, d.t_max))
+    for name in ("mse", "ea_dists", "dists", "lpips", "adv"):
+        v = getattr(l, name)
+        _check(v >= 0, f"loss.{name}", "expected a weight >= 0", v)
+    _check(l.adv_start_step >= 0, "loss.adv_start_step", "expected an integer >= 0", l.adv_start_step)
+    for sec, o in (("optim_g", cfg.optim_g), ("optim_d", cfg.optim_d)):
+        _check(o.lr > 0, f"{sec}.lr", "expected a learning rate > 0", o.lr)
+        _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), f"{sec}.betas",
+               "expected two numbers in [0, 1)", o.betas)
+        _check(o.weight_decay >= 0, f"{sec}.weight_decay", "expected a number >= 0", o.weight_decay)
+        _check(o.grad_clip >= 0, f"{sec}.grad_clip", "expected a number >= 0 (0 = off)", o.grad_clip)
+        _check(o.eps > 0, f"{sec}.eps", "expected a number > 0", o.eps)
+    _check(e.zero_stage in (0, 1, 2, 3), "engine.zero_stage", "expected 0, 1, 2 or 3", e.zero_stage)
+    _check(e.grad_accum >= 1, "engine.grad_accum", "expected an integer >= 1", e.grad_accum)
+    _check(da.batch_size >= 1, "data.batch_size", "expected an integer >= 1", da.batch_size)
+    _check(da.num_workers >= 0, "data.num_workers", "expected an integer >= 0", da.num_workers)
+    _check(da.crop_size is None or da.crop_size >= 8, "data.crop_size", "expected null or an integer >= 8",
+           da.crop_size)
+    _check(da.shuffle_window >= 1, "data.shuffle_window", "expected an integer >= 1", da.shuffle_window)
+    _check(da.val_shards >= 0, "data.val_shards", "expected an integer >= 0", da.val_shards)
+    _check(da.val_samples >= 1, "data.val_samples", "expected an integer >= 1", da.val_samples)
+    _check(da.prefetch_factor >= 1, "data.prefetch_factor", "expected an integer >= 1", da.prefetch_factor)
+    for name in ("log_every", "val_every", "ckpt_every", "image_every"):
+        v = getattr(lg, name)
+        _check(v >= 0, f"log.{name}", "expected an integer >= 0 (0 = off)", v)
+    _check(lg.log_every >= 1, "log.log_every", "expected an integer >= 1", lg.log_every)
+    _check(lg.keep_checkpoints >= 1, "log.keep_checkpoints", "expected an integer >= 1", lg.keep_checkpoints)
+    return cfg
+
+
+# --------------------------------------------------------------------------- loading
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _preset_dict(name: str) -> dict:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(f"preset: unknown preset {name!r} (known: {', '.join(list_presets())})")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def from_dict(data: dict, overrides: dict | None = None) -> TrainConfig:
+    """Build a validated config; a `preset:` key is expanded first, then `data`, then overrides."""
+    data = dict(data or {})
+    if data.get("preset"):
+        base = _preset_dict(data["preset"])
+        data = _deep_merge(base, data)
+    if overrides:
+        data = _deep_merge(data, overrides)
+    return validate(_from_dict(TrainConfig, data))
+
+
+def load_config(path_or_preset: str | os.PathLike | None = None, overrides: dict | None = None,
+                preset: str | None = None) -> TrainConfig:
+    """Load a YAML file (or a preset by name) and apply dotted-free nested `overrides`."""
+    if preset is not None:
+        return from_dict({"preset": preset}, overrides)
+    p = Path(path_or_preset)
+    if not p.exists():
+        if str(path_or_preset) in list_presets():
+            return from_dict({"preset": str(path_or_preset)}, overrides)
+        raise ConfigError(f"config: file {str(p)!r} not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config: {p} is not valid YAML: {exc}") from None
+    return from_dict(data or {}, overrides)
+
+
+def set_dotted(overrides: dict, dotted: str, value: Any) -> dict:
+    """set_dotted(d, "engine.zero_stage", 2) -> d["engine"]["zero_stage"] = 2."""
+    node = overrides
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return overrides
