@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 from .chain import apply_chain
 from .config import ConfigError, DegradationConfig, available_presets, load_preset
 from .degrader import Degrader, replay
+from .describe import describe_record
 from .filters import usm_sharpen
 from .kernels import build_kernels
 from .sampling import RECORD_FORMAT, draw_record
@@ -26,6 +27,7 @@ __all__ = [
     "apply_chain",
     "available_presets",
     "build_kernels",
+    "describe_record",
     "draw_record",
     "load_preset",
     "replay",

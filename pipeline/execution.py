@@ -60,7 +60,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
         return True
     tmp = tempfile.mkdtemp(prefix="pfray-", dir="/tmp")  # short: unix socket paths are limited
     _STARTED_TEMP.append(tmp)
-    kwargs = dict(num_cpus=num_cpus or (os.cpu_count() or 1) + 1, object_store_memory=object_store_mb << 20,
+    kwargs = dict(address="local", num_cpus=num_cpus or (os.cpu_count() or 1) + 1, object_store_memory=object_store_mb << 20,
                   include_dashboard=False, _temp_dir=tmp, _node_ip_address="127.0.0.1",
                   logging_level=logging.WARNING, log_to_driver=True)
     if num_gpus is not None:

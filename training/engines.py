@@ -1,0 +1,120 @@
+"""Two DeepSpeed engines, one for the generator and one for the discriminator.
+
+Each engine gets its own config dict (ZeRO stage, precision, clipping, accumulation, its own
+optimizer): DeepSpeed keeps separate optimizer states, loss scalers and checkpoints. The
+optimizers are plain ``torch.optim.AdamW`` objects handed to ``deepspeed.initialize`` (no
+FusedAdam JIT build). The frozen perceptual networks never enter an engine.
+
+GAN + ZeRO-2/3: the generator step back-propagates *through* the discriminator. If D's
+parameters still required grad, D's ZeRO hooks would reduce their gradients during the G
+backward and again in the D step ("Gradient computed twice for this partition"), and with
+ZeRO-1 G-step gradients would silently leak into D's update. ``frozen(engine_d.module)``
+switches D's trainable parameters off for the G step.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def deepspeed_config(engine_cfg, optim_cfg, micro_batch: int, override_path: str | None = None) -> dict:
+    """The DeepSpeed JSON config for one engine (optimizer excluded: we pass a torch one)."""
+    stage = engine_cfg.zero_stage
+    zero: dict = {"stage": stage}
+    if stage in (1, 2):
+        zero.update(overlap_comm=False, contiguous_gradients=True, reduce_bucket_size=5e7,
+                    allgather_bucket_size=5e7)
+    if stage == 3:
+        zero.update(stage3_param_persistence_threshold=1e4, stage3_prefetch_bucket_size=5e7)
+    cfg = {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": engine_cfg.grad_accum,
+        "gradient_clipping": optim_cfg.grad_clip,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10 ** 9,
+        "wall_clock_breakdown": False,
+    }
+    if engine_cfg.precision == "bf16":
+        cfg["bf16"] = {"enabled": True}
+    elif engine_cfg.precision == "fp16":
+        cfg["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16,
+                       "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1}
+    if override_path:
+        cfg = _merge(cfg, json.loads(Path(override_path).expanduser().read_text()))
+        cfg.pop("optimizer", None)  # the torch optimizer below is authoritative
+    return cfg
+
+
+def make_optimizer(module: torch.nn.Module, optim_cfg) -> torch.optim.Optimizer:
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{type(module).__name__} has no trainable parameters")
+    return torch.optim.AdamW(params, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas),
+                             weight_decay=optim_cfg.weight_decay, eps=optim_cfg.eps)
+
+
+def init_distributed() -> None:
+    """Join the process group described by RANK/WORLD_SIZE/MASTER_* (set by our launcher,
+    torchrun or the deepspeed launcher); gloo on CPU, nccl on GPU."""
+    import deepspeed
+
+    for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(k, v)
+    if "MASTER_PORT" not in os.environ:
+        from training.launch import free_port
+        os.environ["MASTER_PORT"] = str(free_port())
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+
+
+def build_engine(module: torch.nn.Module, engine_cfg, optim_cfg, micro_batch: int,
+                 override_path: str | None = None):
+    import deepspeed
+
+    from training.checkpoint import install_safe_checkpoint_engine
+
+    ds_cfg = deepspeed_config(engine_cfg, optim_cfg, micro_batch, override_path)
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=make_optimizer(module, optim_cfg),
+                                           config=ds_cfg)
+    install_safe_checkpoint_engine(engine)
+    return engine
+
+
+def build_engines(generator, discriminator, cfg):
+    """(engine_g, engine_d) from a TrainConfig."""
+    e = cfg.engine
+    engine_g = build_engine(generator, e, cfg.optim_g, cfg.data.batch_size, e.deepspeed_g)
+    engine_d = build_engine(discriminator, e, cfg.optim_d, cfg.data.batch_size, e.deepspeed_d)
+    return engine_g, engine_d
+
+
+@contextlib.contextmanager
+def frozen(module: torch.nn.Module) -> Iterator[None]:
+    """Temporarily set requires_grad=False on the module's trainable parameters."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def engine_device(engine) -> torch.device:
+    return engine.device if hasattr(engine, "device") else torch.device("cpu")
