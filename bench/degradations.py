@@ -166,103 +166,136 @@ def _sync(device: torch.device):
         torch.cuda.synchronize(device)
 
 
-def time_calls(call, batch: int, device: torch.device, repeats: int, max_seconds: float,
-               warmup=None) -> dict:
-    """``call(r)`` runs one batch with seed r. Returns pairs/s over the timed calls."""
-    (warmup or call)(0)
-    _sync(device)
-    times = []
-    t_start = time.perf_counter()
-    for r in range(1, max(1, repeats) + 1):
-        _sync(device)
-        t0 = time.perf_counter()
-        call(r)
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-        if time.perf_counter() - t_start >= max_seconds:
-            break
-    return {"pairs_per_s": batch * len(times) / sum(times), "calls": len(times),
-            "seconds_per_call": times}
-
-
 def _add_stages(acc: dict, st: dict):
     for k, v in st.items():
         acc[k] = acc.get(k, 0.0) + float(v)
 
 
-def bench_pairforge(preset, backend, cfg, hr, device, args) -> tuple[dict, dict | None]:
-    from degradations import Degrader
+class PairforgeContender:
+    """Throughput with ``Degrader(cfg, device)``; stages with ``Degrader(..., profile=True)``.
 
-    b = hr.shape[0]
-    deg = Degrader(cfg, device=str(device))
-    keys = [[f"r{r}s{i}" for i in range(b)] for r in range(max(1, args.repeats) + 1)]
-    scale = int(getattr(cfg, "scale", 4))
-    out_shape = (b, 3, hr.shape[2] // scale, hr.shape[3] // scale)
+    The warm-up call is made with the profiling instance; its stage times are used only when no
+    further profiled call fits the time budget (CPU only: on CUDA the first call is not typical).
+    """
 
-    def call(r):
-        lr, rec = deg(hr, keys=keys[r], seed=r)
-        if r == 0:
-            assert tuple(lr.shape) == out_shape and lr.dtype == torch.uint8, (lr.shape, lr.dtype)
-            assert len(rec) == b
+    def __init__(self, cfg, hr, device, args):
+        from degradations import Degrader
 
-    res = time_calls(call, b, device, args.repeats, args.max_seconds)
-    stages = None
-    if args.profile_calls > 0:
+        self.hr, self.device, self.args, self.b = hr, device, args, hr.shape[0]
+        self.deg = Degrader(cfg, device=str(device))
         try:
-            pdeg = Degrader(cfg, device=str(device), profile=True)
-        except TypeError:
-            pdeg = None
-        if pdeg is not None:
-            if device.type == "cuda":
-                pdeg(hr, keys=keys[0], seed=0)
-            acc, n, t_start = {}, 0, time.perf_counter()
-            for r in range(1, args.profile_calls + 1):
-                pdeg(hr, keys=keys[r % len(keys)], seed=r)
-                _sync(device)
-                _add_stages(acc, getattr(pdeg, "last_stage_times", {}) or {})
-                n += 1
-                if time.perf_counter() - t_start >= args.max_seconds:
-                    break
-            stages = {"pairs": n * b, "seconds": acc} if acc else None
-    return res, stages
+            self.pdeg = Degrader(cfg, device=str(device), profile=True) if args.profile_calls > 0 else None
+        except TypeError:  # an engine without profiling support
+            self.pdeg = None
+        scale = int(getattr(cfg, "scale", 4))
+        self.out_shape = (self.b, 3, hr.shape[2] // scale, hr.shape[3] // scale)
+        self.warm_stages = None
+        self.times = []
+
+    def _keys(self, r):
+        return [f"r{r}s{i}" for i in range(self.b)]
+
+    def warm(self):
+        d = self.pdeg or self.deg
+        lr, rec = d(self.hr, keys=self._keys(0), seed=0)
+        assert tuple(lr.shape) == self.out_shape and lr.dtype == torch.uint8, (lr.shape, lr.dtype)
+        assert len(rec) == self.b
+        _sync(self.device)
+        if self.pdeg is not None:
+            self.warm_stages = dict(getattr(self.pdeg, "last_stage_times", {}) or {})
+
+    def call(self, r):
+        self.deg(self.hr, keys=self._keys(r), seed=r)
+
+    def stages(self):
+        if self.pdeg is None:
+            return None
+        acc, n, budget = {}, 0, self.args.max_seconds / 2
+        est = min(self.times) if self.times else 0.0
+        cuda = self.device.type == "cuda"
+        t_start = time.perf_counter()
+        for i in range(self.args.profile_calls if cuda else self.args.profile_calls - 1):
+            if time.perf_counter() - t_start + est > budget and (n > 0 or not cuda):
+                break
+            r = 10_000 + i
+            self.pdeg(self.hr, keys=self._keys(r), seed=r)
+            _sync(self.device)
+            _add_stages(acc, getattr(self.pdeg, "last_stage_times", {}) or {})
+            n += 1
+        if n == 0 and self.warm_stages:
+            acc, n = self.warm_stages, 1
+        return {"pairs": n * self.b, "seconds": acc} if acc else None
 
 
-def bench_naive(preset, hr, device, args) -> tuple[dict, dict]:
-    b = hr.shape[0]
-    # CPU: per-stage timing costs two perf_counter calls, so profile the timed calls themselves.
-    # CUDA: profiling adds syncs, so time unprofiled and profile in a separate short pass.
-    profile_inline = device.type == "cpu"
-    deg = NaiveDegrader(preset, device=device, profile=profile_inline)
-    acc = {}
+class NaiveContender:
+    """The reference chain. Call r reseeds with r, so the per-batch choices of call r are the same
+    at every batch size. On CPU the timed calls are also the profiled ones (the instrumentation is
+    two perf_counter calls per stage); on CUDA profiling syncs, so it runs in a separate pass."""
 
-    def call(r):
-        deg.reseed(r)
+    def __init__(self, preset, hr, device, args):
+        self.hr, self.device, self.args, self.b = hr, device, args, hr.shape[0]
+        self.inline = device.type == "cpu"
+        self.deg = NaiveDegrader(preset, device=device, profile=self.inline)
+        self.preset = preset
+        self.acc = {}
+        self.times = []
+
+    def warm(self):
+        # the CPU baseline needs no full-size warm-up (it would cost a slow extra call)
+        self.deg.reseed(0)
+        self.deg(self.hr[:4] if self.inline else self.hr)
+        _sync(self.device)
+
+    def call(self, r):
+        self.deg.reseed(r)
         torch.manual_seed(r)
-        lr = deg(hr)
-        if profile_inline and r > 0:
-            _add_stages(acc, deg.last_stage_times)
-        return lr
+        self.deg(self.hr)
+        if self.inline:
+            _add_stages(self.acc, self.deg.last_stage_times)
 
-    warm = None
-    if device.type == "cpu" and b > 4:  # the CPU baseline needs no full-size warm-up (slow)
-        small = hr[:4]
-
-        def warm(r):
-            deg.reseed(r)
-            deg(small)
-
-    res = time_calls(call, b, device, args.repeats, args.max_seconds, warmup=warm)
-    n_pairs = b * res["calls"]
-    if not profile_inline:
-        pdeg = NaiveDegrader(preset, device=device, profile=True)
-        n_pairs = 0
-        for r in range(1, min(args.profile_calls, res["calls"]) + 1):
+    def stages(self):
+        if self.inline:
+            return {"pairs": self.b * len(self.times), "seconds": self.acc}
+        pdeg = NaiveDegrader(self.preset, device=self.device, profile=True)
+        acc, n = {}, 0
+        for r in range(1, min(self.args.profile_calls, len(self.times)) + 1):
             pdeg.reseed(r)
             torch.manual_seed(r)
-            pdeg(hr)
+            pdeg(self.hr)
             _add_stages(acc, pdeg.last_stage_times)
-            n_pairs += b
-    return res, {"pairs": n_pairs, "seconds": acc}
+            n += 1
+        return {"pairs": n * self.b, "seconds": acc}
+
+
+def run_interleaved(contenders: dict, device, args) -> dict:
+    """Warm every contender, then time them in rounds (rotating the order each round), so that
+    changing machine load hits all of them alike. Round r uses seed r for everybody. Rounds go
+    on until ``--repeats`` rounds and ``--min-pairs`` pairs are done, or the time budget
+    (``--max-seconds`` per contender) is spent; at least one round."""
+    names = list(contenders)
+    for c in contenders.values():
+        c.warm()
+    b = next(iter(contenders.values())).b
+    t_start = time.perf_counter()
+    r = 0
+    while True:
+        r += 1
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            c = contenders[name]
+            _sync(device)
+            t0 = time.perf_counter()
+            c.call(r)
+            _sync(device)
+            c.times.append(time.perf_counter() - t0)
+        done = r >= args.repeats and r * b >= args.min_pairs
+        if done or time.perf_counter() - t_start >= args.max_seconds * len(names):
+            break
+    out = {}
+    for name, c in contenders.items():
+        out[name] = ({"pairs_per_s": c.b * len(c.times) / sum(c.times), "calls": len(c.times),
+                      "seconds_per_call": c.times}, c.stages())
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,8 +343,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--backends", default=",".join(BACKENDS))
     ap.add_argument("--repeats", type=int, default=3, help="max timed calls per configuration")
+    ap.add_argument("--min-pairs", type=int, default=32,
+                    help="keep timing rounds until this many pairs per contender (budget allowing)")
     ap.add_argument("--max-seconds", type=float, default=12.0,
-                    help="stop timing a configuration after this long (>= 1 call)")
+                    help="timing budget per contender and configuration (>= 1 call each)")
     ap.add_argument("--profile-calls", type=int, default=2,
                     help="calls of the per-stage profiling pass (0: skip)")
     ap.add_argument("--threads", type=int, default=2)
@@ -366,31 +401,35 @@ def main(argv=None) -> dict:
             nv_by_batch = []
             for b in batches:
                 hr = make_hr(b, hr_size, seed=b).to(device)
-                naive = nst = None
+                contenders = {}
                 if not args.no_naive:
-                    t0 = time.perf_counter()
-                    naive, nst = bench_naive(preset, hr, device, args)
-                    nv_by_batch.append((f"B={b}", nst))
-                    print(f"  naive     {preset:18s} HR {hr_size} B={b:<4d} "
-                          f"{naive['pairs_per_s']:10.2f} pairs/s  ({naive['calls']} calls, "
-                          f"{time.perf_counter() - t0:.0f}s)", flush=True)
+                    contenders["naive"] = NaiveContender(preset, hr, device, args)
                 for be, cfg in cfgs.items():
-                    t0 = time.perf_counter()
-                    pf, pst = bench_pairforge(preset, be, cfg, hr, device, args)
+                    contenders[be] = PairforgeContender(cfg, hr, device, args)
+                if not contenders:
+                    continue
+                t0 = time.perf_counter()
+                res = run_interleaved(contenders, device, args)
+                naive, nst = res.get("naive", (None, None))
+                if nst is not None:
+                    nv_by_batch.append((f"B={b}", nst))
+                line = f"  {preset} HR {hr_size} B={b}: " + ", ".join(
+                    f"{name} {m['pairs_per_s']:.2f} pairs/s ({m['calls']} calls)"
+                    for name, (m, _) in res.items())
+                print(f"{line}  [{time.perf_counter() - t0:.0f}s]", flush=True)
+                for be in cfgs:
+                    pf, pst = res[be]
                     pf_by_batch[be].append((f"B={b}", pst))
-                    print(f"  pairforge {preset:18s} HR {hr_size} B={b:<4d} {be:14s} "
-                          f"{pf['pairs_per_s']:10.2f} pairs/s  ({pf['calls']} calls, "
-                          f"{time.perf_counter() - t0:.0f}s)", flush=True)
                     results.append({"preset": preset, "batch": b, "hr": hr_size,
                                     "device": args.device, "backend": be, "pairforge": pf,
                                     "naive": naive, "pairforge_stages": pst,
                                     "naive_stages": nst})
-                if not cfgs and naive is not None:
+                if not cfgs:
                     results.append({"preset": preset, "batch": b, "hr": hr_size,
                                     "device": args.device, "backend": "-", "pairforge": None,
                                     "naive": naive, "pairforge_stages": None,
                                     "naive_stages": nst})
-                del hr
+                del hr, contenders
             for be, entries in pf_by_batch.items():
                 pf_stages.append(stage_table(f"pairforge {preset} HR {hr_size} {args.device} "
                                              f"jpeg={be}", entries))

@@ -254,7 +254,12 @@ def decode_sample(sample: dict, strict: bool = False) -> dict | None:
         elif ext == "json":
             params = json.loads(value)
         elif ext == "npy":
-            extra[field] = np.load(io.BytesIO(value), allow_pickle=False)
+            try:
+                extra[field] = np.load(io.BytesIO(value), allow_pickle=False)
+            except ValueError as exc:  # object arrays need pickle: refuse them
+                if strict:
+                    raise UnsafeMemberError(f"sample {key!r}: {field!r} needs pickle ({exc})") from None
+                warnings.warn(f"pairforge reader: ignored member {key}.{field} (requires pickle)", stacklevel=2)
     if hr is None or not lrs:
         if strict:
             raise ValueError(f"sample {key!r} lacks hr or lr images")

@@ -90,6 +90,7 @@ def fetch_pinned(pin: PinnedFile, dest_dir: Path) -> Path:
                 raise PyPIUnreachable(f"download of {url} failed: {exc}") from exc
         if h.hexdigest() != pin.sha256:
             raise ValueError(f"{pin.filename}: sha256 {h.hexdigest()} != pinned {pin.sha256}")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; caches may be shared
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

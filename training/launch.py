@@ -1,0 +1,103 @@
+"""Starting the ranks.
+
+**Embedded (default):** ``spawn_local`` starts N local processes of
+``python -m training.trainer JOB.json`` with RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE,
+MASTER_ADDR=127.0.0.1 and a free MASTER_PORT; each joins a gloo (CPU) or nccl (GPU) group.
+If one rank dies, the others are terminated (they would otherwise block in a collective).
+
+**Clusters:** the same command runs under the DeepSpeed launcher or torchrun, which set the
+rank variables themselves; ``pairforge train`` then runs the trainer in-process.
+``deepspeed_command`` / ``torchrun_command`` compose the command lines (also printed by
+``pairforge train --print-launch``); see docs/training.md and clusters/templates/.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def default_env() -> dict[str, str]:
+    """Stable cache for DeepSpeed's JIT-built CPU ops (~25 s on first use)."""
+    env = {}
+    if "TORCH_EXTENSIONS_DIR" not in os.environ:
+        env["TORCH_EXTENSIONS_DIR"] = str(Path.home() / ".cache" / "pairforge" / "torch_extensions")
+    return env
+
+
+def spawn_local(job_path: str | os.PathLike, nprocs: int, extra_env: dict | None = None,
+                poll_s: float = 0.2) -> int:
+    """Run the trainer on ``nprocs`` local ranks; returns 0 or the first failing exit code."""
+    port = free_port()
+    try:
+        import torch
+        gpus = torch.cuda.device_count()
+    except Exception:
+        gpus = 0
+    threads = max(1, (os.cpu_count() or 1) // nprocs) if gpus == 0 else None
+    procs: list[subprocess.Popen] = []
+    for r in range(nprocs):
+        env = dict(os.environ)
+        env.update(default_env())
+        env.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(nprocs), LOCAL_WORLD_SIZE=str(nprocs),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        if threads is not None:
+            env.setdefault("OMP_NUM_THREADS", str(threads))
+        env.update(extra_env or {})
+        procs.append(subprocess.Popen([sys.executable, "-m", "training.trainer", str(job_path)], env=env))
+    rc = 0
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [c for c in codes if c not in (None, 0)]
+            if failed:
+                rc = failed[0]
+                break
+            if all(c == 0 for c in codes):
+                return 0
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        rc = 130
+    for p in procs:  # only the processes we started
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    return rc
+
+
+def _train_args(args: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def deepspeed_command(hostfile: str, train_args: list[str], gpus_per_node: int | None = None,
+                      master_addr: str | None = None, master_port: int = 29500) -> str:
+    """``deepspeed --hostfile H --module clusters.cli train ...`` (one process per GPU listed
+    in the hostfile's ``slots=``; needs passwordless ssh between nodes and a shared --out)."""
+    parts = ["deepspeed", "--hostfile", hostfile, "--master_port", str(master_port)]
+    if master_addr:
+        parts += ["--master_addr", master_addr]
+    if gpus_per_node:
+        parts += ["--num_gpus", str(gpus_per_node)]
+    return " ".join(parts) + " --module clusters.cli train " + _train_args(train_args)
+
+
+def torchrun_command(train_args: list[str], nnodes: int = 1, nproc_per_node: int = 1,
+                     rdzv_endpoint: str = "$MASTER_ADDR:29500", job_id: str = "pairforge") -> str:
+    """``torchrun ... -m clusters.cli train ...`` (run the same line on every node)."""
+    return (f"torchrun --nnodes {nnodes} --nproc-per-node {nproc_per_node} --rdzv-backend c10d "
+            f"--rdzv-endpoint {rdzv_endpoint} --rdzv-id {job_id} -m clusters.cli train " + _train_args(train_args))
