@@ -7,9 +7,8 @@ The reference draws one gray field for the whole batch; here every gray sample h
 
 Poisson noise follows the reference (quantize to 8 bits, λ = img · 2^⌈log2(#levels)⌉), with
 the level count from a fixed 256-bin histogram on the device instead of ``torch.unique`` (no
-host sync),
-and a per-sample generator seeded from the record, so a sample's noise never depends on the
-rest of the batch.
+host sync), and a per-sample generator seeded from the record, so a sample's noise never
+depends on the rest of the batch.
 """
 from __future__ import annotations
 
