@@ -345,7 +345,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=3, help="max timed calls per configuration")
     ap.add_argument("--min-pairs", type=int, default=32,
                     help="keep timing rounds until this many pairs per contender (budget allowing)")
-    ap.add_argument("--max-seconds", type=float, default=12.0,
+    ap.add_argument("--max-seconds", type=float, default=10.0,
                     help="timing budget per contender and configuration (>= 1 call each)")
     ap.add_argument("--profile-calls", type=int, default=2,
                     help="calls of the per-stage profiling pass (0: skip)")

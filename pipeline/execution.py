@@ -82,7 +82,7 @@ def shutdown_ray() -> None:
 class _ShardActor:
     """Ray actor wrapper: one ShardProcessor per process."""
 
-    def __init__(self, spec: JobSpec, device: str, torch_threads: int):
+    def __init__(self, spec: JobSpec, device: str, torch_threads: int | None):
         self.proc = ShardProcessor(spec, device=device, torch_threads=torch_threads)
 
     def ready(self) -> dict:
@@ -119,12 +119,9 @@ class RayExecutor:
             raise RuntimeError("--device cuda: the Ray cluster reports no GPU")
         use_gpu = self.device in ("auto", "cuda") and gpus >= 1
         num_gpus = min(1.0, gpus / workers) if use_gpu else 0.0
-        if self.cpus_per_worker:
-            cpw = self.cpus_per_worker
-        elif use_gpu:
-            cpw = 1  # the GPU does the heavy lifting; decode/encode threads share one CPU slot
-        else:
-            cpw = max(1, (os.cpu_count() or 1) // workers)  # split this node's cores between actors
+        # one CPU slot per actor: degradation runs single-threaded (see worker.CPU_TORCH_THREADS),
+        # its decode/encode threads mostly wait on the GIL-free codecs
+        cpw = self.cpus_per_worker or 1
         cpw = float(cpw)
         # never ask for more than the cluster has: actors would stay pending forever
         fit = int(cpus // cpw) if cpw > 0 else workers
@@ -132,7 +129,7 @@ class RayExecutor:
             cpw = max(0.25, cpus / workers) if cpus else cpw
             log.warning("execution: %d workers x %.2f CPU does not fit %g CPUs; using %.2f CPU each",
                         workers, float(self.cpus_per_worker or 1), cpus, cpw)
-        threads = self.torch_threads or max(1, int(round(cpw)))
+        threads = self.torch_threads  # None: the worker's deterministic default
         return workers, cpw, num_gpus, ("auto" if use_gpu else "cpu"), threads
 
     def run(self, tasks: list[ShardTask], on_done: OnDone | None = None) -> RunReport:

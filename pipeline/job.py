@@ -71,8 +71,8 @@ def code_version() -> dict:
 
 
 def default_workers() -> int:
-    """Half the cores (each actor gets >= 2 threads for torch + decode/encode), at least 1."""
-    return max(1, (os.cpu_count() or 2) // 2)
+    """One CPU worker per core (each degrades single-threaded; see worker.CPU_TORCH_THREADS)."""
+    return max(1, os.cpu_count() or 1)
 
 
 def synth(source: str, out: str, *, preset: str | None = "realesrgan-x4plus", config: Any = None,
@@ -181,7 +181,7 @@ def _read(url: str, storage_options: dict | None) -> dict | None:
 
 
 def _cluster_default_workers(device: str) -> int:
-    """One worker per GPU when the cluster has GPUs (and they are wanted), else half the cores."""
+    """One worker per GPU when the cluster has GPUs (and they are wanted), else one per core."""
     import ray
 
     gpus = int(ray.cluster_resources().get("GPU", 0))

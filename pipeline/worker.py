@@ -63,6 +63,13 @@ class ShardTask:
     items: list[tuple[int, SourceItem]] = field(default_factory=list)  # (image index, item)
 
 
+#: torch intra-op threads on CPU.  Fixed (not "cores / workers") on purpose: the degradation
+#: engine's float results can differ in the last bit with the thread count, which a JPEG step
+#: can amplify into different bytes — and shards must not depend on the worker count.
+#: Parallelism comes from more workers (one per core) instead.
+CPU_TORCH_THREADS = 1
+
+
 def resolve_device(requested: str) -> str:
     """``auto`` → cuda when this process really sees a GPU, else cpu; never wait for a GPU."""
     import torch
@@ -100,8 +107,8 @@ class ShardProcessor:
 
         self.spec = spec
         self.device = resolve_device(device)
-        if torch_threads:
-            torch.set_num_threads(int(torch_threads))
+        if torch_threads or self.device == "cpu":
+            torch.set_num_threads(int(torch_threads or CPU_TORCH_THREADS))
         self.degrader = Degrader(spec.degradation, device=self.device)
         self.patcher = Patcher(spec.patch, spec.patch_size)
         self.patcher.warm_up()  # import albumentations (~3 s) now, not inside the first shard's timings

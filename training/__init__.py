@@ -1,0 +1,61 @@
+"""pairforge training: a D3SR-style one-step diffusion SR trainer on DeepSpeed.
+
+Python API::
+
+    from training import train, load_config
+    result = train("tiny", data="out/<dataset-id>", out="runs/tiny", steps=200, ranks=1)
+    # -> {"rc": 0, "out": ..., "report": "runs/tiny/report.md", ...}
+
+Module map (one job each): ``config`` (typed YAML + presets), ``models/`` (generator,
+discriminator, tiny/pretrained backbones), ``losses``, ``engines`` (two DeepSpeed engines),
+``data`` (shard streaming), ``checkpoint``, ``validation``, ``logging_utils``, ``report``,
+``launch`` (local ranks / cluster commands), ``trainer`` (the loop), ``inference``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, TrainConfig, from_dict, list_presets, load_config, set_dotted
+
+__all__ = ["train", "load_config", "TrainConfig", "ConfigError", "list_presets", "from_dict", "set_dotted"]
+
+
+def train(config: str | os.PathLike | TrainConfig, data: str, out: str | os.PathLike, *,
+          steps: int | None = None, ranks: int = 1, zero_stage: int | None = None,
+          resume: str | None = None, overrides: dict[str, Any] | None = None,
+          val_data: str | None = None, extra_env: dict[str, str] | None = None) -> dict:
+    """Train on ``ranks`` local processes (gloo on CPU, nccl on GPU) and wait.
+
+    ``config``: a preset name (``tiny``, ``d3sr-sd21``, ``d3sr-sdxl``), a YAML path or a
+    TrainConfig. ``overrides`` is a nested dict or {"dotted.key": value}. Returns
+    {"rc", "out", "report", "metrics", "export"}; rc != 0 if a rank failed.
+    """
+    from .launch import spawn_local
+
+    ov: dict = {}
+    for k, v in (overrides or {}).items():
+        if "." in k:
+            set_dotted(ov, k, v)
+        else:
+            ov[k] = v
+    if steps is not None:
+        ov["steps"] = steps
+    if zero_stage is not None:
+        set_dotted(ov, "engine.zero_stage", zero_stage)
+    if isinstance(config, TrainConfig):
+        cfg = from_dict(config.to_dict(), ov)
+    elif str(config) in list_presets():
+        cfg = load_config(preset=str(config), overrides=ov)
+    else:
+        cfg = load_config(config, overrides=ov)
+    outp = Path(out)
+    outp.mkdir(parents=True, exist_ok=True)
+    job = {"config": cfg.to_dict(), "data": str(data), "out": str(outp), "resume": resume, "val_data": val_data}
+    job_path = outp / "job.json"
+    job_path.write_text(json.dumps(job, indent=2))
+    rc = spawn_local(job_path, ranks, extra_env=extra_env)
+    return {"rc": rc, "out": str(outp), "report": str(outp / "report.md"),
+            "metrics": str(outp / "metrics.jsonl"), "export": str(outp / "export")}

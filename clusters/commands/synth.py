@@ -21,7 +21,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--patches-per-image", type=int, default=4, help="HR patches per source image (N)")
     p.add_argument("--views", type=int, default=1, help="degraded LR views per HR patch (K)")
     p.add_argument("--workers", type=int, default=None,
-                   help="degradation workers (Ray actors); default: one per GPU, else half the cores")
+                   help="degradation workers (Ray actors); default: one per GPU, else one per core")
     p.add_argument("--ray-address", default=None, help="join an existing Ray cluster (default: embedded local Ray)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run of the same job")
     p.add_argument("--images-per-shard", type=int, default=64)
