@@ -85,11 +85,10 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.
             im.load()
             if getattr(im, "n_frames", 1) > 1:
                 info["conversions"].append("first_frame")
-            transposed = ImageOps.exif_transpose(im)
-            if transposed is not None and transposed is not im:
-                if transposed.size != im.size or im.getexif().get(0x0112, 1) not in (0, 1):
-                    info["conversions"].append(f"exif_orientation_{im.getexif().get(0x0112, 1)}")
-                im = transposed
+            orientation = im.getexif().get(0x0112, 1)
+            if orientation not in (0, 1):  # store pixels upright, as a viewer would show them
+                im = ImageOps.exif_transpose(im)
+                info["conversions"].append(f"exif_orientation_{orientation}")
             arr = _pil_to_rgb(im, info)
     except SkipInput:
         raise

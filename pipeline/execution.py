@@ -38,6 +38,8 @@ class RunReport:
     done: list[str]
     failed: dict[str, str]    # shard name -> last error (never contains credentials)
     workers: list[dict]
+    startup_s: float = 0.0    # creating workers (process start, imports, Degrader init)
+    run_s: float = 0.0        # first shard submitted -> last shard committed
 
 
 # ---------------------------------------------------------------- Ray lifecycle
@@ -58,6 +60,14 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
         return True
+    # Single-node mode binds every service (GCS, raylet, workers) to 127.0.0.1 instead of the
+    # machine's address.  Ray reads the flag at import time, so also set the already-imported
+    # constant; child processes get it from the environment.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] in ("0", "false", "False"):
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
     tmp = tempfile.mkdtemp(prefix="pfray-", dir="/tmp")  # short: unix socket paths are limited
     _STARTED_TEMP.append(tmp)
     kwargs = dict(address="local", num_cpus=num_cpus or (os.cpu_count() or 1) + 1, object_store_memory=object_store_mb << 20,
@@ -130,19 +140,26 @@ class RayExecutor:
             log.warning("execution: %d workers x %.2f CPU does not fit %g CPUs; using %.2f CPU each",
                         workers, float(self.cpus_per_worker or 1), cpus, cpw)
         threads = self.torch_threads  # None: the worker's deterministic default
-        return workers, cpw, num_gpus, ("auto" if use_gpu else "cpu"), threads
+        # "cuda" on a GPU actor: the worker warns and uses CPU if CUDA cannot see the GPU it got
+        return workers, cpw, num_gpus, ("cuda" if use_gpu else "cpu"), threads
 
     def run(self, tasks: list[ShardTask], on_done: OnDone | None = None) -> RunReport:
         import ray
 
         workers, cpw, ngpu, device, threads = self._placement()
         workers = min(workers, max(1, len(tasks)))
-        cls = ray.remote(_ShardActor).options(num_cpus=cpw, num_gpus=ngpu, max_restarts=0)
+        # max_concurrency=2 matches the two shards queued per actor: one shard's encode/upload
+        # tail overlaps the next one's decode and degradation (the degrader itself is locked)
+        cls = ray.remote(_ShardActor).options(num_cpus=cpw, num_gpus=ngpu, max_restarts=0, max_concurrency=2)
         spec_ref = ray.put(self.spec)
         actors = [cls.remote(spec_ref, device, threads) for _ in range(workers)]
+        t0 = time.perf_counter()
         try:
             infos = self._wait_ready(actors)
-            return self._schedule(actors, tasks, on_done, infos, cls, spec_ref, device, threads)
+            t1 = time.perf_counter()
+            report = self._schedule(actors, tasks, on_done, infos, cls, spec_ref, device, threads)
+            report.startup_s, report.run_s = t1 - t0, time.perf_counter() - t1
+            return report
         finally:
             for a in actors:
                 try:
@@ -229,7 +246,9 @@ class InlineExecutor:
         import torch
 
         prev = torch.get_num_threads()
+        t0 = time.perf_counter()
         proc = ShardProcessor(self.spec, device=self.device, torch_threads=self.torch_threads)
+        t1 = time.perf_counter()
         done, failed = [], {}
         try:
             for task in tasks:
@@ -246,7 +265,7 @@ class InlineExecutor:
                     if on_done:
                         on_done(task, stats)
                     break
-            return RunReport(done, failed, [proc.info()])
+            return RunReport(done, failed, [proc.info()], t1 - t0, time.perf_counter() - t1)
         finally:
             proc.close()
             torch.set_num_threads(prev)

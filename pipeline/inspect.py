@@ -36,7 +36,7 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-_SKIP_PARAM = ("key", "seed", "version", "code_version")
+_SKIP_PARAM = ("key", "seed", "version", "code_version", "config_fingerprint", "format", "hr_size", "in_size")
 
 
 def collect_params(records: list[dict]) -> dict[str, list]:
@@ -44,8 +44,10 @@ def collect_params(records: list[dict]) -> dict[str, list]:
     values: dict[str, list] = defaultdict(list)
     for rec in records:
         for k, v in _flatten(rec).items():
-            if k.split(".")[-1] in _SKIP_PARAM or k.split(".")[0] in _SKIP_PARAM:
-                continue
+            parts = k.split(".")
+            if any(p.split("[")[0] in _SKIP_PARAM for p in parts) or (parts[-1].startswith("size[") and
+                                                                      "resize" in parts):
+                continue  # identifiers and sizes derived from other parameters
             values[k].append(v)
     return dict(values)
 
@@ -58,7 +60,7 @@ def plot_histograms(values: dict[str, list], path: str, title: str = "") -> int:
     import matplotlib.pyplot as plt
 
     keys = [k for k, v in sorted(values.items()) if len(set(map(str, v))) > 1 or len(values) <= 12]
-    keys = keys[:48]
+    keys = keys[:40]
     n = max(1, len(keys))
     cols = min(4, n)
     rows = (n + cols - 1) // cols
@@ -82,7 +84,7 @@ def plot_histograms(values: dict[str, list], path: str, title: str = "") -> int:
     if not keys:
         axes.flat[0].text(0.5, 0.5, "no parameter records", ha="center")
     fig.suptitle(title or "degradation parameters", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.subplots_adjust(left=0.04, right=0.98, bottom=0.06, top=1 - 1.1 / (2.6 * rows), hspace=0.7, wspace=0.25)
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return len(keys)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,7 @@ class SynthResult:
     shards_written: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     manifest: dict | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # listing / startup / run seconds
 
     @property
     def ok(self) -> bool:
@@ -100,7 +102,9 @@ def synth(source: str, out: str, *, preset: str | None = "realesrgan-x4plus", co
     pcfg = PatchConfig(size=size, per_image=patches_per_image, min_size_policy=min_size_policy,
                        min_side=min_side, flips=flips)
     enc = EncodeConfig(hr_format=hr_format, lr_format=lr_format, jpg_quality=jpg_quality)
+    t_list = time.perf_counter()
     listing = list_source(source, storage_options, min_side=size)
+    t_list = time.perf_counter() - t_list
 
     identity = {
         "listing_sha256": listing.digest(), "inputs": len(listing.items),
@@ -154,11 +158,12 @@ def synth(source: str, out: str, *, preset: str | None = "realesrgan-x4plus", co
     spec = JobSpec(dataset_url=ds_url, degradation=cfg, patch=pcfg, patch_size=size, encode=enc, seed=int(seed),
                    views=int(views), code_version=identity["code_version"], batch_size=batch_size,
                    max_pixels=max_pixels, storage_options=storage_options)
-    report = _run(spec, tasks, executor=executor, workers=workers, ray_address=ray_address, device=device,
+    fresh: dict[str, dict] = {}
+    report = _run(spec, tasks, fresh, executor=executor, workers=workers, ray_address=ray_address, device=device,
                   cpus_per_worker=cpus_per_worker, max_retries=max_retries, progress=progress)
 
-    # 5. commit the dataset
-    stats = committed_shards(ds_url, names, storage_options)
+    # 5. commit the dataset: stats of shards done before this run + those just returned by workers
+    stats = {**done, **fresh}
     missing = [n for n in names if n not in stats]
     if missing:
         failed = dict(report.failed)
@@ -167,8 +172,9 @@ def synth(source: str, out: str, *, preset: str | None = "realesrgan-x4plus", co
         return SynthResult(ds_url, ds_id, "failed", n_shards, report.done, failed)
     manifest = build_manifest(job, stats)
     storage.write_bytes(storage.join(ds_url, "manifest.json"), pretty_json(manifest), storage_options)
+    timings = {"listing": t_list, "startup": report.startup_s, "run": report.run_s}
     return SynthResult(ds_url, ds_id, "resumed" if existing is not None else "created", n_shards,
-                       report.done, {}, manifest)
+                       report.done, {}, manifest, timings)
 
 
 def _read(url: str, storage_options: dict | None) -> dict | None:
@@ -188,7 +194,7 @@ def _cluster_default_workers(device: str) -> int:
     return gpus if gpus >= 1 and device != "cpu" else default_workers()
 
 
-def _run(spec: JobSpec, tasks: list[ShardTask], *, executor: str, workers: int | None, ray_address: str | None,
+def _run(spec: JobSpec, tasks: list[ShardTask], fresh: dict[str, dict], *, executor: str, workers: int | None, ray_address: str | None,
          device: str, cpus_per_worker: float | None, max_retries: int, progress: bool):
     from tqdm import tqdm
 
@@ -203,6 +209,7 @@ def _run(spec: JobSpec, tasks: list[ShardTask], *, executor: str, workers: int |
 
     def on_done(task: ShardTask, stats: dict) -> None:
         samples[0] += stats["count"]
+        fresh[task.name] = stats
         done.append(task.name)
         bar.set_postfix(pairs=samples[0], shards=f"{len(done)}/{len(tasks)}", refresh=False)
         bar.update(len(task.items))

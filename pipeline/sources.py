@@ -268,7 +268,7 @@ def list_source(spec: str, storage_options: dict | None = None, *, min_side: int
     low = spec.lower()
     if spec.startswith("wds:"):
         return list_webdataset(spec[4:], storage_options)
-    if "{" in spec and ".." in spec or low.endswith(".tar"):
+    if ("{" in spec and ".." in spec) or low.endswith(".tar"):
         return list_webdataset(spec, storage_options)
     if low.endswith(LIST_EXTS):
         return list_text_file(spec, storage_options)

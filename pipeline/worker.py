@@ -14,6 +14,7 @@ batch size and the encode queue length, independent of shard size.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -78,7 +79,8 @@ def resolve_device(requested: str) -> str:
         return "cpu"
     has_cuda = torch.cuda.is_available()
     if requested == "cuda" and not has_cuda:
-        log.warning("worker: cuda requested but no usable GPU in this process; using cpu")
+        log.warning("worker: a GPU was requested but CUDA sees none in this process "
+                    "(CUDA_VISIBLE_DEVICES=%s); degrading on cpu", os.environ.get("CUDA_VISIBLE_DEVICES"))
     return "cuda" if has_cuda else "cpu"
 
 
@@ -107,11 +109,16 @@ class ShardProcessor:
 
         self.spec = spec
         self.device = resolve_device(device)
-        if torch_threads or self.device == "cpu":
-            torch.set_num_threads(int(torch_threads or CPU_TORCH_THREADS))
+        self._torch_threads = int(torch_threads or CPU_TORCH_THREADS) if (torch_threads or self.device == "cpu") else None
+        if self._torch_threads:
+            torch.set_num_threads(self._torch_threads)
         self.degrader = Degrader(spec.degradation, device=self.device)
         self.patcher = Patcher(spec.patch, spec.patch_size)
         self.patcher.warm_up()  # import albumentations (~3 s) now, not inside the first shard's timings
+        # process() may run for two shards at once (a threaded actor), so the tail of one shard
+        # (encode/write/upload) overlaps the next shard's degradation; the degrader is shared
+        # and used by one batch at a time
+        self._degrade_lock = threading.Lock()
         self.decode_pool = ThreadPoolExecutor(spec.decode_threads, thread_name_prefix="pf-decode")
         self.encode_pool = ThreadPoolExecutor(spec.encode_threads, thread_name_prefix="pf-encode")
 
@@ -159,15 +166,18 @@ class ShardProcessor:
         k = spec.views
         hr = np.stack([b[1] for b in batch])
         keys = [f"{b[0]}_v{v}" for b in batch for v in range(k)]
-        t0 = time.perf_counter()
         hr_t = torch.from_numpy(hr).permute(0, 3, 1, 2)
         if k > 1:
             hr_t = hr_t.repeat_interleave(k, dim=0)
         hr_t = hr_t.contiguous()
-        with torch.inference_mode():
-            lr_t, records = self.degrader(hr_t, keys=keys, seed=spec.seed)
-        lr = lr_t.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-        timer.add("degrade", time.perf_counter() - t0)
+        with self._degrade_lock:
+            if self._torch_threads and torch.get_num_threads() != self._torch_threads:
+                torch.set_num_threads(self._torch_threads)  # OpenMP settings can be per calling thread
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                lr_t, records = self.degrader(hr_t.to(self.device), keys=keys, seed=spec.seed)
+            lr = lr_t.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+            timer.add("degrade", time.perf_counter() - t0)
         return hr, lr, records
 
     def _encode(self, entry, hr: np.ndarray, lrs: list[np.ndarray], records: list[dict], timer: _Timer) -> dict:
@@ -208,8 +218,6 @@ class ShardProcessor:
                     raise RuntimeError("shard aborted")
                 if fut is _END:
                     return
-                if abort.is_set():
-                    raise RuntimeError("shard aborted")
                 yield fut.result()
 
         url = storage.join(spec.dataset_url, task.name)
@@ -268,10 +276,10 @@ class ShardProcessor:
             put(_END)  # type: ignore[arg-type]
             result = writer.result()
         except BaseException:
-            abort.set()
-            with _suppress():
+            abort.set()  # the writer raises on its next item, which discards the partial tar
+            with contextlib.suppress(Exception):
                 encoded.put_nowait(_END)
-            with _suppress():
+            with contextlib.suppress(Exception):
                 writer.result(timeout=30)
             raise
         finally:
@@ -296,10 +304,3 @@ class ShardProcessor:
         write_stats(spec.dataset_url, task.name, stats, spec.storage_options)
         return stats
 
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> bool:
-        return True

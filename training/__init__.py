@@ -56,6 +56,6 @@ def train(config: str | os.PathLike | TrainConfig, data: str, out: str | os.Path
     job = {"config": cfg.to_dict(), "data": str(data), "out": str(outp), "resume": resume, "val_data": val_data}
     job_path = outp / "job.json"
     job_path.write_text(json.dumps(job, indent=2))
-    rc = spawn_local(job_path, ranks, extra_env=extra_env)
+    rc = spawn_local(job_path, ranks, extra_env=extra_env, loader_workers=cfg.data.num_workers)
     return {"rc": rc, "out": str(outp), "report": str(outp / "report.md"),
             "metrics": str(outp / "metrics.jsonl"), "export": str(outp / "export")}

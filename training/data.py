@@ -15,7 +15,8 @@ How the stream is built (one "slot" = one dataloader worker of one rank; S = ran
    round-robin order (torch's in-order DataLoader), so all ranks see equal sample counts.
 3. **Resumable position.** The data position is the number of batches a rank has consumed.
    Worker w of a rank produced batches w, w+W, …, so it skips exactly ``len(range(w, n, W)) × B``
-   samples of its stream — arithmetically over whole parts (from the manifest counts), then
+   samples of its stream (after a resume, loader worker i plays worker (i + n) mod W, since
+   the DataLoader's round-robin restarts at worker 0) — arithmetically over whole parts (from the manifest counts), then
    by reading (not decoding) at most one part's worth of tar members.
 4. **Per sample.** One LR view is picked with a counter-based RNG seeded by
    ``(seed, key, pass)``; an optional aligned random crop (same RNG); the LR is upsampled
@@ -214,10 +215,12 @@ class ShardStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
-        worker = info.id if info is not None else 0
+        physical = info.id if info is not None else 0
         if info is not None and info.num_workers != self.num_workers:
             raise RuntimeError("ShardStream.num_workers must equal the DataLoader's num_workers")
-        return self.iter_slot(worker)
+        # the DataLoader restarts its round-robin at worker 0; after n consumed batches the next
+        # batch belongs to logical worker n % W, so rotate the roles
+        return self.iter_slot((physical + self.start_batches) % self.num_workers)
 
 
 def _worker_init(_):

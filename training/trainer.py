@@ -55,6 +55,41 @@ def _all_sum(values: dict[str, float], device) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
+def generator_step(engine_g, engine_d, loss_fn, lr_up, hr, cfg: TrainConfig, noise_gen, use_adv: bool, device):
+    """One generator micro-step with the discriminator frozen. Returns (outputs, loss, parts)."""
+    d_cfg = cfg.discriminator
+    g_dtype = engine_g.module.dtype
+    with frozen(engine_d.module):
+        out_g = engine_g(lr_up.to(g_dtype), hr.to(g_dtype))
+        fake_logits = None
+        if use_adv:
+            t = torch.randint(d_cfg.t_min, d_cfg.t_max + 1, (hr.shape[0],), device=device, generator=noise_gen)
+            noise = torch.randn(out_g["z_fake"].shape, device=device, generator=noise_gen)
+            # D's *module*, not its engine: an engine forward registers backward hooks on its
+            # outputs that would run D's gradient reduction (and rescale the gradient by D's
+            # accumulation steps) inside the G backward.
+            fake_logits = engine_d.module(out_g["z_fake"], t, noise, image01=out_g["sr"])
+        loss_g, parts = loss_fn(out_g["sr"], hr, fake_logits, use_adv=use_adv)
+        engine_g.backward(loss_g)
+        engine_g.step()
+    return out_g, loss_g, parts
+
+
+def discriminator_step(engine_d, out_g, hr, cfg: TrainConfig, noise_gen, device):
+    """One discriminator micro-step: real E(x) vs detached ẑ, noised to one shared t."""
+    d_cfg = cfg.discriminator
+    z_real, z_fake = out_g["z_real"].detach(), out_g["z_fake"].detach()
+    t = torch.randint(d_cfg.t_min, d_cfg.t_max + 1, (hr.shape[0],), device=device, generator=noise_gen)
+    noise_r = torch.randn(z_real.shape, device=device, generator=noise_gen)
+    noise_f = torch.randn(z_fake.shape, device=device, generator=noise_gen)
+    real_logits = engine_d(z_real, t, noise_r, image01=hr.to(z_real.dtype))
+    fake_logits = engine_d(z_fake, t, noise_f, image01=out_g["sr"].detach())
+    loss_d = d_loss(real_logits, fake_logits, cfg.loss.gan)
+    engine_d.backward(loss_d)
+    engine_d.step()
+    return loss_d, real_logits, fake_logits
+
+
 def run(cfg: TrainConfig, data: str, out: str | os.PathLike, resume: str | None = None,
         val_data: str | None = None) -> dict:
     from pipeline import load_manifest
@@ -155,7 +190,7 @@ def run(cfg: TrainConfig, data: str, out: str | os.PathLike, resume: str | None 
         validate(0)
 
     # ---- the loop ----------------------------------------------------------------------
-    d_cfg, l_cfg = cfg.discriminator, cfg.loss
+    l_cfg = cfg.loss
     data_iter = iter(loader)
     window: dict[str, float] = {}
     window_n = 0
@@ -168,29 +203,9 @@ def run(cfg: TrainConfig, data: str, out: str | os.PathLike, resume: str | None 
             hr = batch["hr"].to(device, non_blocking=True)
             lr_up = batch["lr_up"].to(device, non_blocking=True)
 
-            # -- 1. generator step (discriminator frozen) --
-            with frozen(engine_d.module):
-                out_g = engine_g(lr_up.to(g_dtype), hr.to(g_dtype))
-                fake_logits = None
-                if use_adv:
-                    t = torch.randint(d_cfg.t_min, d_cfg.t_max + 1, (hr.shape[0],), device=device,
-                                      generator=noise_gen)
-                    noise = torch.randn(out_g["z_fake"].shape, device=device, generator=noise_gen)
-                    fake_logits = engine_d(out_g["z_fake"], t, noise, image01=out_g["sr"])
-                loss_g, parts = loss_fn(out_g["sr"], hr, fake_logits, use_adv=use_adv)
-                engine_g.backward(loss_g)
-                engine_g.step()
-
-            # -- 2. discriminator step (real vs detached fake, one shared t) --
-            z_real, z_fake = out_g["z_real"].detach(), out_g["z_fake"].detach()
-            t = torch.randint(d_cfg.t_min, d_cfg.t_max + 1, (hr.shape[0],), device=device, generator=noise_gen)
-            noise_r = torch.randn(z_real.shape, device=device, generator=noise_gen)
-            noise_f = torch.randn(z_fake.shape, device=device, generator=noise_gen)
-            real_logits = engine_d(z_real, t, noise_r, image01=hr.to(g_dtype))
-            fake_logits_d = engine_d(z_fake, t, noise_f, image01=out_g["sr"].detach())
-            loss_d = d_loss(real_logits, fake_logits_d, l_cfg.gan)
-            engine_d.backward(loss_d)
-            engine_d.step()
+            out_g, loss_g, parts = generator_step(engine_g, engine_d, loss_fn, lr_up, hr, cfg, noise_gen,
+                                                  use_adv, device)
+            loss_d, real_logits, fake_logits_d = discriminator_step(engine_d, out_g, hr, cfg, noise_gen, device)
 
             rec = {"loss_g": float(loss_g.detach()), "loss_d": float(loss_d.detach()),
                    "d_real": float(real_logits.detach().mean()), "d_fake": float(fake_logits_d.detach().mean()),

@@ -78,7 +78,6 @@ class OneStepGenerator(nn.Module):
         import copy
 
         from diffusers import StableDiffusionPipeline
-        from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
         from safetensors.torch import save_file
 
@@ -87,7 +86,9 @@ class OneStepGenerator(nn.Module):
         unet = copy.deepcopy(self.unet).float().cpu()
         has_lora = bool(getattr(unet, "peft_config", None))
         if has_lora:
-            lora_sd = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+            # peft-format keys ("unet.<module>.lora_A.weight"): the form diffusers' LoRA loaders
+            # read for every layer type (the legacy conversion renames attention layers only)
+            lora_sd = get_peft_model_state_dict(unet)
             StableDiffusionPipeline.save_lora_weights(out / "lora", unet_lora_layers=lora_sd,
                                                       safe_serialization=True)
             unet.fuse_lora(lora_scale=1.0)

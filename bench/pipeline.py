@@ -1,0 +1,176 @@
+"""End-to-end pair-synthesis throughput vs the degradation-only ceiling.
+
+    python bench/pipeline.py [--patches-per-image 24] [--workers 1 2] [--preset realesrgan-x4plus]
+
+For each worker count W it measures, on the bundled photos at the preset's patch size:
+
+* **ceiling** — W processes calling ``Degrader`` directly on pre-cut patches (single-threaded
+  torch, batch 32, same as the pipeline's workers): the most pairs/s degradation alone allows;
+* **e2e local** — ``pipeline.synth`` on embedded Ray: read → decode → crop → degrade → encode →
+  tar → local folder, committed;
+* **e2e s3** — the same into a moto S3 server on 127.0.0.1 (real HTTP, multipart uploads).
+
+e2e pairs/s is steady state: pairs / (first shard submitted → last shard committed); worker
+start-up (process spawn, imports, Degrader init) is reported separately.  The per-stage columns
+are busy milliseconds per pair summed over threads (read/decode/patch run in decode threads,
+encode in encoder threads, write in the writer thread) — they overlap with degradation, so they
+can add up to more than the wall time.  Nothing here is asserted; numbers vary by machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def cut_patches(preset: str, per_image: int, size: int) -> np.ndarray:
+    """The same HR patches the pipeline cuts (same keys, seed 0), as one uint8 NHWC array."""
+    from pipeline.decode import decode_image
+    from pipeline.patching import PatchConfig, Patcher
+    from pipeline.sources import image_key, list_bundled
+
+    patcher = Patcher(PatchConfig(size=size, per_image=per_image), size)
+    out = []
+    for i, item in enumerate(list_bundled(size).items):
+        img, _ = decode_image(open(item.url, "rb").read())
+        out += [(k, p) for k, p, _ in patcher.patches(img, image_key(i), 0)]
+    return out
+
+
+def _ceiling_worker(args):
+    preset, keys, patches, batch, barrier = args
+    import torch
+
+    from degradations import Degrader, load_preset
+
+    torch.set_num_threads(1)
+    deg = Degrader(load_preset(preset), device="cpu")
+    hr = torch.from_numpy(patches).permute(0, 3, 1, 2).contiguous()
+    deg(hr[:2], keys=["warm0", "warm1"], seed=0)  # first-call allocations out of the timing
+    barrier.wait()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(keys), batch):
+            deg(hr[i:i + batch], keys=[k + "_v0" for k in keys[i:i + batch]], seed=0)
+    return time.perf_counter() - t0
+
+
+def ceiling(preset: str, patches: list, workers: int, batch: int = 32) -> float:
+    """pairs/s of W processes degrading disjoint shares of the patches in parallel."""
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as m:
+        barrier = m.Barrier(workers)
+        parts = [patches[w::workers] for w in range(workers)]
+        jobs = [(preset, [k for k, _ in p], np.stack([x for _, x in p]), batch, barrier) for p in parts]
+        with ctx.Pool(workers) as pool:
+            secs = pool.map(_ceiling_worker, jobs)
+    return len(patches) / max(secs)
+
+
+def e2e(out: str, preset: str, per_image: int, workers: int) -> dict:
+    from pipeline import synth
+
+    res = synth("bundled", out, preset=preset, patches_per_image=per_image, images_per_shard=1,
+                workers=workers, progress=False)
+    assert res.ok, res.failed
+    stages: dict[str, float] = {}
+    from pipeline import storage
+    from pipeline.manifest import read_json
+    from pipeline.shards import stats_name
+
+    for s in res.manifest["shards"]:
+        st = read_json(storage.join(res.url, stats_name(s["name"])))
+        for k, v in st["timings"].items():
+            stages[k] = stages.get(k, 0.0) + v
+    n = res.manifest["totals"]["samples"]
+    return {"pairs": n, "pairs_s": n / res.timings["run"], "startup_s": res.timings["startup"],
+            "run_s": res.timings["run"], "ms_per_pair": {k: 1000 * v / n for k, v in stages.items()},
+            "mb": res.manifest["totals"]["bytes"] / 1e6}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="realesrgan-x4plus")
+    ap.add_argument("--patches-per-image", type=int, default=24)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--no-s3", action="store_true")
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="interleaved repetitions; the best of each is reported (shared/noisy machines)")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+    load0 = os.getloadavg()[0]  # other jobs on the machine skew every number below
+
+    from degradations import load_preset
+
+    size = load_preset(args.preset).hr_size
+    patches = cut_patches(args.preset, args.patches_per_image, size)
+    server = None
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
+    if not args.no_s3:
+        from moto.server import ThreadedMotoServer
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+        server.start()
+        host, port = server.get_host_and_port()
+        os.environ.update({"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "bench",
+                           "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
+        import boto3
+
+        boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1").create_bucket(Bucket="bench")
+
+    from pipeline.execution import init_ray, shutdown_ray
+
+    init_ray(num_cpus=(os.cpu_count() or 1) + 2)  # before any run, after the S3 env is set
+    rows = []
+    try:
+        for w in args.workers:
+            best: dict[str, dict] = {}
+            ceil = 0.0
+            for rep in range(args.repeats):  # interleave so load changes hit both sides alike
+                ceil = max(ceil, ceiling(args.preset, patches, w))
+                targets = [("local", tempfile.mkdtemp(prefix="pfbench-"))]
+                if server:
+                    targets.append(("s3", f"s3://bench/run-w{w}-r{rep}"))
+                for name, out in targets:
+                    r = e2e(out, args.preset, args.patches_per_image, w)
+                    print(f"  {name} w={w} rep {rep}: {r['pairs_s']:.1f} pairs/s (ceiling so far {ceil:.1f})",
+                          file=sys.stderr)
+                    if name not in best or r["pairs_s"] > best[name]["pairs_s"]:
+                        best[name] = r
+            for name, r in best.items():
+                rows.append({"target": name, "workers": w, "ceiling_pairs_s": ceil, **r})
+    finally:
+        shutdown_ray()
+        if server:
+            server.stop()
+
+    stage_cols = ["read", "decode", "patch", "degrade", "encode", "write"]
+    print(f"\npairforge pipeline bench — preset {args.preset}, {size}px HR patches, {len(patches)} pairs from "
+          f"{len(patches) // args.patches_per_image} bundled photos, {os.cpu_count()} CPU cores, CPU degradation, "
+          f"best of {args.repeats}, load average at start {load0:.1f} / end {os.getloadavg()[0]:.1f}\n")
+    hdr = ("| target | workers | pairs | e2e pairs/s | ceiling pairs/s | % of ceiling | startup s | "
+           + " | ".join(f"{c} ms/pair" for c in stage_cols) + " |")
+    print(hdr)
+    print("|" + "---|" * (7 + len(stage_cols)))
+    for r in rows:
+        pct = 100 * r["pairs_s"] / r["ceiling_pairs_s"]
+        print(f"| {r['target']} | {r['workers']} | {r['pairs']} | {r['pairs_s']:.1f} | {r['ceiling_pairs_s']:.1f} | "
+              f"{pct:.0f}% | {r['startup_s']:.1f} | "
+              + " | ".join(f"{r['ms_per_pair'].get(c, 0):.1f}" for c in stage_cols) + " |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Generator / discriminator / losses / engines, on the tiny random-init configs.
+
+Trainer-mechanics tests: the perceptual loss uses ``perceptual_backbone: random`` (asked for
+by name) so they do not depend on prepared ImageNet weights; nothing here reports metrics.
+"""
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from training.config import load_config
+from training.losses import d_loss, g_adv_loss
+from training.models import build_discriminator, build_generator
+from training.models.backbones import SD21_LATENT_SCALE, SDXL_LATENT_SCALE, default_scheduler
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _cfg(**ov):
+    base = {"loss": {"perceptual_backbone": "random", "adv_start_step": 0}}
+    for k, v in ov.items():
+        base.setdefault(k, {}).update(v)
+    return load_config(preset="tiny", overrides=base)
+
+
+def test_one_step_x0_matches_ddpm_scheduler():
+    cfg = _cfg()
+    g = build_generator(cfg.generator).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        out = g(x)
+        z = g.vae.encode(x * 2 - 1).latent_dist.mode() * g.latent_scale
+        t = torch.full((2,), cfg.generator.timestep)
+        eps = g.unet(z, t, encoder_hidden_states=g.prompt_embeds.expand(2, -1, -1)).sample
+        sched = default_scheduler()
+        ref = sched.step(eps, cfg.generator.timestep, z).pred_original_sample
+    assert torch.allclose(out["z_fake"], ref, atol=1e-5)
+    assert out["sr"].shape == x.shape and 0 <= out["sr"].min() and out["sr"].max() <= 1
+
+
+def test_lora_only_on_unet_and_trainable_parts():
+    cfg = load_config(preset="tiny", overrides={"generator": {"train_unet": False, "train_vae": False}})
+    g = build_generator(cfg.generator)
+    trainable = [n for n, p in g.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith("unet.") and "lora_" in n or n == "prompt_embeds" for n in trainable)
+    assert not any(p.requires_grad for p in g.vae.parameters())
+
+
+def test_discriminator_sdxl_like_conditions_and_latent_scale():
+    cfg = _cfg(discriminator={"arch": "tiny-sdxl", "train_backbone": False})
+    d = build_discriminator(cfg.discriminator, gen_latent_scale=SD21_LATENT_SCALE)
+    assert d.sdxl and d.prompt_embeds.shape[-1] == 48 and d.pooled_embeds.shape == (1, 48)
+    z = torch.randn(2, 4, 8, 8)
+    assert torch.allclose(d.to_disc_latent(z, None), z * SDXL_LATENT_SCALE / SD21_LATENT_SCALE)
+    logits = d(z, torch.tensor([10, 900]), torch.randn_like(z))
+    assert logits.shape == (2, 1, 4, 4)
+    # only LoRA (down+mid) and the head train; no up blocks are kept
+    names = [n for n, p in d.named_parameters() if p.requires_grad]
+    assert all("lora_" in n or n.startswith("head.") for n in names)
+    assert not hasattr(d, "up_blocks")
+
+
+def test_gan_losses_match_definitions():
+    real, fake = torch.tensor([2.0, -1.0]), torch.tensor([0.5, -3.0])
+    sig = torch.sigmoid
+    ns_d = (-torch.log(sig(real))).mean() + (-torch.log(1 - sig(fake))).mean()
+    assert torch.allclose(d_loss(real, fake, "nonsaturating"), ns_d)
+    assert torch.allclose(g_adv_loss(fake, "nonsaturating"), (-torch.log(sig(fake))).mean())
+    assert torch.allclose(d_loss(real, fake, "hinge"), F.relu(1 - real).mean() + F.relu(1 + fake).mean())
+    assert torch.allclose(g_adv_loss(fake, "hinge"), -fake.mean())
+
+
+@pytest.fixture(scope="module")
+def dist_env():
+    """One in-process gloo rank (DeepSpeed needs a process group)."""
+    import torch.distributed as dist
+
+    from training.engines import init_distributed
+    from training.launch import default_env, free_port
+
+    old = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                                          "TORCH_EXTENSIONS_DIR")}
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(free_port()), **{k: v for k, v in default_env().items()})
+    init_distributed()
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _snapshot(m):
+    return {n: p.detach().clone() for n, p in m.named_parameters()}
+
+
+def _changed(before, m):
+    return [n for n, p in m.named_parameters() if not torch.equal(before[n], p.detach())]
+
+
+@pytest.mark.parametrize("stage", [2, 1])
+def test_g_step_leaves_d_unchanged_and_vice_versa(dist_env, stage):
+    from training.engines import build_engines
+    from training.losses import GeneratorLoss, build_perceptual
+    from training.trainer import discriminator_step, generator_step
+
+    cfg = _cfg(engine={"zero_stage": stage}, data={"batch_size": 2})
+    g = build_generator(cfg.generator, seed=0)
+    d = build_discriminator(cfg.discriminator, g.latent_scale, seed=0)
+    eg, ed = build_engines(g, d, cfg)
+    loss_fn = GeneratorLoss(cfg.loss, build_perceptual(cfg.loss))
+    noise = torch.Generator().manual_seed(0)
+    hr, lr_up = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+
+    d0, g0 = _snapshot(ed.module), _snapshot(eg.module)
+    out, loss_g, parts = generator_step(eg, ed, loss_fn, lr_up, hr, cfg, noise, True, "cpu")
+    assert "g_adv" in parts and "ea_dists" in parts  # the adversarial term went through D
+    assert _changed(d0, ed.module) == []           # D untouched by the G step
+    assert _changed(g0, eg.module)                  # G did move
+    assert all(p.requires_grad for n, p in ed.module.named_parameters() if "lora_" in n)  # unfrozen again
+
+    d1, g1 = _snapshot(ed.module), _snapshot(eg.module)
+    discriminator_step(ed, out, hr, cfg, noise, "cpu")
+    assert _changed(g1, eg.module) == []           # G untouched by the D step
+    assert _changed(d1, ed.module)                  # D did move
+
+
+def test_export_loads_back_with_diffusers_and_peft(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from training.models.generator import OneStepGenerator
+
+    cfg = load_config(preset="tiny", overrides={"generator": {"train_unet": False, "train_vae": False}})
+    g = build_generator(cfg.generator, seed=5).eval()
+    with torch.no_grad():  # make the LoRA non-trivial (B starts at zero)
+        for n, p in g.unet.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    meta = g.export(tmp_path / "export", base="tiny(seed=5)", lora_on_base=True)
+    for f in ("lora/pytorch_lora_weights.safetensors", "unet/diffusion_pytorch_model.safetensors",
+              "unet/config.json", "vae/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json",
+              "prompt_embeds.safetensors", "pairforge_generator.json"):
+        assert (tmp_path / "export" / f).exists(), f
+    assert meta["lora_applies_to_base"]
+
+    x = torch.randn(1, 4, 16, 16)
+    t = torch.tensor([cfg.generator.timestep])
+    c = g.prompt_embeds.expand(1, -1, -1)
+    with torch.no_grad():
+        ref = g.unet(x, t, encoder_hidden_states=c).sample
+        merged = UNet2DConditionModel.from_pretrained(tmp_path / "export" / "unet")
+        assert torch.allclose(merged(x, t, encoder_hidden_states=c).sample, ref, atol=1e-4)
+        base = build_generator(load_config(preset="tiny", overrides={"generator": {
+            "train_lora": False, "train_unet": True, "train_vae": False}}).generator, seed=5).unet
+        from diffusers import StableDiffusionPipeline
+
+        sd, alphas = StableDiffusionPipeline.lora_state_dict(str(tmp_path / "export" / "lora"))
+        base.load_lora_adapter(sd, prefix="unet", network_alphas=alphas)
+        assert torch.allclose(base(x, t, encoder_hidden_states=c).sample, ref, atol=1e-4)
+        g2 = OneStepGenerator.from_export(tmp_path / "export")
+        lr = torch.rand(1, 3, 32, 32)
+        assert torch.allclose(g2(lr)["sr"], g(lr)["sr"], atol=1e-4)
