@@ -22,13 +22,18 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Run as a script, this file's folder is sys.path[0] and this very file would shadow the
+# `pipeline` package: put the repository root first and drop the bench folder.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+sys.path.insert(0, os.path.dirname(_HERE))
 
 
 def cut_patches(preset: str, per_image: int, size: int) -> np.ndarray:
@@ -143,6 +148,8 @@ def main() -> None:
                     targets.append(("s3", f"s3://bench/run-w{w}-r{rep}"))
                 for name, out in targets:
                     r = e2e(out, args.preset, args.patches_per_image, w)
+                    if name == "local":
+                        shutil.rmtree(out, ignore_errors=True)
                     print(f"  {name} w={w} rep {rep}: {r['pairs_s']:.1f} pairs/s (ceiling so far {ceil:.1f})",
                           file=sys.stderr)
                     if name not in best or r["pairs_s"] > best[name]["pairs_s"]:

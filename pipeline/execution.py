@@ -44,6 +44,7 @@ class RunReport:
 
 # ---------------------------------------------------------------- Ray lifecycle
 _STARTED_TEMP: list[str] = []
+_SAVED: dict = {}
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
@@ -63,12 +64,14 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
     # Single-node mode binds every service (GCS, raylet, workers) to 127.0.0.1 instead of the
     # machine's address.  Ray reads the flag at import time, so also set the already-imported
     # constant; child processes get it from the environment.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    if os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] in ("0", "false", "False"):
+    if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0") in ("0", "false", "False"):
         from ray._private import ray_constants
 
+        _SAVED["cluster_flag"] = (ray_constants.ENABLE_RAY_CLUSTER, os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"))
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         ray_constants.ENABLE_RAY_CLUSTER = False
-    tmp = tempfile.mkdtemp(prefix="pfray-", dir="/tmp")  # short: unix socket paths are limited
+    # short path: Ray's unix sockets live below it (108-byte limit); PAIRFORGE_RAY_TMPDIR overrides
+    tmp = tempfile.mkdtemp(prefix="pfray-", dir=os.environ.get("PAIRFORGE_RAY_TMPDIR", "/tmp"))
     _STARTED_TEMP.append(tmp)
     kwargs = dict(address="local", num_cpus=num_cpus or (os.cpu_count() or 1) + 1, object_store_memory=object_store_mb << 20,
                   include_dashboard=False, _temp_dir=tmp, _node_ip_address="127.0.0.1",
@@ -80,10 +83,20 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
 
 
 def shutdown_ray() -> None:
+    """Shut down Ray if initialised; undo init_ray's process-wide settings."""
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
+    if "cluster_flag" in _SAVED:  # a later init_ray(address=...) must see the real node address
+        from ray._private import ray_constants
+
+        flag, env = _SAVED.pop("cluster_flag")
+        ray_constants.ENABLE_RAY_CLUSTER = flag
+        if env is None:
+            os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+        else:
+            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = env
     while _STARTED_TEMP:
         shutil.rmtree(_STARTED_TEMP.pop(), ignore_errors=True)
 

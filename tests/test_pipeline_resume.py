@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -63,8 +65,10 @@ def test_killed_cli_job_resumes_byte_identical(tmp_path, photo_dir):
     args = ["--source", str(photo_dir), "--out", str(tmp_path / "out"), "--patch-size", "128",
             "--patches-per-image", "6", "--images-per-shard", "1", "--workers", "1", "--no-progress"]
     cwd = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ray_tmp = tempfile.mkdtemp(prefix="pfk-", dir="/tmp")  # the killed Ray cannot clean up after itself
+    env = {**os.environ, "PAIRFORGE_RAY_TMPDIR": ray_tmp}
     proc = subprocess.Popen(_cli(*args), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+                            start_new_session=True, env=env)
     out_root = tmp_path / "out"
     killed = False
     try:
@@ -80,6 +84,7 @@ def test_killed_cli_job_resumes_byte_identical(tmp_path, photo_dir):
         if proc.poll() is None and not killed:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert killed, "job finished before it could be interrupted: " + proc.stderr.read().decode()[-2000:]
     (ds,) = list(out_root.iterdir())
     assert not (ds / "manifest.json").exists()
