@@ -15,9 +15,38 @@ import torch.nn.functional as F
 from .canvas import Canvas
 
 
+def _source_index(out_len: int, in_len: int, scale: float, device: torch.device):
+    """PyTorch's align_corners=False mapping: src = (dst + ½)·scale − ½, clamped at 0."""
+    dst = torch.arange(out_len, device=device, dtype=torch.float64)
+    src = ((dst + 0.5) * scale - 0.5).clamp(min=0)
+    i0 = src.floor().to(torch.int64).clamp(max=in_len - 1)
+    i1 = (i0 + 1).clamp(max=in_len - 1)
+    w1 = (src - i0).to(torch.float32)
+    return i0, i1, w1
+
+
+def _linear(x: torch.Tensor, size: tuple[int, int], factor: float | None) -> torch.Tensor:
+    """Bilinear resize (align_corners=False, no antialias) as two gather-and-lerp passes.
+
+    ``F.interpolate(mode="bilinear")`` on CPU rounds differently with 1 and 2 threads (seen:
+    1.8e-7), and one flipped 8-bit level changes every later Poisson draw of the sample.
+    Elementwise gathers round the same whatever the thread count.
+    """
+    h, w = x.shape[-2:]
+    sh = 1.0 / factor if factor is not None else h / size[0]
+    sw = 1.0 / factor if factor is not None else w / size[1]
+    r0, r1, rw = _source_index(size[0], h, sh, x.device)
+    c0, c1, cw = _source_index(size[1], w, sw, x.device)
+    rw, cw = rw.to(x.dtype), cw.to(x.dtype)
+    cols = torch.lerp(x.index_select(-1, c0), x.index_select(-1, c1), cw)
+    return torch.lerp(cols.index_select(-2, r0), cols.index_select(-2, r1), rw.view(-1, 1))
+
+
 def _interpolate(x: torch.Tensor, size: tuple[int, int], mode: str, factor: float | None) -> torch.Tensor:
     if mode == "copy":
         return x
+    if mode == "bilinear":
+        return _linear(x, size, factor)
     kwargs: dict[str, Any] = {"mode": mode}
     if mode in ("bilinear", "bicubic"):
         kwargs["align_corners"] = False

@@ -19,9 +19,10 @@ RECORD_FORMAT = "pairforge-degradation-v1"
 def draw_blur(rng: SampleRng, cfg: BlurConfig, name: str) -> dict[str, Any]:
     """A Gaussian-family kernel (Real-ESRGAN ``random_mixed_kernels``) or a sinc kernel."""
     size = rng.choice(f"{name}.size", list(cfg.kernel_sizes))
+    support = max(cfg.kernel_sizes)  # kernels are zero-padded to the stage's largest size
     if rng.bernoulli(f"{name}.is_sinc", cfg.sinc_prob):
         lo = math.pi / 3 if size < 13 else math.pi / 5
-        return {"family": "sinc", "size": size, "omega": rng.uniform(f"{name}.omega", lo, math.pi)}
+        return {"family": "sinc", "size": size, "support": support, "omega": rng.uniform(f"{name}.omega", lo, math.pi)}
     families = list(cfg.family_probs)
     family = rng.choice(f"{name}.family", families, [cfg.family_probs[f] for f in families])
     sigma_x = rng.uniform(f"{name}.sigma_x", *cfg.sigma_range)
@@ -31,7 +32,14 @@ def draw_blur(rng: SampleRng, cfg: BlurConfig, name: str) -> dict[str, Any]:
     else:
         sigma_y = rng.uniform(f"{name}.sigma_y", *cfg.sigma_range)
         theta = rng.uniform(f"{name}.theta", -math.pi, math.pi)
-    out: dict[str, Any] = {"family": family, "size": size, "sigma_x": sigma_x, "sigma_y": sigma_y, "theta": theta}
+    out: dict[str, Any] = {
+        "family": family,
+        "size": size,
+        "support": support,
+        "sigma_x": sigma_x,
+        "sigma_y": sigma_y,
+        "theta": theta,
+    }
     if family.startswith("generalized"):
         out["beta"] = _draw_beta(rng, f"{name}.beta", cfg.betag_range)
     elif family.startswith("plateau"):
@@ -109,6 +117,7 @@ def draw_record(cfg: DegradationConfig, seed: int, key: str, hr_hw: tuple[int, i
         sinc = {
             "family": "sinc",
             "size": rng.choice("final.sinc.size", list(cfg.final.sinc_kernel_sizes)),
+            "support": max(cfg.final.sinc_kernel_sizes),
             "omega": rng.uniform("final.sinc.omega", *cfg.final.sinc_omega_range),
         }
     final = {
