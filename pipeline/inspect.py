@@ -109,28 +109,46 @@ def _describe(rec: dict) -> list[str]:
 
 
 def contact_sheet(samples: list[dict], path: str, cell: int = 256) -> None:
-    """Rows of ``HR | LR view 0 | LR view 1 …`` (LR upscaled with nearest neighbour) + captions."""
+    """Rows of ``HR | LR view 0 | LR view 1 …`` (LR upscaled with nearest neighbour).
+
+    Captions run under the whole row (one block per view), wrapped rather than cut, so every
+    parameter of the summary stays readable.
+    """
+    import textwrap
+
     from PIL import Image, ImageDraw
 
     views = max((len(s["lr"]) for s in samples), default=1)
-    line_h, n_lines = 11, 4
-    cap = line_h * n_lines + 4
-    chars = cell // 6
-    sheet = Image.new("RGB", ((1 + views) * cell, max(1, len(samples)) * (cell + cap)), "white")
-    draw = ImageDraw.Draw(sheet)
+    width = (1 + views) * cell
+    chars = width // 6
+    line_h = 12
     font = _font(10)
-    for r, s in enumerate(samples):
-        y = r * (cell + cap)
+    rows = []
+    for s in samples:
         recs = s["params"].get("views") or []
         src = s["params"].get("source", {}).get("name", "")
-        tiles = [([f"HR {s['key']}", src], s["hr"])]
+        lines = [f"{s['key']}  ({src})" if src else s["key"]]
         for v, lr in enumerate(s["lr"]):
-            tiles.append(([f"LR{v} {lr.shape[1]}x{lr.shape[0]}"] + (_describe(recs[v]) if v < len(recs) else []), lr))
-        for c, (lines, arr) in enumerate(tiles):
+            desc = _describe(recs[v]) if v < len(recs) else []
+            head = f"LR{v} {lr.shape[1]}x{lr.shape[0]}: "
+            for i, d in enumerate(desc or [""]):
+                lines += textwrap.wrap((head if i == 0 else "    ") + d, chars) or [head]
+        rows.append(lines)
+    heights = [cell + 6 + line_h * len(lines) for lines in rows]
+    sheet = Image.new("RGB", (width, max(1, sum(heights))), "white")
+    draw = ImageDraw.Draw(sheet)
+    y = 0
+    for s, lines, h in zip(samples, rows, heights):
+        tiles = [s["hr"], *s["lr"]]
+        for c, arr in enumerate(tiles):
             im = Image.fromarray(arr).resize((cell, cell), Image.NEAREST if c else Image.BICUBIC)
             sheet.paste(im, (c * cell, y))
-            for i, text in enumerate(lines[:n_lines]):
-                draw.text((c * cell + 2, y + cell + 2 + i * line_h), text[:chars], fill="black", font=font)
+            label = "HR" if c == 0 else f"LR{c - 1}"
+            draw.rectangle((c * cell, y, c * cell + 7 * len(label) + 4, y + 13), fill="black")
+            draw.text((c * cell + 2, y + 1), label, fill="white", font=font)
+        for i, text in enumerate(lines):
+            draw.text((2, y + cell + 3 + i * line_h), text, fill="black", font=font)
+        y += h
     sheet.save(path)
 
 

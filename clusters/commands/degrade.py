@@ -55,8 +55,8 @@ def _images(source: str, limit: int) -> list[tuple[str, np.ndarray]]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from clusters.contact_sheet import contact_sheet
-    from degradations import Degrader, describe_record, load_preset
+    from degradations import Degrader, load_preset
+    from pipeline.inspect import contact_sheet
 
     cfg = load_preset(args.preset)
     images = _images(args.source, args.limit)
@@ -70,10 +70,12 @@ def run(args: argparse.Namespace) -> int:
     lr, records = Degrader(cfg, device=args.device)(hr, keys=keys, seed=args.seed)
     os.makedirs(args.out, exist_ok=True)
     lr_np = lr.permute(0, 2, 3, 1).cpu().numpy()
-    rows = [(crops[i], [lr_np[i]], f"{keys[i]}\n{describe_record(records[i])}") for i in range(len(keys))]
-    sheet = contact_sheet(rows, title=f"pairforge degrade · preset {cfg.name} · seed {args.seed} · HR {size}² → LR {size // cfg.scale}²")
+    samples = [
+        {"key": keys[i], "hr": crops[i], "lr": [lr_np[i]], "params": {"views": [records[i]], "source": {"name": images[i][0]}}}
+        for i in range(len(keys))
+    ]
     sheet_path = Path(args.out) / "contact_sheet.png"
-    sheet.save(sheet_path)
+    contact_sheet(samples, str(sheet_path))
     with open(Path(args.out) / "records.jsonl", "w") as f:
         for r in records:
             f.write(json.dumps(r) + "\n")
