@@ -43,7 +43,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(ROOT))
 
 from bench.naive_reference import STAGES as NAIVE_STAGES  # noqa: E402
-from bench.naive_reference import NaiveDegrader  # noqa: E402
+from bench.naive_reference import NaiveDegrader, settings_for  # noqa: E402
 
 DEFAULT_HR = {"realesrgan-x4plus": [400, 256], "osediff": [512]}
 BACKENDS = ("real", "differentiable")
@@ -235,7 +235,8 @@ class NaiveContender:
     def __init__(self, preset, hr, device, args):
         self.hr, self.device, self.args, self.b = hr, device, args, hr.shape[0]
         self.inline = device.type == "cpu"
-        self.deg = NaiveDegrader(preset, device=device, profile=self.inline)
+        self.settings = settings_for(preset, usm_conv=args.naive_usm_conv)
+        self.deg = NaiveDegrader(self.settings, device=device, profile=self.inline)
         self.preset = preset
         self.acc = {}
         self.times = []
@@ -256,7 +257,7 @@ class NaiveContender:
     def stages(self):
         if self.inline:
             return {"pairs": self.b * len(self.times), "seconds": self.acc}
-        pdeg = NaiveDegrader(self.preset, device=self.device, profile=True)
+        pdeg = NaiveDegrader(self.settings, device=self.device, profile=True)
         acc, n = {}, 0
         for r in range(1, min(self.args.profile_calls, len(self.times)) + 1):
             pdeg.reseed(r)
@@ -343,13 +344,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--backends", default=",".join(BACKENDS))
     ap.add_argument("--repeats", type=int, default=3, help="max timed calls per configuration")
-    ap.add_argument("--min-pairs", type=int, default=32,
+    ap.add_argument("--min-pairs", type=int, default=16,
                     help="keep timing rounds until this many pairs per contender (budget allowing)")
-    ap.add_argument("--max-seconds", type=float, default=10.0,
+    ap.add_argument("--max-seconds", type=float, default=8.0,
                     help="timing budget per contender and configuration (>= 1 call each)")
     ap.add_argument("--profile-calls", type=int, default=2,
                     help="calls of the per-stage profiling pass (0: skip)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--naive-usm-conv", default="grouped", choices=["grouped", "batch"],
+                    help="naive USM conv form: 'grouped' (default, B*C groups; the faster of the "
+                         "two on CPU) or 'batch' (BasicSR's literal (B*C,1,H,W) conv, ~5x slower)")
     ap.add_argument("--no-naive", action="store_true")
     ap.add_argument("--no-pairforge", action="store_true")
     ap.add_argument("--json", default=None, metavar="OUT")

@@ -24,7 +24,7 @@ def _hr(b=2, size=160, seed=0):
 def test_naive_chain_shape_dtype_and_determinism(preset):
     hr = _hr()
     deg = nr.NaiveDegrader(preset, profile=True)
-    for seed in range(6):  # several seeds: both final orders, noise types, resize directions
+    for seed in range(4):  # several seeds: both final orders, noise types, resize directions
         deg.reseed(seed)
         torch.manual_seed(seed)
         lr = deg(hr)

@@ -183,3 +183,26 @@ def test_tiled_inference_matches_whole_image_and_blends_tiles():
     tiled = upscale_tensor(g, lr, scale=4, tile=32, overlap=8)
     assert tiled.shape == whole.shape and torch.isfinite(tiled).all()
     assert float((tiled - whole).abs().mean()) < 0.2  # same image, only tile-context differences
+
+
+def test_pretrained_presets_load_local_diffusers_folders(tmp_path):
+    """The d3sr-sd21 / d3sr-sdxl code paths on small stand-in folders in diffusers layout."""
+    from training.models import backbones as bb
+
+    sd, xl = tmp_path / "sd21", tmp_path / "sdxl"
+    bb.tiny_vae().save_pretrained(sd / "vae")
+    bb.tiny_unet().save_pretrained(sd / "unet")
+    bb.default_scheduler().save_pretrained(sd / "scheduler")
+    bb.tiny_unet(cross_attention_dim=48, sdxl_like=True).save_pretrained(xl / "unet")
+    cfg = load_config(preset="d3sr-sdxl", overrides={
+        "generator": {"pretrained_path": str(sd), "text_embedding": "zeros"},
+        "discriminator": {"pretrained_path": str(xl)}})
+    g = build_generator(cfg.generator)
+    assert [n for n, p in g.named_parameters() if p.requires_grad and not ("lora_" in n or n == "prompt_embeds")] == []
+    assert g.prompt_embeds.shape == (1, 77, 32)
+    d = build_discriminator(cfg.discriminator, g.latent_scale)
+    assert d.sdxl and d.disc_latent_scale == SDXL_LATENT_SCALE and d.gen_latent_scale == g.latent_scale
+    x = torch.rand(1, 3, 32, 32)
+    out = g(x, hr=x)
+    logits = d(out["z_fake"], torch.tensor([500]), torch.randn_like(out["z_fake"]))
+    assert logits.shape[:2] == (1, 1)
