@@ -45,20 +45,24 @@ def pillow_jpeg_roundtrip(img: np.ndarray, quality: int) -> np.ndarray:
     Image.fromarray(img).save(buf, format="JPEG", quality=int(quality))
     buf.seek(0)
     with Image.open(buf) as decoded:
-        return np.asarray(decoded.convert("RGB"))
+        return np.array(decoded.convert("RGB"))  # writable, so torch can wrap it
 
 
 def _jpeg_pillow(canvas: Canvas, qualities: Sequence[int]) -> Canvas:
-    x = _to_uint8(canvas.data).permute(0, 2, 3, 1).cpu().numpy()
-    out = np.zeros_like(x)
+    """libjpeg round trip per sample, converting only each sample's valid region (not the
+    padded canvas) to and from 8 bits, on the sample thread pool."""
+    src = canvas.data
+    out = torch.zeros_like(src, device="cpu") if src.device.type != "cpu" else torch.zeros_like(src)
+    host = src if src.device.type == "cpu" else src.cpu()
 
     def roundtrip(b: int) -> None:
         h, w = canvas.sizes[b]
-        out[b, :h, :w] = pillow_jpeg_roundtrip(np.ascontiguousarray(x[b, :h, :w]), qualities[b])
+        pixels = _to_uint8(host[b, :, :h, :w]).permute(1, 2, 0).contiguous().numpy()
+        decoded = torch.from_numpy(pillow_jpeg_roundtrip(pixels, qualities[b])).permute(2, 0, 1)
+        torch.div(decoded.to(out.dtype), 255, out=out[b, :, :h, :w])
 
     for_each_sample(roundtrip, range(len(qualities)))
-    res = torch.from_numpy(out).to(canvas.data.device).permute(0, 3, 1, 2)
-    return canvas.with_data(res.to(canvas.data.dtype) / 255)
+    return canvas.with_data(out.to(src.device))
 
 
 def _nvjpeg_available() -> bool:

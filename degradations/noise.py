@@ -29,17 +29,17 @@ def add_noise(canvas: Canvas, params: Sequence[dict[str, Any] | None]) -> Canvas
     """
     x = canvas.data
     device = x.device
-    b, c, h, w = x.shape
+    c = x.shape[1]
     gaussian = [i for i, p in enumerate(params) if p is not None and p["type"] == "gaussian"]
     poisson = [i for i, p in enumerate(params) if p is not None and p["type"] == "poisson"]
-    skipped = [i for i, p in enumerate(params) if p is None]
-    noise = torch.zeros_like(x)
+    out = x.clone()  # samples without noise keep their values (not even clipped)
 
     def gaussian_field(i: int) -> None:
         p = params[i]
         hh, ww = canvas.sizes[i]
         field = torch.randn((1 if p["gray"] else c, hh, ww), generator=_generator(p["seed"], device), device=device)
-        noise[i, :, :hh, :ww] = (field * (float(p["sigma"]) / 255.0)).to(x.dtype)
+        region = out[i, :, :hh, :ww]
+        region.add_((field * (float(p["sigma"]) / 255.0)).to(x.dtype)).clamp_(0, 1)
 
     def poisson_field(i: int) -> None:
         p = params[i]
@@ -51,7 +51,8 @@ def add_noise(canvas: Canvas, params: Sequence[dict[str, Any] | None]) -> Canvas
             n = _poisson_noise(gray_img, gen).expand(c, hh, ww)
         else:
             n = _poisson_noise(img, gen)
-        noise[i, :, :hh, :ww] = (n * float(p["scale"])).to(x.dtype)
+        region = out[i, :, :hh, :ww]
+        region.add_((n * float(p["scale"])).to(x.dtype)).clamp_(0, 1)
 
     def field(i: int) -> None:
         (gaussian_field if params[i]["type"] == "gaussian" else poisson_field)(i)
@@ -62,10 +63,6 @@ def add_noise(canvas: Canvas, params: Sequence[dict[str, Any] | None]) -> Canvas
     else:  # CUDA kernels are asynchronous already; host threads would only contend
         for i in work:
             field(i)
-    out = (x + noise).clamp(0, 1)
-    if skipped:
-        idx = torch.as_tensor(skipped, device=device)
-        out[idx] = x[idx]
     return canvas.with_data(out)
 
 
