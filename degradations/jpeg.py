@@ -52,8 +52,8 @@ def _jpeg_pillow(canvas: Canvas, qualities: Sequence[int]) -> Canvas:
     """libjpeg round trip per sample, converting only each sample's valid region (not the
     padded canvas) to and from 8 bits, on the sample thread pool."""
     src = canvas.data
-    out = torch.zeros_like(src, device="cpu") if src.device.type != "cpu" else torch.zeros_like(src)
-    host = src if src.device.type == "cpu" else src.cpu()
+    out = torch.zeros_like(src, device="cpu")
+    host = src.cpu()  # the tensor itself when it is already on the CPU
 
     def roundtrip(b: int) -> None:
         h, w = canvas.sizes[b]

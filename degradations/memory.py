@@ -5,7 +5,7 @@ fresh ``mmap`` and unmaps it on free. The chain allocates dozens of full-batch f
 tensors per call (16 × 3 × 768² floats is 113 MB), so each one is a fresh mapping whose
 pages the kernel must fault in and zero on first touch: measured on 2 cores, ``x * 255``
 on such a batch took 4.0 ms per sample with the default policy and 0.87 ms with this one,
-and the osediff chain ran 1.5× faster end to end. PyTorch's CPU tuning guides recommend
+and the osediff chain ran 1.35× faster end to end. PyTorch's CPU tuning guides recommend
 jemalloc or tcmalloc for the same reason; this gets the effect with the C library already
 loaded. Pixels are unaffected; the cost is that the process keeps its peak heap size.
 
