@@ -27,7 +27,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--patch-size", type=int, default=128, help="HR patch side (default 128)")
     p.add_argument("--patches-per-image", type=int, default=8)
     p.add_argument("--images-per-shard", type=int, default=2)
-    p.add_argument("--steps", type=int, default=200, help="training steps (default 200, ~4 min on 2 cores)")
+    p.add_argument("--steps", type=int, default=200, help="training steps (default 200, 4–7 min on 2 cores)")
     p.add_argument("--workers", type=int, default=None, help="Ray degradation workers (default: by CPU count)")
     p.add_argument("--executor", choices=["ray", "inline"], default="ray",
                    help="ray (embedded local Ray, the default) or inline (no Ray; for debugging)")
