@@ -9,7 +9,10 @@ For every preset / HR size / batch size it measures pairs per second of
 * pairforge: ``Degrader(cfg, device)`` with each JPEG backend (``real`` and ``differentiable``),
   where ``cfg = load_preset(name)`` with only the JPEG-backend field replaced;
 * the naive baseline (``bench/naive_reference.py``): the BasicSR/Real-ESRGAN chain as written
-  (per-batch choices, full 2-D 51x51 USM, per-sample host syncs, numpy kernels per sample).
+  (per-batch choices, full 2-D 51x51 USM through BasicSR's ``filter2D``, per-sample host syncs,
+  numpy kernels per sample); for USM presets also "naive-grouped", the same chain with the USM
+  as a grouped convolution (a faster CPU form the reference does not use), so that no
+  speed-up is credited to a slow convolution path alone.
 
 HR batches are uint8 crops of scikit-image's sample photos, already on the device; LR stays on
 the device. Each configuration gets one warm-up call, then up to ``--repeats`` timed calls
