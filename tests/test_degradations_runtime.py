@@ -65,3 +65,19 @@ def _policy_in_subprocess(env_extra: dict[str, str]) -> str:
 def test_malloc_policy_applies_once_and_can_be_declined() -> None:
     assert _policy_in_subprocess({}) == "True True"
     assert _policy_in_subprocess({"PAIRFORGE_KEEP_MALLOC": "1"}) == "False False"
+
+
+def test_strip_split_depthwise_equals_one_plain_grouped_conv() -> None:
+    import torch.nn.functional as F
+
+    from degradations import filters
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 300, 170, generator=g)  # 280 output rows: 5 strips, the last partial
+    kernels = torch.rand(2, 21, 21, generator=g)
+    kernels /= kernels.sum(dim=(1, 2), keepdim=True)
+    got = filters._depthwise(x, kernels)
+    weight = kernels.repeat_interleave(3, dim=0).view(6, 1, 21, 21)
+    want = F.conv2d(x.reshape(1, 6, 300, 170), weight, groups=6).view(2, 3, 280, 150)
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, atol=1e-6, rtol=0)
