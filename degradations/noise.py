@@ -34,35 +34,28 @@ def add_noise(canvas: Canvas, params: Sequence[dict[str, Any] | None]) -> Canvas
     poisson = [i for i, p in enumerate(params) if p is not None and p["type"] == "poisson"]
     out = x.clone()  # samples without noise keep their values (not even clipped)
 
-    def gaussian_field(i: int) -> None:
-        p = params[i]
-        hh, ww = canvas.sizes[i]
-        field = torch.randn((1 if p["gray"] else c, hh, ww), generator=_generator(p["seed"], device), device=device)
-        region = out[i, :, :hh, :ww]
-        region.add_((field * (float(p["sigma"]) / 255.0)).to(x.dtype)).clamp_(0, 1)
-
-    def poisson_field(i: int) -> None:
-        p = params[i]
-        hh, ww = canvas.sizes[i]
-        img = x[i, :, :hh, :ww].float()
+    def field(p: dict[str, Any], img: torch.Tensor) -> torch.Tensor:
+        """The noise for one sample's valid region ``img`` (C, h, w); gray fields are (1, h, w)."""
         gen = _generator(p["seed"], device)
+        if p["type"] == "gaussian":
+            shape = (1 if p["gray"] else c, *img.shape[-2:])
+            return torch.randn(shape, generator=gen, device=device) * (float(p["sigma"]) / 255.0)
+        img = img.float()
         if p["gray"]:
-            gray_img = sum(wt * img[k] for k, wt in enumerate(_GRAY_WEIGHTS)).unsqueeze(0)
-            n = _poisson_noise(gray_img, gen).expand(c, hh, ww)
-        else:
-            n = _poisson_noise(img, gen)
-        region = out[i, :, :hh, :ww]
-        region.add_((n * float(p["scale"])).to(x.dtype)).clamp_(0, 1)
+            img = sum(wt * img[k] for k, wt in enumerate(_GRAY_WEIGHTS)).unsqueeze(0)
+        return _poisson_noise(img, gen) * float(p["scale"])
 
-    def field(i: int) -> None:
-        (gaussian_field if params[i]["type"] == "gaussian" else poisson_field)(i)
+    def add(i: int) -> None:
+        hh, ww = canvas.sizes[i]
+        region = out[i, :, :hh, :ww]
+        region.add_(field(params[i], x[i, :, :hh, :ww]).to(x.dtype)).clamp_(0, 1)
 
     work = poisson + gaussian  # slowest first, for balance
     if device.type == "cpu":
-        for_each_sample(field, work)
+        for_each_sample(add, work)
     else:  # CUDA kernels are asynchronous already; host threads would only contend
         for i in work:
-            field(i)
+            add(i)
     return canvas.with_data(out)
 
 
