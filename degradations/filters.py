@@ -29,8 +29,8 @@ from .config import MAX_KERNEL_SIZE
 from .kernels import build_kernels, gaussian_kernel1d
 
 
-#: Output rows per strip in ``_depthwise`` (0 disables strips). Set from each sample's
-#: own height only, so a sample is cut the same way whatever batch it is in.
+#: Output rows per strip in ``_depthwise``. Set from each sample's own height only, so a
+#: sample is cut the same way whatever batch it is in.
 _STRIP_ROWS = 64
 
 
@@ -45,18 +45,18 @@ def _depthwise(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     b, c, h, w = x.shape
     kh, kw = kernels.shape[-2:]
     h_out, w_out = h - kh + 1, w - kw + 1
-    strips = -(-h_out // _STRIP_ROWS) if _STRIP_ROWS and h_out >= 2 * _STRIP_ROWS else 1
+    rows = _STRIP_ROWS if h_out >= 2 * _STRIP_ROWS else h_out
+    strips = -(-h_out // rows)
+    if strips > 1:
+        x = F.pad(x, (0, 0, 0, strips * rows - h_out))  # rows below the image are cut off again
+        x = x.unfold(2, rows + kh - 1, rows).permute(0, 2, 1, 4, 3)  # (b, strips, c, rows+kh-1, w)
+    groups = b * strips * c
+    weight = kernels.to(x.dtype).repeat_interleave(strips * c, dim=0).view(groups, 1, kh, kw)
+    out = F.conv2d(x.reshape(1, groups, rows + kh - 1, w), weight, groups=groups)
     if strips == 1:
-        weight = kernels.to(x.dtype).repeat_interleave(c, dim=0).view(b * c, 1, kh, kw)
-        out = F.conv2d(x.reshape(1, b * c, h, w), weight, groups=b * c)
         return out.view(b, c, h_out, w_out)
-    rows = _STRIP_ROWS
-    x = F.pad(x, (0, 0, 0, strips * rows - h_out))  # rows below the image are cut off again
-    tiles = x.unfold(2, rows + kh - 1, rows)  # (b, c, strips, w, rows + kh - 1)
-    tiles = tiles.permute(0, 2, 1, 4, 3).reshape(1, b * strips * c, rows + kh - 1, w)
-    weight = kernels.to(x.dtype).repeat_interleave(strips * c, dim=0).view(b * strips * c, 1, kh, kw)
-    out = F.conv2d(tiles, weight, groups=b * strips * c).view(b, strips, c, rows, w_out)
-    return out.permute(0, 2, 1, 3, 4).reshape(b, c, strips * rows, w_out)[:, :, :h_out]
+    out = out.view(b, strips, c, rows, w_out).permute(0, 2, 1, 3, 4)
+    return out.reshape(b, c, strips * rows, w_out)[:, :, :h_out]
 
 
 def blur(canvas: Canvas, params: Sequence[dict[str, Any] | None]) -> Canvas:

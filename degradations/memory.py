@@ -15,30 +15,22 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
-import threading
 
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
 _M_MMAP_MAX = -4
-_lock = threading.Lock()
-_state: dict[str, bool] = {}
 
 
+@functools.lru_cache(maxsize=None)
 def retain_freed_memory() -> bool:
     """Serve large allocations from the heap and never trim it; True when the policy is active.
 
-    Idempotent and process-wide; a no-op (False) outside Linux/glibc or when disabled.
+    Process-wide and applied once (the settings are idempotent anyway); a no-op (False)
+    outside Linux/glibc or when disabled.
     """
-    with _lock:
-        if "applied" in _state:
-            return _state["applied"]
-        _state["applied"] = _apply()
-        return _state["applied"]
-
-
-def _apply() -> bool:
     if os.environ.get("PAIRFORGE_KEEP_MALLOC") == "1" or platform.system() != "Linux":
         return False
     if platform.libc_ver()[0] != "glibc":

@@ -1,6 +1,7 @@
 """The engine's CPU runtime helpers: the per-sample thread pool and the malloc policy."""
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -56,7 +57,7 @@ def test_for_each_sample_runs_inline_with_one_thread_and_reraises() -> None:
 
 def _policy_in_subprocess(env_extra: dict[str, str]) -> str:
     code = "from degradations.memory import retain_freed_memory as r; print(r(), r())"
-    env = {**__import__("os").environ, **env_extra}
+    env = {**os.environ, **env_extra}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           check=True).stdout.strip()
 
