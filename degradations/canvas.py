@@ -74,17 +74,6 @@ class Canvas:
         out = torch.gather(self.data, 2, rows.view(b, 1, -1, 1).expand(b, c, rows.shape[1], w))
         return torch.gather(out, 3, cols.view(b, 1, 1, -1).expand(b, c, rows.shape[1], cols.shape[1]))
 
-    def zero_outside(self) -> "Canvas":
-        """Zero every pixel outside each sample's valid region (keeps canvases comparable)."""
-        if self.is_uniform:
-            return self
-        b, _, h, w = self.data.shape
-        hs = torch.tensor([s[0] for s in self.sizes], device=self.data.device).view(b, 1, 1, 1)
-        ws = torch.tensor([s[1] for s in self.sizes], device=self.data.device).view(b, 1, 1, 1)
-        yy = torch.arange(h, device=self.data.device).view(1, 1, h, 1)
-        xx = torch.arange(w, device=self.data.device).view(1, 1, 1, w)
-        return self.with_data(self.data * ((yy < hs) & (xx < ws)).to(self.data.dtype))
-
 
 def _border_index(sizes: list[tuple[int, int]], axis: int, length: int, pad: int, extra: int, mode: str, device) -> torch.Tensor:
     """Source index per sample for positions −pad … length+pad+extra−1 along one axis."""

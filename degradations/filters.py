@@ -4,9 +4,13 @@ Blur is a depthwise correlation with reflect borders, like BasicSR's ``filter2D`
 kornia's ``filter2d(border_type='reflect', behaviour='corr')``. Each kernel is zero-padded
 to one of a few support classes (11, 15, or the stage's support, 21 in the reference),
 chosen from its own size alone, so a sample's result never depends on which kernels its
-neighbours drew; each class is one grouped convolution. (One class per exact size saves
-more MACs but leaves a handful of samples per call, and small depthwise convolutions are
-bound by per-call overhead: three classes measured ~15% faster than one, eight no better.)
+neighbours drew.
+
+On CPU every image is convolved on its own, cut into horizontal strips that become the
+groups of one depthwise convolution (enough groups for the fast path, and no canvas
+padding: after a per-sample resize each image has its own size). On CUDA, where launches
+are the cost, each support class is one grouped convolution over a shared canvas, in
+chunks of similar area. Both give every sample the value it has alone.
 
 USM blurs with a separable 51-tap Gaussian: per image, two passes (rows, then columns) of
 small matrix products, each multiplying tiles of 80 output columns (plus 50 border columns,
@@ -61,32 +65,88 @@ def _depthwise(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
 
 def blur(canvas: Canvas, params: Sequence[dict[str, Any] | None]) -> Canvas:
     """Blur sample b with the kernel described by ``params[b]`` (``None`` leaves it as is)."""
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i, p in enumerate(params):
-        if p is not None:
-            groups[_conv_support(p)].append(i)
-    if not groups:
+    index = [i for i, p in enumerate(params) if p is not None]
+    if not index:
         return canvas
-    out = canvas.data.clone()
     kernels = build_kernels(params, device=canvas.data.device)
+    # every pixel a blurred sample's region leaves out is never read again, so it may stay unset
+    out = torch.empty_like(canvas.data) if len(index) == len(params) else canvas.data.clone()
+    if canvas.data.device.type == "cpu":
+        _blur_each_image(canvas, params, kernels, index, out)
+    else:
+        _blur_batched(canvas, params, kernels, index, out)
+    return canvas.with_data(out)
+
+
+def _support_kernel(kernel: torch.Tensor, p: dict[str, Any]) -> torch.Tensor:
+    """The centre of a padded (21, 21) kernel that the sample's support class needs."""
     full = MAX_KERNEL_SIZE // 2
-    chunks = [(size, chunk) for size, index in sorted(groups.items()) for chunk in _similar_area_chunks(index, canvas.sizes)]
-    for size, index in chunks:
+    half = _conv_support(p) // 2
+    return kernel[..., full - half : full + half + 1, full - half : full + half + 1]
+
+
+def _blur_each_image(canvas: Canvas, params, kernels: torch.Tensor, index: list[int], out: torch.Tensor) -> None:
+    """CPU: one strip-split depthwise convolution per image, on its own valid region."""
+    for i in index:
+        k = _support_kernel(kernels[i], params[i])
+        h, w = canvas.sizes[i]
+        out[i, :, :h, :w] = _correlate_image(canvas.data[i, :, :h, :w], k)
+
+
+def _correlate_image(image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Reflect-bordered correlation of one image (C, h, w) with a square odd kernel.
+
+    One row gather builds every strip of ``_STRIP_ROWS`` output rows with its halo (reflect
+    rows included) from the image, strided or not; reflect-padding its columns then gives
+    (C, strips, rows + k − 1, w + k − 1) in one contiguous block: the grouped convolution
+    reads it without another copy and its output is already the (C, h, w) image.
+    """
+    c, h, w = image.shape
+    size = kernel.shape[-1]
+    half = size // 2
+    rows = _STRIP_ROWS if h >= 2 * _STRIP_ROWS else h
+    strips = -(-h // rows)
+    starts = torch.arange(strips, device=image.device).view(-1, 1) * rows
+    src = (starts + torch.arange(rows + size - 1, device=image.device).view(1, -1)).view(-1)
+    # rows below the image (last strip) are reflected too; their outputs are cut off
+    halo = image.index_select(1, _reflect_index(h, half, int(src.max()) + 1, image.device)[src])
+    if w > half:
+        halo = F.pad(halo, (half, half), mode="reflect")
+    else:  # reflect more than once across a narrow image
+        halo = halo.index_select(2, _reflect_index(w, half, w + 2 * half, image.device))
+    groups = c * strips
+    x = halo.view(1, groups, rows + size - 1, w + 2 * half)
+    weight = kernel.to(image.dtype).expand(groups, 1, size, size)
+    return F.conv2d(x, weight, groups=groups).view(c, strips * rows, w)[:, :h]
+
+
+def _reflect_index(n: int, pad: int, length: int, device: torch.device) -> torch.Tensor:
+    """Source index of positions −pad … length − pad − 1 along an axis of ``n`` values (reflect)."""
+    pos = torch.arange(-pad, length - pad, device=device)
+    if n == 1:
+        return torch.zeros_like(pos)
+    period = 2 * (n - 1)
+    m = torch.remainder(pos, period)
+    return torch.where(m < n, m, period - m)
+
+
+def _blur_batched(canvas: Canvas, params, kernels: torch.Tensor, index: list[int], out: torch.Tensor) -> None:
+    """CUDA: one grouped convolution per support class and chunk of similar area."""
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i in index:
+        groups[_conv_support(params[i])].append(i)
+    chunks = [(size, chunk) for size, members in sorted(groups.items()) for chunk in _similar_area_chunks(members, canvas.sizes)]
+    for size, members in chunks:
         half = size // 2
-        k = kernels[index][:, full - half : full + half + 1, full - half : full + half + 1]
-        sub = canvas if len(index) == len(params) else canvas.subset(index)
+        k = torch.stack([_support_kernel(kernels[i], params[i]) for i in members])
+        sub = canvas if len(members) == len(params) else canvas.subset(members)
         if sub.is_uniform and min(sub.data.shape[-2:]) > half:
             padded = F.pad(sub.data, (half, half, half, half), mode="reflect")  # same values, faster
         else:
             padded = sub.extended(half, half, "reflect")
         res = _depthwise(padded, k)
         h, w = res.shape[-2:]
-        idx = torch.as_tensor(index, device=out.device)
-        if len(index) == len(params) and (h, w) == out.shape[-2:]:
-            out = res
-        else:
-            out[idx, :, :h, :w] = res
-    return canvas.with_data(out)
+        out[torch.as_tensor(members, device=out.device), :, :h, :w] = res
 
 
 #: Kernels are convolved at the smallest of these sizes that holds them (never above the

@@ -80,8 +80,14 @@ def resize(canvas: Canvas, params: Sequence[dict[str, Any] | None], by_factor: b
         return Canvas(res, out_sizes)
     h = max(s[0] for s in out_sizes)
     w = max(s[1] for s in out_sizes)
-    out = canvas.data.new_zeros((len(params), canvas.data.shape[1], h, w))
+    # pixels outside each sample's new region are never read, so they are left unset
+    out = canvas.data.new_empty((len(params), canvas.data.shape[1], h, w))
     for (in_size, size, mode, factor), index in groups.items():
+        if len(index) == 1:  # the usual case after a per-sample resize: views, no gathers
+            i = index[0]
+            x = canvas.data[i : i + 1, :, : in_size[0], : in_size[1]]
+            out[i, :, : size[0], : size[1]] = _interpolate(x, size, mode, factor)[0]
+            continue
         idx = torch.as_tensor(index, device=out.device)
         x = canvas.data.index_select(0, idx)[:, :, : in_size[0], : in_size[1]]
         res = _interpolate(x, size, mode, factor)

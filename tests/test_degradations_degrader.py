@@ -58,6 +58,18 @@ def test_pixels_do_not_depend_on_batch_size_or_order(hr, backend):
         assert torch.equal(single[0], lr[i])
 
 
+def test_cpu_chunking_of_large_calls_changes_nothing(hr, monkeypatch):
+    import degradations.degrader as degrader_module
+
+    deg = Degrader(load_preset("osediff"))
+    keys = [f"c{i}" for i in range(6)]
+    whole, recs = deg(hr, keys=keys, seed=11)
+    monkeypatch.setattr(degrader_module, "CPU_CHUNK_PIXELS", 2 * 128 * 128)  # chunks of 2 images
+    chunked, recs_chunked = deg(hr, keys=keys, seed=11)
+    assert torch.equal(chunked, whole)
+    assert recs_chunked == recs
+
+
 @pytest.mark.parametrize("preset, backend", [("realesrgan-x4plus", "real"), ("osediff", "differentiable")])
 def test_replay_reproduces_lr_exactly_from_the_json_record(hr, preset, backend):
     lr, recs = Degrader(load_preset(preset, jpeg_backend=backend))(hr, keys=[f"r{i}" for i in range(6)], seed=11)

@@ -82,3 +82,49 @@ def test_strip_split_depthwise_equals_one_plain_grouped_conv() -> None:
     want = F.conv2d(x.reshape(1, 6, 300, 170), weight, groups=6).view(2, 3, 280, 150)
     assert got.shape == want.shape
     assert torch.allclose(got, want, atol=1e-6, rtol=0)
+
+
+def _ragged_canvas_and_kernels():
+    from degradations.canvas import Canvas
+
+    g = torch.Generator().manual_seed(3)
+    # tall, wide, narrower than the kernel's half width (reflects twice), and one unblurred
+    sizes = [(150, 97), (64, 200), (7, 9), (33, 5), (90, 90)]
+    images = [torch.rand(3, h, w, generator=g) for h, w in sizes]
+    params = [{"family": "iso", "size": 21, "support": 21, "sigma_x": 2.0, "sigma_y": 2.0, "theta": 0.0},
+              {"family": "aniso", "size": 13, "support": 21, "sigma_x": 2.5, "sigma_y": 0.7, "theta": 0.6},
+              {"family": "plateau_iso", "size": 9, "support": 21, "sigma_x": 1.2, "sigma_y": 1.2, "theta": 0.0,
+               "beta": 1.5},
+              {"family": "sinc", "size": 21, "support": 21, "omega": 1.3},
+              None]
+    return Canvas.from_list(images), params
+
+
+def test_per_image_blur_matches_the_reflect_padded_definition_and_the_batched_path() -> None:
+    """CPU blurs image by image; CUDA in grouped canvases. Both must equal a plain
+    reflect-padded correlation of each image on its own (narrow images reflect twice)."""
+    import torch.nn.functional as F
+
+    from degradations import filters
+    from degradations.canvas import Canvas
+    from degradations.kernels import build_kernels
+
+    canvas, params = _ragged_canvas_and_kernels()
+    per_image = filters.blur(canvas, params)
+    kernels = build_kernels(params)
+    index = [i for i, p in enumerate(params) if p is not None]
+    batched = canvas.data.clone()
+    filters._blur_batched(canvas, params, kernels, index, batched)
+    for i, p in enumerate(params):
+        got = per_image.crop(i)
+        if p is None:
+            assert torch.equal(got, canvas.crop(i))
+            continue
+        alone = Canvas.uniform(canvas.crop(i).unsqueeze(0).contiguous())
+        half = filters._conv_support(p) // 2
+        k = filters._support_kernel(kernels[i], p)
+        want = F.conv2d(alone.extended(half, half, "reflect"), k.expand(3, 1, *k.shape), groups=3)[0]
+        assert got.shape == want.shape
+        assert torch.allclose(got, want, atol=1e-6, rtol=0), i
+        h, w = canvas.sizes[i]
+        assert torch.allclose(batched[i, :, :h, :w], want, atol=1e-6, rtol=0), i
