@@ -32,7 +32,10 @@ def add_noise(canvas: Canvas, params: Sequence[dict[str, Any] | None]) -> Canvas
     c = x.shape[1]
     gaussian = [i for i, p in enumerate(params) if p is not None and p["type"] == "gaussian"]
     poisson = [i for i, p in enumerate(params) if p is not None and p["type"] == "poisson"]
-    out = x.clone()  # samples without noise keep their values (not even clipped)
+    everyone = len(gaussian) + len(poisson) == len(params)
+    # samples without noise keep their values (not even clipped); pixels outside each
+    # sample's region are never read, so with every sample noised they stay unset
+    out = torch.empty_like(x) if everyone else x.clone()
 
     def field(p: dict[str, Any], img: torch.Tensor) -> torch.Tensor:
         """The noise for one sample's valid region ``img`` (C, h, w); gray fields are (1, h, w)."""
@@ -47,8 +50,9 @@ def add_noise(canvas: Canvas, params: Sequence[dict[str, Any] | None]) -> Canvas
 
     def add(i: int) -> None:
         hh, ww = canvas.sizes[i]
+        image = x[i, :, :hh, :ww]
         region = out[i, :, :hh, :ww]
-        region.add_(field(params[i], x[i, :, :hh, :ww]).to(x.dtype)).clamp_(0, 1)
+        torch.add(image, field(params[i], image).to(x.dtype), out=region).clamp_(0, 1)
 
     work = poisson + gaussian  # slowest first, for balance
     if device.type == "cpu":
