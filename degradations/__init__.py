@@ -8,7 +8,10 @@
 
 No Ray, no S3, no files: torch, kornia and numpy (Pillow for the libjpeg codec).
 """
-__version__ = "0.1.0"
+#: Recorded in every parameter record and in the pipeline's job identity: bumped whenever the
+#: same record would give different pixels (0.2.0: CPU blur at each kernel's numerical
+#: extent, differentiable JPEG per sample), so content-addressed shards never mix engines.
+__version__ = "0.2.0"
 
 from .chain import apply_chain
 from .config import ConfigError, DegradationConfig, available_presets, load_preset

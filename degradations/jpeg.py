@@ -7,8 +7,8 @@ the codec is torchvision's nvJPEG when available (batched per quality; note nvJP
 returned so the record can say which one produced the pixels.
 
 ``differentiable``: kornia's differentiable JPEG (libjpeg-style tables, replicate padding),
-batched with one quality per sample. The canvas is replicate-extended first, so padding
-seen by each sample is its own edge, as if it were alone.
+one call per sample on its own region: kornia's batched call rounds differently with the
+batch around a sample, and its padding must start at the sample's own edge.
 """
 from __future__ import annotations
 
@@ -105,26 +105,18 @@ def _jpeg_nvjpeg(canvas: Canvas, qualities: Sequence[int]) -> Canvas:  # pragma:
 
 
 def _jpeg_differentiable(canvas: Canvas, qualities: Sequence[int]) -> Canvas:
-    """kornia's codec, one call per group of samples that pad to the same 16-multiple.
+    """kornia's codec, one call per sample, on the sample's own region.
 
-    kornia pads each image to a multiple of 16 by replicating its edge, and its antialiased
-    chroma resampling renormalizes at the padded border; a sample on a larger canvas would
-    see a different border. Grouping by padded size keeps every sample's result exact.
+    One call per sample because kornia's batched codec rounds differently with the batch
+    around a sample (its DCT products change blocking with the batch size: measured 2e-7,
+    enough to flip an 8-bit level now and then), and because it pads each image to a
+    multiple of 16 by replicating its edge, which must be the sample's own edge.
     """
     from kornia.enhance import jpeg_codec_differentiable
 
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    out = torch.empty_like(canvas.data)  # pixels outside each sample's region are never read
     for b, (h, w) in enumerate(canvas.sizes):
-        groups[(-(-h // 16) * 16, -(-w // 16) * 16)].append(b)
-    out = canvas.data.clone()
-    for (ph, pw), index in groups.items():
-        sub = canvas if len(index) == len(qualities) else canvas.subset(index)
-        h, w = sub.data.shape[-2:]
-        x = sub.data if sub.is_uniform else sub.extended(0, 0, "replicate", ph - h, pw - w)
-        q = torch.tensor([float(qualities[b]) for b in index], device=x.device, dtype=torch.float32)
-        res = jpeg_codec_differentiable(x.clamp(0, 1).float(), q)[..., :h, :w].to(out.dtype)
-        if len(index) == len(qualities):
-            out = res
-        else:
-            out[torch.as_tensor(index, device=out.device), :, :h, :w] = res
+        image = canvas.data[b : b + 1, :, :h, :w]
+        q = torch.tensor([float(qualities[b])], device=image.device, dtype=torch.float32)
+        out[b, :, :h, :w] = jpeg_codec_differentiable(image.clamp(0, 1).float(), q)[0].to(out.dtype)
     return canvas.with_data(out)

@@ -128,3 +128,51 @@ def test_per_image_blur_matches_the_reflect_padded_definition_and_the_batched_pa
         assert torch.allclose(got, want, atol=1e-6, rtol=0), i
         h, w = canvas.sizes[i]
         assert torch.allclose(batched[i, :, :h, :w], want, atol=1e-6, rtol=0), i
+
+
+def test_cpu_blur_cuts_negligible_kernel_rings_without_changing_results() -> None:
+    """Small-σ Gaussians are convolved at their numerical extent; heavy-tailed kernels
+    (plateau, sinc) keep all 21×21 taps; either way the result is the full correlation's."""
+    import torch.nn.functional as F
+
+    from degradations import filters
+    from degradations.canvas import Canvas
+    from degradations.kernels import build_kernels
+
+    def iso(sigma: float) -> dict:
+        return {"family": "iso", "size": 21, "support": 21, "sigma_x": sigma, "sigma_y": sigma, "theta": 0.0}
+
+    params = [iso(0.2), iso(0.5), iso(1.0), iso(3.0),
+              {"family": "plateau_iso", "size": 21, "support": 21, "sigma_x": 0.5, "sigma_y": 0.5,
+               "theta": 0.0, "beta": 1.5},
+              {"family": "sinc", "size": 21, "support": 21, "omega": 1.0}]
+    kernels = build_kernels(params)
+    halves = [filters._effective_half(k) for k in kernels]
+    assert halves[0] <= 1 and halves[1] <= 3 and halves[2] <= 7
+    assert halves[3:] == [10, 10, 10]
+    for k, half in zip(kernels, halves):
+        outside = k.abs().sum() - k[10 - half : 11 + half, 10 - half : 11 + half].abs().sum()
+        assert outside <= filters._NEGLIGIBLE_MASS
+    g = torch.Generator().manual_seed(5)
+    images = torch.rand(len(params), 3, 80, 70, generator=g)
+    got = filters.blur(Canvas.uniform(images), params).data
+    padded = F.pad(images, (10, 10, 10, 10), mode="reflect")
+    for i, k in enumerate(kernels):
+        full = F.conv2d(padded[i : i + 1], k.expand(3, 1, 21, 21), groups=3)[0]
+        assert (got[i] - full).abs().max() < 2e-7
+
+
+@pytest.mark.parametrize("backend", ["real", "differentiable"])
+def test_jpeg_of_a_sample_does_not_depend_on_its_batch(backend: str) -> None:
+    """Float outputs, not just 8-bit ones: kornia's batched codec differs from its
+    one-image call by ~2e-7, which flips an 8-bit level only now and then."""
+    from degradations.canvas import Canvas
+    from degradations.jpeg import jpeg
+
+    g = torch.Generator().manual_seed(9)
+    images = [torch.rand(3, h, w, generator=g) for h, w in [(64, 48), (64, 48), (40, 72), (64, 48), (33, 17)]]
+    qualities = [30, 50, 70, 90, 45]
+    batch, _ = jpeg(Canvas.from_list(images), qualities, backend)
+    for i, image in enumerate(images):
+        alone, _ = jpeg(Canvas.uniform(image.unsqueeze(0)), [qualities[i]], backend)
+        assert torch.equal(batch.crop(i), alone.crop(0)), i
