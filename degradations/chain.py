@@ -66,7 +66,7 @@ def apply_chain(hr: torch.Tensor, records: Sequence[dict[str, Any]], timer: Stag
     codecs = [""] * len(records)
 
     with timer.stage("to_float"):
-        x = hr.to(dtype) / 255
+        x = hr.to(dtype).div_(255)  # same values as hr.to(dtype) / 255, one pass fewer
     if first_rec["usm"]:
         u = first_rec["usm"]
         with timer.stage("usm"):

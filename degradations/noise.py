@@ -13,6 +13,7 @@ possible rates (:mod:`degradations.poisson`), on CUDA from ``torch.poisson``.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -73,16 +74,17 @@ def _generator(seed: int, device: torch.device) -> torch.Generator:
 
 def _poisson_noise(img: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Poisson(img·vals)/vals − img on the 8-bit-quantized image, vals from its level count."""
-    levels = (img * 255).round().clamp(0, 255)
+    levels = torch.mul(img, 255).round_().clamp_(0, 255)
     q = levels / 255
+    if img.device.type == "cpu":  # exact alias-table draws, 2.3x faster than torch.poisson here
+        index = levels.to(torch.int32)
+        count = int((torch.bincount(index.flatten(), minlength=256) > 0).sum())
+        vals = 2 ** math.ceil(math.log2(count))
+        return poisson_of_levels(index, vals, gen) / vals - q
     # scatter_add into 256 fixed bins: unlike bincount (which needs max(input) on the host)
     # this never synchronizes with a CUDA device
     flat = levels.to(torch.int64).flatten()
     hist = torch.zeros(256, dtype=torch.int64, device=img.device).scatter_add_(0, flat, torch.ones_like(flat))
     count = (hist > 0).sum()
     vals = torch.exp2(torch.ceil(torch.log2(count.to(torch.float32))))
-    if img.device.type == "cpu":  # exact alias-table draws, 2.3x faster than torch.poisson here
-        out = poisson_of_levels(levels, int(vals), gen) / vals
-    else:
-        out = torch.poisson(q * vals, generator=gen) / vals
-    return out - q
+    return torch.poisson(q * vals, generator=gen) / vals - q
