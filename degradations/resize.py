@@ -65,8 +65,12 @@ def resize(canvas: Canvas, params: Sequence[dict[str, Any] | None], by_factor: b
             out_sizes.append(canvas.sizes[i])
             continue
         factor = float(p["factor"]) if by_factor else None
-        groups[(canvas.sizes[i], tuple(p["size"]), p["mode"], factor)].append(i)
-        out_sizes.append((int(p["size"][0]), int(p["size"][1])))
+        size = (int(p["size"][0]), int(p["size"][1]))
+        # to its own size, every mode maps pixel centres onto themselves with weights that
+        # are exactly 1 and 0 (bicubic's too): the result is the input, so copy it
+        identity = size == tuple(canvas.sizes[i]) and factor in (None, 1.0)
+        groups[(canvas.sizes[i], size, "copy" if identity else p["mode"], None if identity else factor)].append(i)
+        out_sizes.append(size)
     if len(groups) == 1:
         (in_size, size, mode, factor), index = next(iter(groups.items()))
         x = canvas.data[:, :, : in_size[0], : in_size[1]]

@@ -202,3 +202,21 @@ def test_bilinear_resize_equals_torch_bilinear_and_ignores_the_thread_count(h, w
     assert tuple(one.shape[-2:]) == size
     assert torch.equal(one, two)
     assert torch.allclose(one, want, atol=2e-7, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic", "area"])
+def test_resizing_to_the_same_size_is_an_exact_copy_in_every_mode(mode: str) -> None:
+    """resize() skips such samples; that is only right because torch returns the input."""
+    import torch.nn.functional as F
+
+    from degradations.canvas import Canvas
+    from degradations.resize import resize
+
+    x = torch.rand(1, 3, 37, 53, generator=torch.Generator().manual_seed(1))
+    kwargs = {"align_corners": False} if mode != "area" else {}
+    assert torch.equal(F.interpolate(x, size=(37, 53), mode=mode, **kwargs), x)
+    if mode != "area":
+        same = F.interpolate(x, scale_factor=1.0, mode=mode, recompute_scale_factor=False, **kwargs)
+        assert torch.equal(same, x)
+    out = resize(Canvas.uniform(x), [{"mode": mode, "size": [37, 53], "factor": 1.0}], by_factor=True)
+    assert torch.equal(out.data, x)
