@@ -9,6 +9,7 @@ code path serves fresh degradation (:class:`~degradations.Degrader`) and exact r
 """
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
@@ -27,12 +28,17 @@ SHARED_FIELDS = ("scale", "usm", "jpeg_backend", "compute_dtype", "hr_size")
 
 
 class StageTimer:
-    """Wall-clock seconds per stage; syncs CUDA so GPU time lands on the right stage."""
+    """Wall-clock seconds per stage; syncs CUDA so GPU time lands on the right stage.
+
+    Samples that run side by side on CPU threads each add their own time, so the stage
+    times then sum to thread-seconds (about threads × wall time), shares stay meaningful.
+    """
 
     def __init__(self, enabled: bool, device: torch.device) -> None:
         self.enabled = enabled
         self.device = device
         self.times: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -43,7 +49,9 @@ class StageTimer:
         t0 = time.perf_counter()
         yield
         self._sync()
-        self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
+        with self._lock:
+            self.times[name] = self.times.get(name, 0.0) + elapsed
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

@@ -8,14 +8,15 @@ import torch
 from .chain import StageTimer, apply_chain
 from .config import DegradationConfig
 from .memory import retain_freed_memory
+from .parallel import for_each_sample, in_sample_thread
 from .sampling import draw_record
 
-#: On CPU a call is degraded in chunks of at most this many HR pixels (16 images of 512²).
-#: Every stage streams whole-chunk float tensors through memory; beyond ~50 MB per tensor
-#: they stop fitting any cache and a batch of 64 ran ~10% slower per pair than one of 16.
-#: Samples never depend on their batch, so chunking changes speed only.
+#: On CPU with one torch thread a call is degraded in chunks of at most this many HR
+#: pixels (16 images of 512²): every stage streams whole-chunk float tensors through
+#: memory, and beyond ~50 MB per tensor a batch of 64 ran ~10% slower per pair than one
+#: of 16. With more threads every sample is its own task (see ``parallel``). Samples never
+#: depend on their batch, so either way only speed changes.
 CPU_CHUNK_PIXELS = 16 * 512 * 512
-
 
 class Degrader:
     """Degrade uint8 HR batches with per-sample parameters drawn from (config, seed, key).
@@ -53,20 +54,39 @@ class Degrader:
         records = self.draw(keys, seed, (int(hr.shape[-2]), int(hr.shape[-1])))
         timer = StageTimer(self.profile, self.device)
         hr = hr.to(self.device, non_blocking=True)
-        step = len(keys)
         if self.device.type == "cpu":
-            step = max(1, CPU_CHUNK_PIXELS // (int(hr.shape[-2]) * int(hr.shape[-1])))
-        parts, codecs = [], []
-        for start in range(0, len(keys), step):
-            part, part_codecs = apply_chain(hr[start : start + step], records[start : start + step], timer)
-            parts.append(part)
-            codecs += part_codecs
-        lr = parts[0] if len(parts) == 1 else torch.cat(parts)
+            lr, codecs = _apply_on_cpu(hr, records, timer)
+        else:
+            lr, codecs = apply_chain(hr, records, timer)
         for record, codec in zip(records, codecs):
             record["jpeg_codec"] = codec
             record["device_type"] = self.device.type
         self.last_stage_times = dict(timer.times)
         return lr, records
+
+
+def _apply_on_cpu(hr: torch.Tensor, records: list[dict[str, Any]], timer: StageTimer) -> tuple[torch.Tensor, list[str]]:
+    """One sample per task on the sample pool when torch may use several threads, else
+    chunks of ``CPU_CHUNK_PIXELS`` on this thread."""
+    n = len(records)
+    if n > 1 and torch.get_num_threads() > 1 and not in_sample_thread():
+        parts: list[torch.Tensor] = [hr[:0]] * n
+        codecs: list[str] = [""] * n
+
+        @torch.no_grad()  # grad mode is per thread
+        def one(i: int) -> None:
+            lr_i, (codecs[i],) = apply_chain(hr[i : i + 1], records[i : i + 1], timer)
+            parts[i] = lr_i
+
+        for_each_sample(one, range(n))
+        return torch.cat(parts), codecs
+    step = max(1, CPU_CHUNK_PIXELS // (int(hr.shape[-2]) * int(hr.shape[-1])))
+    parts, codecs = [], []
+    for start in range(0, n, step):
+        part, part_codecs = apply_chain(hr[start : start + step], records[start : start + step], timer)
+        parts.append(part)
+        codecs += part_codecs
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)), codecs
 
 
 @torch.no_grad()

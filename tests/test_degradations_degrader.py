@@ -174,9 +174,12 @@ def test_pixels_do_not_depend_on_the_cpu_thread_count(hr, backend):
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one, _ = deg(hr, keys=keys, seed=19)
+        one, _ = deg(hr, keys=keys, seed=19)  # in chunks, on this thread
         torch.set_num_threads(2)
-        two, _ = deg(hr, keys=keys, seed=19)
+        two, _ = deg(hr, keys=keys, seed=19)  # one sample per pool thread, one torch thread each
+        # a single sample runs on this thread with torch's two intra-op threads
+        singles = torch.cat([deg(hr[i : i + 1], keys=keys[i : i + 1], seed=19)[0] for i in range(6)])
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, two)
+    assert torch.equal(one, singles)

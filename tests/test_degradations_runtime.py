@@ -55,6 +55,21 @@ def test_for_each_sample_runs_inline_with_one_thread_and_reraises() -> None:
         torch.set_num_threads(threads)
 
 
+def test_sample_pool_threads_use_one_torch_thread_and_leave_the_caller_its_own() -> None:
+    """Run in a fresh process: there torch's setter, called from a new pool thread, would
+    also change the default of the calling thread if the pool did not restore it."""
+    code = (
+        "import torch\n"
+        "torch.set_num_threads(2)\n"
+        "from degradations.parallel import for_each_sample\n"
+        "seen = []\n"
+        "for_each_sample(lambda i: seen.append(torch.get_num_threads()), range(8))\n"
+        "print(sorted(set(seen)), torch.get_num_threads())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[1] 2"
+
+
 def _policy_in_subprocess(env_extra: dict[str, str]) -> str:
     code = "from degradations.memory import retain_freed_memory as r; print(r(), r())"
     env = {**os.environ, **env_extra}
