@@ -1,6 +1,6 @@
 """Throughput benchmark: pairforge's ``Degrader`` against the naive reference chain.
 
-    python bench/degradations.py                        # CPU, defaults (≈10 min on 2 cores)
+    python bench/degradations.py                        # CPU, defaults (≈25 min on 2 cores)
     python bench/degradations.py --device cuda --batches 16,64,256
     python bench/degradations.py --presets osediff --batches 16 --repeats 2 --json out.json
 
@@ -15,9 +15,13 @@ For every preset / HR size / batch size it measures pairs per second of
   speed-up is credited to a slow convolution path alone.
 
 HR batches are uint8 crops of scikit-image's sample photos, already on the device; LR stays on
-the device. Each configuration gets one warm-up call, then up to ``--repeats`` timed calls
-within ``--max-seconds`` (at least one). Call ``r`` of every configuration uses seed ``r``, so
-the naive baseline's per-batch choices follow the same sequence at every batch size.
+the device. Each configuration gets one warm-up call, then timed calls in interleaved rounds
+until at least ``--repeats`` calls and ``--min-pairs`` pairs are done and every contender's
+mean call time is known to ``--target-rse`` (10%), within ``--max-seconds`` per contender
+(at least one call). Call ``r`` of every configuration uses seed ``r``, so the naive
+baseline's per-batch choices follow the same sequence at every batch size. Those choices
+make its calls vary up to 20x (osediff: 0.3-6 s at batch 16), so its mean needs dozens of
+calls; the table prints each speed-up with its 95% interval.
 
 Two more tables give the time per stage: pairforge's ``Degrader(cfg, device, profile=True)``
 (``deg.last_stage_times``) and the naive chain's own instrumentation. Timings are never asserted
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import sys
@@ -271,11 +276,25 @@ class NaiveContender:
         return {"pairs": n * self.b, "seconds": acc}
 
 
+def _rse(times) -> float:
+    """Relative standard error of the mean call time (inf with fewer than two calls)."""
+    if len(times) < 2:
+        return float("inf")
+    mean = sum(times) / len(times)
+    var = sum((t - mean) ** 2 for t in times) / (len(times) - 1)
+    return math.sqrt(var / len(times)) / mean
+
+
 def run_interleaved(contenders: dict, device, args) -> dict:
     """Warm every contender, then time them in rounds (rotating the order each round), so that
     changing machine load hits all of them alike. Round r uses seed r for everybody. Rounds go
-    on until ``--repeats`` rounds and ``--min-pairs`` pairs are done, or the time budget
-    (``--max-seconds`` per contender) is spent; at least one round."""
+    on until ``--repeats`` rounds and ``--min-pairs`` pairs are done and every contender's mean
+    call time has a relative standard error of at most ``--target-rse``, or until the time
+    budget (``--max-seconds`` per contender) is spent; at least one round.
+
+    The error target matters for the naive baseline: its per-batch choices make one call of
+    osediff at batch 16 take 0.3 s or 6 s (coefficient of variation ~0.9), so a handful of
+    calls can misstate its mean by a factor of two."""
     names = list(contenders)
     for c in contenders.values():
         c.warm()
@@ -292,12 +311,16 @@ def run_interleaved(contenders: dict, device, args) -> dict:
             c.call(r)
             _sync(device)
             c.times.append(time.perf_counter() - t0)
-        done = r >= args.repeats and r * b >= args.min_pairs
+        precise = all(_rse(c.times) <= args.target_rse for c in contenders.values())
+        done = r >= args.repeats and r * b >= args.min_pairs and precise
         if done or time.perf_counter() - t_start >= args.max_seconds * len(names):
             break
     out = {}
     for name, c in contenders.items():
-        out[name] = ({"pairs_per_s": c.b * len(c.times) / sum(c.times), "calls": len(c.times),
+        rate = c.b * len(c.times) / sum(c.times)
+        rse = _rse(c.times)
+        ci = [rate / (1 + 1.96 * rse), rate / max(1 - 1.96 * rse, 1e-9)] if math.isfinite(rse) else None
+        out[name] = ({"pairs_per_s": rate, "calls": len(c.times), "rse": rse, "ci95": ci,
                       "seconds_per_call": c.times}, c.stages())
     return out
 
@@ -312,13 +335,28 @@ def _table(header, rows) -> str:
     return "\n".join([line(cells[0]), "  ".join("-" * x for x in w)] + [line(r) for r in cells[1:]])
 
 
+def _ratio_ci(pf: dict, nv: dict):
+    """95% interval of pairforge/naive throughput (log-normal, from both call-time spreads)."""
+    if not pf or not nv or not math.isfinite(pf.get("rse", math.inf)) or not math.isfinite(nv.get("rse", math.inf)):
+        return None
+    ratio = pf["pairs_per_s"] / nv["pairs_per_s"]
+    spread = 1.96 * math.hypot(pf["rse"], nv["rse"])
+    return [ratio * math.exp(-spread), ratio * math.exp(spread)]
+
+
+def _fmt_rate_ci(m) -> str:
+    if not m:
+        return "-"
+    return f"{_fmt_rate(m['pairs_per_s'])} ({m['calls']})"
+
+
 def _fmt_rate(x):
     if x is None:
         return "-"
     return f"{x:,.0f}" if x >= 100 else f"{x:.2f}"
 
 
-def stage_table(title, entries, order=()) -> str:
+def stage_table(title, entries, order=(), unit="ms per pair") -> str:
     """entries: list of (column label, {"pairs": n, "seconds": {stage: s}})."""
     entries = [(c, e) for c, e in entries if e and e.get("seconds")]
     if not entries:
@@ -333,7 +371,7 @@ def stage_table(title, entries, order=()) -> str:
             v = tot if s == "TOTAL" else e["seconds"].get(s)
             row.append("-" if v is None else f"{1e3 * v / e['pairs']:.3f} ({100 * v / tot:4.1f}%)")
         rows.append(row)
-    return f"{title}  [ms per pair (share)]\n" + _table(["stage"] + [c for c, _ in entries], rows)
+    return f"{title}  [{unit} (share)]\n" + _table(["stage"] + [c for c, _ in entries], rows)
 
 
 def main(argv=None) -> dict:
@@ -349,8 +387,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=3, help="max timed calls per configuration")
     ap.add_argument("--min-pairs", type=int, default=16,
                     help="keep timing rounds until this many pairs per contender (budget allowing)")
-    ap.add_argument("--max-seconds", type=float, default=8.0,
+    ap.add_argument("--max-seconds", type=float, default=60.0,
                     help="timing budget per contender and configuration (>= 1 call each)")
+    ap.add_argument("--target-rse", type=float, default=0.1,
+                    help="keep timing rounds until every contender's mean call time has at most "
+                         "this relative standard error (budget allowing)")
     ap.add_argument("--profile-calls", type=int, default=2,
                     help="calls of the per-stage profiling pass (0: skip)")
     ap.add_argument("--threads", type=int, default=2)
@@ -446,15 +487,20 @@ def main(argv=None) -> dict:
                                     "naive_stages": nst})
                 del hr, contenders
             for be, entries in pf_by_batch.items():
+                unit = "ms per pair"
+                if args.device == "cpu" and args.threads > 1:
+                    unit = (f"thread-ms per pair: batches > 1 run one sample per thread on {args.threads} "
+                            f"threads, so stages sum to about {args.threads}x the wall time")
                 pf_stages.append(stage_table(f"pairforge {preset} HR {hr_size} {args.device} "
-                                             f"jpeg={be}", entries))
+                                             f"jpeg={be}", entries, unit=unit))
             if nv_by_batch:
                 nv_stages.append(stage_table(f"naive {preset} HR {hr_size} {args.device}",
                                              nv_by_batch, NAIVE_STAGES))
 
     # ---- main table
-    header = ["preset", "batch", "HR", "device", "backend", "pairforge pairs/s", "naive pairs/s",
-              "speed-up", "target", "met", "naive-grouped pairs/s", "speed-up vs grouped"]
+    header = ["preset", "batch", "HR", "device", "backend", "pairforge pairs/s (calls)",
+              "naive pairs/s (calls)", "speed-up", "95% CI", "target", "met",
+              "naive-grouped pairs/s", "speed-up vs grouped"]
     for r in results:
         pf = r["pairforge"]["pairs_per_s"] if r["pairforge"] else None
         nv = r["naive"]["pairs_per_s"] if r["naive"] else None
@@ -462,6 +508,7 @@ def main(argv=None) -> dict:
         sp = pf / nv if pf and nv else None
         sg = pf / ng if pf and ng else None
         r["speedup"], r["speedup_vs_grouped"] = sp, sg
+        r["speedup_ci95"] = _ratio_ci(r["pairforge"], r["naive"]) if sp else None
         tgt, met = "-", "-"
         st = SPEEDUP_TARGETS.get((r["device"], r["preset"]))
         rt = RATE_TARGETS.get((r["device"], r["preset"], r["hr"], r["backend"]))
@@ -470,14 +517,18 @@ def main(argv=None) -> dict:
         elif rt is not None and pf is not None:
             tgt, met = f">={rt:,.0f}/s", "yes" if pf >= rt else "NO"
         r["target"], r["met"] = tgt, met
-        rows.append([r["preset"], r["batch"], r["hr"], r["device"], r["backend"], _fmt_rate(pf),
-                     _fmt_rate(nv), "-" if sp is None else f"{sp:.1f}x", tgt, met,
-                     _fmt_rate(ng), "-" if sg is None else f"{sg:.1f}x"])
+        ci = r["speedup_ci95"]
+        rows.append([r["preset"], r["batch"], r["hr"], r["device"], r["backend"],
+                     _fmt_rate_ci(r["pairforge"]), _fmt_rate_ci(r["naive"]),
+                     "-" if sp is None else f"{sp:.1f}x", "-" if not ci else f"{ci[0]:.1f}-{ci[1]:.1f}x",
+                     tgt, met, _fmt_rate(ng), "-" if sg is None else f"{sg:.1f}x"])
     print()
     print("## Throughput (LR/HR pairs per second; higher is better)")
     print(_table(header, rows))
     print("naive = the reference chain as written (BasicSR filter2D USM); naive-grouped = the same "
           "with the USM as a grouped conv, a faster form the reference does not use (USM presets).")
+    print("95% CI: from the spread of call times (the naive's per-batch choices make its calls vary "
+          "up to 20x); 'met' compares the point estimate with the target.")
     print("Targets: CPU (2 cores) speed-up over naive >=10x realesrgan-x4plus, >=3x osediff; "
           "CUDA (H100) realesrgan-x4plus at 256^2 HR >=5,000 pairs/s with real JPEG, "
           ">=15,000 with differentiable.")

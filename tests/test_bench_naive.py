@@ -67,3 +67,19 @@ def test_filter2d_paths_agree_and_jpeg_is_close_at_high_quality():
         assert out.shape == img.shape
         psnr[q] = 10 * math.log10(1 / ((out - img) ** 2).mean().item())
     assert psnr[95.0] > 28 and psnr[95.0] > psnr[30.0] + 3
+
+
+def test_degradation_benchmark_runs_and_reports_speedups_with_intervals(tmp_path):
+    """A tiny end-to-end run of bench/degradations.py (timings are printed, never asserted)."""
+    from bench import degradations as bench
+
+    out = bench.main(["--presets", "osediff", "--batches", "2", "--hr-size", "128", "--backends", "real",
+                      "--repeats", "3", "--max-seconds", "1", "--profile-calls", "1",
+                      "--json", str(tmp_path / "bench.json")])
+    (row,) = out["results"]
+    assert row["pairforge"]["calls"] == row["naive"]["calls"] >= 3
+    assert row["speedup"] == pytest.approx(row["pairforge"]["pairs_per_s"] / row["naive"]["pairs_per_s"])
+    low, high = row["speedup_ci95"]
+    assert low < row["speedup"] < high
+    assert row["pairforge_stages"]["seconds"] and row["naive_stages"]["seconds"]
+    assert (tmp_path / "bench.json").exists()
