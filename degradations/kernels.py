@@ -16,6 +16,7 @@ with Σ = R(θ) diag(σx², σy²) R(θ)ᵀ and the grid's x running along colum
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Any, Sequence
 
 import torch
@@ -34,8 +35,11 @@ FAMILY_CODES = {
 }
 
 
+@lru_cache(maxsize=8)
 def kernel_grid(size: int = MAX_KERNEL_SIZE, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64):
-    """(x, y) coordinate grids of shape (size, size), centred on 0; x varies along columns."""
+    """(x, y) coordinate grids of shape (size, size), centred on 0; x varies along columns.
+
+    Cached (callers only read them): the CPU chain builds one kernel at a time."""
     ax = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
     yy, xx = torch.meshgrid(ax, ax, indexing="ij")
     return xx, yy
@@ -66,9 +70,33 @@ def build_kernels(params: Sequence[dict[str, Any] | None], device: torch.device 
             )
         )
     t = torch.tensor(rows, dtype=torch.float64, device=device).view(n, 7)
-    code, ks, sx, sy, theta, beta, omega = (t[:, i].view(n, 1, 1) for i in range(7))
     xx, yy = kernel_grid(size, device)
+    kernel = ((xx == 0) & (yy == 0)).to(torch.float64).expand(n, size, size).clone()  # delta
+    # each family only for the kernels that use it (the sinc's Bessel function is the
+    # costliest): with one kernel per call, as on CPU, computing all four cost 4x
+    by_code: dict[int, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_code.setdefault(int(row[0]), []).append(i)
+    for code, index in by_code.items():
+        if code == 0:
+            continue
+        idx = torch.as_tensor(index, device=device)
+        kernel.index_copy_(0, idx, _family(code, t.index_select(0, idx), xx, yy))
+    half = (t[:, 1].view(n, 1, 1) - 1) / 2
+    inside = (xx.abs() <= half) & (yy.abs() <= half)
+    kernel = kernel * inside
+    kernel = kernel / kernel.sum(dim=(-2, -1), keepdim=True)
+    return kernel.to(torch.float32)
 
+
+def _family(code: int, t: torch.Tensor, xx: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
+    """Unnormalized (m, size, size) kernels of one family from parameter rows ``t`` (m, 7)."""
+    m = t.shape[0]
+    _, _, sx, sy, theta, beta, omega = (t[:, i].view(m, 1, 1) for i in range(7))
+    if code == 4:
+        r = torch.sqrt(xx * xx + yy * yy)
+        r_safe = torch.where(r == 0, torch.ones_like(r), r)
+        return torch.where(r == 0, omega**2 / (4 * math.pi), omega * torch.special.bessel_j1(omega * r_safe) / (2 * math.pi * r_safe))
     # Σ⁻¹ = R diag(1/σx², 1/σy²) Rᵀ, then Q = [x y] Σ⁻¹ [x y]ᵀ
     c, s = torch.cos(theta), torch.sin(theta)
     ix, iy = 1.0 / sx**2, 1.0 / sy**2
@@ -76,24 +104,13 @@ def build_kernels(params: Sequence[dict[str, Any] | None], device: torch.device 
     b = c * s * (ix - iy)
     d = s * s * ix + c * c * iy
     q = a * xx * xx + 2 * b * xx * yy + d * yy * yy
-
-    gaussian = torch.exp(-0.5 * q)
-    generalized = torch.exp(-0.5 * q.pow(beta))
-    plateau = 1.0 / (q.pow(beta) + 1.0)
-    r = torch.sqrt(xx * xx + yy * yy)
-    r_safe = torch.where(r == 0, torch.ones_like(r), r)
-    sinc = torch.where(r == 0, omega**2 / (4 * math.pi), omega * torch.special.bessel_j1(omega * r_safe) / (2 * math.pi * r_safe))
-    delta = ((xx == 0) & (yy == 0)).to(torch.float64).expand(n, size, size)
-
-    kernel = torch.where(code == 1, gaussian, delta)
-    kernel = torch.where(code == 2, generalized, kernel)
-    kernel = torch.where(code == 3, plateau, kernel)
-    kernel = torch.where(code == 4, sinc, kernel)
-    half = (ks - 1) / 2
-    inside = (xx.abs() <= half) & (yy.abs() <= half)
-    kernel = kernel * inside
-    kernel = kernel / kernel.sum(dim=(-2, -1), keepdim=True)
-    return kernel.to(torch.float32)
+    if code == 1:
+        return torch.exp(-0.5 * q)
+    if code == 2:
+        return torch.exp(-0.5 * q.pow(beta))
+    if code == 3:
+        return 1.0 / (q.pow(beta) + 1.0)
+    raise ValueError(f"unknown kernel family code {code}")
 
 
 def gaussian_kernel1d(radius: int, sigma: float, device: torch.device | str = "cpu") -> torch.Tensor:
