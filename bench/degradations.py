@@ -1,6 +1,6 @@
 """Throughput benchmark: pairforge's ``Degrader`` against the naive reference chain.
 
-    python bench/degradations.py                        # CPU, defaults (≈25 min on 2 cores)
+    python bench/degradations.py                        # CPU, defaults (≈15 min on 2 cores)
     python bench/degradations.py --device cuda --batches 16,64,256
     python bench/degradations.py --presets osediff --batches 16 --repeats 2 --json out.json
 
