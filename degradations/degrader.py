@@ -18,6 +18,7 @@ from .sampling import draw_record
 #: depend on their batch, so either way only speed changes.
 CPU_CHUNK_PIXELS = 16 * 512 * 512
 
+
 class Degrader:
     """Degrade uint8 HR batches with per-sample parameters drawn from (config, seed, key).
 

@@ -19,8 +19,8 @@ def _linear(x: torch.Tensor, size: tuple[int, int], factor: float | None) -> tor
     """Bilinear resize (align_corners=False, no antialias) as two 1-D linear passes.
 
     Equal to ``F.interpolate(mode="bilinear")`` (same float32 source coordinates and
-    weights), which on CPU rounds differently with 1 and 2 threads (seen: 1.8e-7), and one
-    flipped 8-bit level changes every later Poisson draw of the sample. The 1-D kernel
+    weights), which on CPU rounds differently with 1 and 2 threads (seen: 1.8e-7): one
+    flipped 8-bit level would change the sample's Poisson noise. The 1-D kernel
     does not, and two passes (columns, then rows of the transposed result) run 2.5× faster
     than the gathers that used to stand in for it. Returns a (transposed) view.
     """

@@ -168,7 +168,7 @@ def test_cuda_matches_parameters_and_replays(hr, backend):
 @pytest.mark.parametrize("backend", ["real", "differentiable"])
 def test_pixels_do_not_depend_on_the_cpu_thread_count(hr, backend):
     # F.interpolate(bilinear) rounds differently with 1 and 2 threads; one flipped level
-    # would change every later Poisson draw of the sample. The engine must not care.
+    # would change the sample's Poisson noise. The engine must not care.
     deg = Degrader(load_preset("realesrgan-x4plus", jpeg_backend=backend))
     keys = [f"t{i}" for i in range(6)]
     threads = torch.get_num_threads()
