@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from .canvas import Canvas
+from .canvas import Canvas, _border_index
 from .config import MAX_KERNEL_SIZE
 from .kernels import build_kernels, gaussian_kernel1d
 
@@ -145,12 +145,7 @@ def _correlate_image(image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 
 def _reflect_index(n: int, pad: int, length: int, device: torch.device) -> torch.Tensor:
     """Source index of positions −pad … length − pad − 1 along an axis of ``n`` values (reflect)."""
-    pos = torch.arange(-pad, length - pad, device=device)
-    if n == 1:
-        return torch.zeros_like(pos)
-    period = 2 * (n - 1)
-    m = torch.remainder(pos, period)
-    return torch.where(m < n, m, period - m)
+    return _border_index([(n, n)], 0, n, pad, length - n - 2 * pad, "reflect", device)[0]
 
 
 def _blur_batched(canvas: Canvas, params, kernels: torch.Tensor, index: list[int], out: torch.Tensor) -> None:
