@@ -73,17 +73,21 @@ def blur(canvas: Canvas, params: Sequence[dict[str, Any] | None]) -> Canvas:
     # every pixel a blurred sample's region leaves out is never read again, so it may stay unset
     out = torch.empty_like(canvas.data) if len(index) == len(params) else canvas.data.clone()
     if canvas.data.device.type == "cpu":
-        _blur_each_image(canvas, params, kernels, index, out)
+        _blur_each_image(canvas, kernels, index, out)
     else:
         _blur_batched(canvas, params, kernels, index, out)
     return canvas.with_data(out)
 
 
+def _centre(kernel: torch.Tensor, half: int) -> torch.Tensor:
+    """The central (2·half + 1)² window of a square odd kernel."""
+    full = kernel.shape[-1] // 2
+    return kernel[..., full - half : full + half + 1, full - half : full + half + 1]
+
+
 def _support_kernel(kernel: torch.Tensor, p: dict[str, Any]) -> torch.Tensor:
     """The centre of a padded (21, 21) kernel that the sample's support class needs."""
-    full = MAX_KERNEL_SIZE // 2
-    half = _conv_support(p) // 2
-    return kernel[..., full - half : full + half + 1, full - half : full + half + 1]
+    return _centre(kernel, _conv_support(p) // 2)
 
 
 #: A CPU blur skips the kernel's outer rings while together they hold at most this much
@@ -105,13 +109,12 @@ def _effective_half(kernel: torch.Tensor) -> int:
     return next((r for r in range(full) if beyond[r + 1] <= _NEGLIGIBLE_MASS), full)
 
 
-def _blur_each_image(canvas: Canvas, params, kernels: torch.Tensor, index: list[int], out: torch.Tensor) -> None:
+def _blur_each_image(canvas: Canvas, kernels: torch.Tensor, index: list[int], out: torch.Tensor) -> None:
     """CPU: one strip-split depthwise convolution per image, on its own valid region, with
-    the kernel cut to its numerical extent (no grouping to keep, so every size is its own)."""
-    full = MAX_KERNEL_SIZE // 2
+    the kernel cut to its numerical extent (no grouping to keep, so every size is its own;
+    taps outside the nominal size are zero, so the cut never exceeds it)."""
     for i in index:
-        half = min(_effective_half(kernels[i]), _conv_support(params[i]) // 2)
-        k = kernels[i, full - half : full + half + 1, full - half : full + half + 1]
+        k = _centre(kernels[i], _effective_half(kernels[i]))
         h, w = canvas.sizes[i]
         out[i, :, :h, :w] = _correlate_image(canvas.data[i, :, :h, :w], k)
 
