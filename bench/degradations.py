@@ -159,7 +159,7 @@ def with_jpeg_backend(cfg, backend: str):
 
 
 def engine_info() -> dict:
-    import degradations
+    from pairforge import degradations
     files = sorted(p.name for p in Path(degradations.__file__).parent.iterdir()
                    if p.suffix == ".py" or p.is_dir() and not p.name.startswith("__"))
     stub = "TEMPORARY STUB" in (degradations.__doc__ or "")
@@ -187,7 +187,7 @@ class PairforgeContender:
     """
 
     def __init__(self, cfg, hr, device, args):
-        from degradations import Degrader
+        from pairforge.degradations import Degrader
 
         self.hr, self.device, self.args, self.b = hr, device, args, hr.shape[0]
         self.deg = Degrader(cfg, device=str(device))
@@ -418,7 +418,7 @@ def main(argv=None) -> dict:
            "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
            "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None}
     if not args.no_pairforge:
-        from degradations import load_preset
+        from pairforge.degradations import load_preset
         env["pairforge"] = engine_info()
     print("# pairforge degradation benchmark")
     print("  " + ", ".join(f"{k}={v}" for k, v in env.items()))

@@ -38,9 +38,9 @@ sys.path.insert(0, os.path.dirname(_HERE))
 
 def cut_patches(preset: str, per_image: int, size: int) -> np.ndarray:
     """The same HR patches the pipeline cuts (same keys, seed 0), as one uint8 NHWC array."""
-    from pipeline.decode import decode_image
-    from pipeline.patching import PatchConfig, Patcher
-    from pipeline.sources import image_key, list_bundled
+    from pairforge.pipeline.decode import decode_image
+    from pairforge.pipeline.patching import PatchConfig, Patcher
+    from pairforge.pipeline.sources import image_key, list_bundled
 
     patcher = Patcher(PatchConfig(size=size, per_image=per_image), size)
     out = []
@@ -54,7 +54,7 @@ def _ceiling_worker(args):
     preset, keys, patches, batch, barrier = args
     import torch
 
-    from degradations import Degrader, load_preset
+    from pairforge.degradations import Degrader, load_preset
 
     torch.set_num_threads(1)
     deg = Degrader(load_preset(preset), device="cpu")
@@ -81,15 +81,15 @@ def ceiling(preset: str, patches: list, workers: int, batch: int = 32) -> float:
 
 
 def e2e(out: str, preset: str, per_image: int, workers: int) -> dict:
-    from pipeline import synth
+    from pairforge.pipeline import synth
 
     res = synth("bundled", out, preset=preset, patches_per_image=per_image, images_per_shard=1,
                 workers=workers, progress=False)
     assert res.ok, res.failed
     stages: dict[str, float] = {}
-    from pipeline import storage
-    from pipeline.manifest import read_json
-    from pipeline.shards import stats_name
+    from pairforge.pipeline import storage
+    from pairforge.pipeline.manifest import read_json
+    from pairforge.pipeline.shards import stats_name
 
     for s in res.manifest["shards"]:
         st = read_json(storage.join(res.url, stats_name(s["name"])))
@@ -113,7 +113,7 @@ def main() -> None:
     args = ap.parse_args()
     load0 = os.getloadavg()[0]  # other jobs on the machine skew every number below
 
-    from degradations import load_preset
+    from pairforge.degradations import load_preset
 
     size = load_preset(args.preset).hr_size
     patches = cut_patches(args.preset, args.patches_per_image, size)
@@ -133,7 +133,7 @@ def main() -> None:
 
         boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1").create_bucket(Bucket="bench")
 
-    from pipeline.execution import init_ray, shutdown_ray
+    from pairforge.pipeline.execution import init_ray, shutdown_ray
 
     init_ray(num_cpus=(os.cpu_count() or 1) + 2)  # before any run, after the S3 env is set
     rows = []

@@ -39,7 +39,7 @@ def _table(title: str, header: list[str], rows: list[list]) -> None:
 
 def _perceptual_backbone() -> str:
     try:
-        from training.perceptual import resolve_weights
+        from pairforge.training.perceptual import resolve_weights
         resolve_weights("dists")
         return "imagenet"
     except Exception:
@@ -51,14 +51,14 @@ def _setup(stage: int | None, batch: int, crop: int, backbone: str, full: str | 
            ckpt: bool = False, precision: str = "fp32"):
     import torch
 
-    from training.config import load_config
-    from training.losses import GeneratorLoss, build_perceptual
-    from training.models import build_discriminator, build_generator
+    from pairforge.training.config import load_config
+    from pairforge.training.losses import GeneratorLoss, build_perceptual
+    from pairforge.training.models import build_discriminator, build_generator
 
     ov = {"loss": {"perceptual_backbone": backbone, "adv_start_step": 0},
           "engine": {"zero_stage": stage or 0, "precision": precision}, "data": {"batch_size": batch}}
     if full is not None:  # full-size architectures, random init (GPU part)
-        from training.models import backbones as bb
+        from pairforge.training.models import backbones as bb
         cfg = load_config(preset="tiny", overrides=ov)
         cfg.generator.gradient_checkpointing = ckpt
         cfg.discriminator.gradient_checkpointing = ckpt
@@ -76,9 +76,9 @@ def _full_size_models(kind: str, cfg, ckpt: bool):
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from training.models import backbones as bb
-    from training.models.discriminator import DiffusionDiscriminator
-    from training.models.generator import OneStepGenerator
+    from pairforge.training.models import backbones as bb
+    from pairforge.training.models.discriminator import DiffusionDiscriminator
+    from pairforge.training.models.generator import OneStepGenerator
 
     sd21_unet = dict(sample_size=64, cross_attention_dim=1024, attention_head_dim=[5, 10, 20, 20],
                      use_linear_projection=True, block_out_channels=(320, 640, 1280, 1280))
@@ -119,8 +119,8 @@ def time_deepspeed(stage: int, steps: int, batch: int, crop: int, backbone: str,
     import torch
     import torch.distributed as dist
 
-    from training.engines import build_engines, init_distributed
-    from training.trainer import discriminator_step, generator_step
+    from pairforge.training.engines import build_engines, init_distributed
+    from pairforge.training.trainer import discriminator_step, generator_step
 
     init_distributed()
     cfg, g, d, loss_fn = _setup(stage, batch, crop, backbone, full, ckpt, precision)
@@ -155,8 +155,8 @@ def time_plain_torch(steps: int, batch: int, crop: int, backbone: str) -> dict:
     """The same G/D steps without DeepSpeed: torch AdamW, manual clipping."""
     import torch
 
-    from training.engines import frozen, make_optimizer
-    from training.losses import d_loss
+    from pairforge.training.engines import frozen, make_optimizer
+    from pairforge.training.losses import d_loss
 
     cfg, g, d, loss_fn = _setup(0, batch, crop, backbone)
     og, od = make_optimizer(g, cfg.optim_g), make_optimizer(d, cfg.optim_d)
@@ -189,7 +189,7 @@ def time_plain_torch(steps: int, batch: int, crop: int, backbone: str) -> dict:
 
 
 def time_loader(url: str, shards: list[dict], batch: int, workers: int, crop: int, batches: int) -> dict:
-    from training.data import make_train_loader
+    from pairforge.training.data import make_train_loader
 
     loader = make_train_loader(url, shards, 0, 1, batch, workers, seed=0, crop=crop, shuffle_window=16)
     it = iter(loader)
@@ -203,7 +203,7 @@ def time_loader(url: str, shards: list[dict], batch: int, workers: int, crop: in
 
 # --------------------------------------------------------------------------- sub-process runner
 def _run_ranks(mode: dict, ranks: int, threads: int) -> list[dict]:
-    from training.launch import default_env, free_port
+    from pairforge.training.launch import default_env, free_port
 
     port = free_port()
     procs = []
@@ -281,7 +281,7 @@ def main() -> int:
                ["loop", "step s (median)", "samples/s", "overhead %"], rows)
 
         # 2. loader throughput vs consumption
-        from pipeline import synth
+        from pairforge.pipeline import synth
         with tempfile.TemporaryDirectory() as tmp:
             res = synth("bundled", tmp, preset="realesrgan-x4plus", executor="inline", images_per_shard=2,
                         patches_per_image=8, patch_size=128, views=2, progress=False, device="cpu", seed=0)

@@ -14,12 +14,12 @@ from typing import Sequence
 
 #: subcommand name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "degrade": ("clusters.commands.degrade", "degrade images with a preset and write a contact sheet"),
-    "synth": ("clusters.commands.synth", "synthesize LR/HR pairs into WebDataset shards"),
-    "inspect": ("clusters.commands.inspect", "summarize a pairforge dataset (tables, histograms, contact sheet)"),
-    "train": ("clusters.commands.train", "train a one-step diffusion SR model on pairforge shards"),
-    "weights": ("clusters.commands.weights", "prepare perceptual-network weights (VGG16/AlexNet) offline"),
-    "demo": ("clusters.commands.demo", "run the end-to-end demo on the bundled sample photos"),
+    "degrade": ("pairforge.clusters.commands.degrade", "degrade images with a preset and write a contact sheet"),
+    "synth": ("pairforge.clusters.commands.synth", "synthesize LR/HR pairs into WebDataset shards"),
+    "inspect": ("pairforge.clusters.commands.inspect", "summarize a pairforge dataset (tables, histograms, contact sheet)"),
+    "train": ("pairforge.clusters.commands.train", "train a one-step diffusion SR model on pairforge shards"),
+    "weights": ("pairforge.clusters.commands.weights", "prepare perceptual-network weights (VGG16/AlexNet) offline"),
+    "demo": ("pairforge.clusters.commands.demo", "run the end-to-end demo on the bundled sample photos"),
 }
 
 

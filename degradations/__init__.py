@@ -1,6 +1,6 @@
 """Real-ESRGAN's second-order degradation chain as a batched, per-sample, replayable torch library.
 
-    from degradations import Degrader, load_preset, replay
+    from pairforge.degradations import Degrader, load_preset, replay
     cfg = load_preset("realesrgan-x4plus")
     deg = Degrader(cfg, device="cpu")
     lr, records = deg(hr, keys=keys, seed=7)     # hr uint8 (B,3,H,W) → lr uint8 (B,3,H/s,W/s)

@@ -2,7 +2,7 @@
 
 Public API::
 
-    from pipeline import synth, read_pairs, load_manifest
+    from pairforge.pipeline import synth, read_pairs, load_manifest
     res = synth("bundled", "out/")            # -> SynthResult(url=..., status=..., manifest=...)
     for s in read_pairs(res.url): s["key"], s["hr"], s["lr"], s["params"]
 

@@ -101,7 +101,7 @@ def _caption(rec: dict, limit: int = 3) -> str:
 def _describe(rec: dict) -> list[str]:
     """Caption lines for one LR view: the engine's own summary when it has one."""
     try:
-        from degradations import describe_record
+        from pairforge.degradations import describe_record
 
         return describe_record(rec).splitlines()
     except Exception:  # noqa: BLE001 - older/other record formats: generic key=value caption

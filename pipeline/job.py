@@ -55,7 +55,7 @@ class SynthResult:
 
 def resolve_degradation(preset: str | None = None, config: Any = None):
     """A DegradationConfig from an object, a YAML path, or a preset name."""
-    from degradations import load_preset
+    from pairforge.degradations import load_preset
 
     if config is not None and not isinstance(config, (str, os.PathLike)):
         return config
@@ -67,7 +67,7 @@ def resolve_degradation(preset: str | None = None, config: Any = None):
 
 
 def code_version() -> dict:
-    import degradations
+    from pairforge import degradations
 
     return {"pipeline": PIPELINE_VERSION, "degradations": str(getattr(degradations, "__version__", "?"))}
 

@@ -105,7 +105,7 @@ class ShardProcessor:
     def __init__(self, spec: JobSpec, device: str = "auto", torch_threads: int | None = None):
         import torch
 
-        from degradations import Degrader
+        from pairforge.degradations import Degrader
 
         self.spec = spec
         self.device = resolve_device(device)

@@ -86,7 +86,7 @@ def ray_local(s3_server):
     """Embedded local Ray (see module docstring); yields the ``ray`` module."""
     import ray
 
-    from pipeline.execution import init_ray, shutdown_ray
+    from pairforge.pipeline.execution import init_ray, shutdown_ray
 
     started = init_ray(num_cpus=4, object_store_mb=256)
     try:

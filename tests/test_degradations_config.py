@@ -1,7 +1,7 @@
 """Config: presets, YAML, overrides, and errors that name the field."""
 import pytest
 
-from degradations import ConfigError, DegradationConfig, available_presets, load_preset
+from pairforge.degradations import ConfigError, DegradationConfig, available_presets, load_preset
 
 
 def test_presets_exist_and_differ():

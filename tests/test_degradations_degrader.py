@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from skimage import data
 
-from degradations import Degrader, load_preset, replay, usm_sharpen
+from pairforge.degradations import Degrader, load_preset, replay, usm_sharpen
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -59,7 +59,7 @@ def test_pixels_do_not_depend_on_batch_size_or_order(hr, backend):
 
 
 def test_cpu_chunking_of_large_calls_changes_nothing(hr, monkeypatch):
-    import degradations.degrader as degrader_module
+    import pairforge.degradations.degrader as degrader_module
 
     deg = Degrader(load_preset("osediff"))
     keys = [f"c{i}" for i in range(6)]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy import special
 
-from degradations.kernels import build_kernels, gaussian_kernel1d, opencv_default_sigma
+from pairforge.degradations.kernels import build_kernels, gaussian_kernel1d, opencv_default_sigma
 
 
 def _moments(k: torch.Tensor):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import stats
 
-from degradations import poisson
+from pairforge.degradations import poisson
 
 
 @pytest.mark.parametrize("vals, level", [(256, 255), (256, 128), (256, 3), (64, 200), (8, 77), (1, 255), (2, 1)])

@@ -10,7 +10,7 @@ import threading
 import pytest
 import torch
 
-from degradations.parallel import for_each_sample
+from pairforge.degradations.parallel import for_each_sample
 
 
 def test_for_each_sample_calls_every_index_once_and_uses_threads() -> None:
@@ -86,7 +86,7 @@ def test_malloc_policy_applies_once_and_can_be_declined() -> None:
 def test_strip_split_depthwise_equals_one_plain_grouped_conv() -> None:
     import torch.nn.functional as F
 
-    from degradations import filters
+    from pairforge.degradations import filters
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 3, 300, 170, generator=g)  # 280 output rows: 5 strips, the last partial
@@ -100,7 +100,7 @@ def test_strip_split_depthwise_equals_one_plain_grouped_conv() -> None:
 
 
 def _ragged_canvas_and_kernels():
-    from degradations.canvas import Canvas
+    from pairforge.degradations.canvas import Canvas
 
     g = torch.Generator().manual_seed(3)
     # tall, wide, narrower than the kernel's half width (reflects twice), and one unblurred
@@ -120,9 +120,9 @@ def test_per_image_blur_matches_the_reflect_padded_definition_and_the_batched_pa
     reflect-padded correlation of each image on its own (narrow images reflect twice)."""
     import torch.nn.functional as F
 
-    from degradations import filters
-    from degradations.canvas import Canvas
-    from degradations.kernels import build_kernels
+    from pairforge.degradations import filters
+    from pairforge.degradations.canvas import Canvas
+    from pairforge.degradations.kernels import build_kernels
 
     canvas, params = _ragged_canvas_and_kernels()
     per_image = filters.blur(canvas, params)
@@ -150,9 +150,9 @@ def test_cpu_blur_cuts_negligible_kernel_rings_without_changing_results() -> Non
     (plateau, sinc) keep all 21×21 taps; either way the result is the full correlation's."""
     import torch.nn.functional as F
 
-    from degradations import filters
-    from degradations.canvas import Canvas
-    from degradations.kernels import build_kernels
+    from pairforge.degradations import filters
+    from pairforge.degradations.canvas import Canvas
+    from pairforge.degradations.kernels import build_kernels
 
     def iso(sigma: float) -> dict:
         return {"family": "iso", "size": 21, "support": 21, "sigma_x": sigma, "sigma_y": sigma, "theta": 0.0}
@@ -181,8 +181,8 @@ def test_cpu_blur_cuts_negligible_kernel_rings_without_changing_results() -> Non
 def test_jpeg_of_a_sample_does_not_depend_on_its_batch(backend: str) -> None:
     """Float outputs, not just 8-bit ones: kornia's batched codec differs from its
     one-image call by ~2e-7, which flips an 8-bit level only now and then."""
-    from degradations.canvas import Canvas
-    from degradations.jpeg import jpeg
+    from pairforge.degradations.canvas import Canvas
+    from pairforge.degradations.jpeg import jpeg
 
     g = torch.Generator().manual_seed(9)
     images = [torch.rand(3, h, w, generator=g) for h, w in [(64, 48), (64, 48), (40, 72), (64, 48), (33, 17)]]
@@ -201,7 +201,7 @@ def test_bilinear_resize_equals_torch_bilinear_and_ignores_the_thread_count(h, w
     it, the same values with any thread count."""
     import torch.nn.functional as F
 
-    from degradations.resize import _linear
+    from pairforge.degradations.resize import _linear
 
     x = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(h * w))
     threads = torch.get_num_threads()
@@ -224,8 +224,8 @@ def test_resizing_to_the_same_size_is_an_exact_copy_in_every_mode(mode: str) -> 
     """resize() skips such samples; that is only right because torch returns the input."""
     import torch.nn.functional as F
 
-    from degradations.canvas import Canvas
-    from degradations.resize import resize
+    from pairforge.degradations.canvas import Canvas
+    from pairforge.degradations.resize import resize
 
     x = torch.rand(1, 3, 37, 53, generator=torch.Generator().manual_seed(1))
     kwargs = {"align_corners": False} if mode != "area" else {}

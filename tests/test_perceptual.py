@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from training.perceptual import (
+from pairforge.training.perceptual import (
     DISTS,
     LPIPS,
     EdgeAwareDISTS,
@@ -30,10 +30,10 @@ from training.perceptual import (
     resolve_weights,
     sobel_magnitude,
 )
-from training.perceptual.edge import ea_dists
-from training.perceptual.pypi import PinnedFile, PyPIUnreachable, fetch_pinned, sha256_file
-from training.perceptual.safe_pickle import UnsafePickleError, load_numpy_pickle
-from training.perceptual.weights import default_cache_dir
+from pairforge.training.perceptual.edge import ea_dists
+from pairforge.training.perceptual.pypi import PinnedFile, PyPIUnreachable, fetch_pinned, sha256_file
+from pairforge.training.perceptual.safe_pickle import UnsafePickleError, load_numpy_pickle
+from pairforge.training.perceptual.weights import default_cache_dir
 
 # The pyiqa *wheel* ships the calibration images but not the score tables; the
 # sdist ships both (ResultsCalibra/results_official.csv).
@@ -274,7 +274,7 @@ def test_torchvision_layout_and_integrity_checks(weights_dir: Path, tmp_path: Pa
 
 
 def test_cache_manifest_and_cli_check(weights_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from clusters.cli import main
+    from pairforge.clusters.cli import main
 
     assert main(["weights", "--check", "--out", str(weights_dir)]) == 0
     out = capsys.readouterr().out
@@ -289,7 +289,7 @@ def test_cache_manifest_and_cli_check(weights_dir: Path, tmp_path: Path, capsys:
 def test_heads_from_pypi_wheels_match_installed_packages(tmp_path: Path) -> None:
     """Without the lpips/dists-pytorch packages, prepare_weights takes the same files
     from their sha256-pinned wheels; both routes must give identical tensors."""
-    from training.perceptual.weights import _small_from_package
+    from pairforge.training.perceptual.weights import _small_from_package
 
     for kind in ("dists", "lpips_alex"):
         try:

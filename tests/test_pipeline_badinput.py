@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from pipeline import synth
-from pipeline.decode import SkipInput, decode_image
+from pairforge.pipeline import synth
+from pairforge.pipeline.decode import SkipInput, decode_image
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
@@ -131,7 +131,7 @@ def test_synth_survives_bad_inputs(bad_dir, tmp_path, policy):
     assert skipped.get("bomb.png") == "too_large" and skipped.get("empty.png") == "empty_file"
     assert ("small.png" in skipped) == (policy == "skip")
     if policy == "upscale":
-        from pipeline import read_pairs
+        from pairforge.pipeline import read_pairs
 
         ups = [p for p in read_pairs(res.url) if p["params"]["source"]["name"] == "small.png"]
         assert ups and ups[0]["params"]["patch"]["upscale"] == pytest.approx(64 / 40)

@@ -9,8 +9,8 @@ import textwrap
 
 import pytest
 
-from pipeline.execution import RayExecutor
-from pipeline.worker import resolve_device
+from pairforge.pipeline.execution import RayExecutor
+from pairforge.pipeline.worker import resolve_device
 
 
 def test_cpu_only_cluster_places_cpu_actors(ray_local):
@@ -36,8 +36,8 @@ def test_fake_gpu_cluster_falls_back_to_cpu(tmp_path, photo_dir):
     """A cluster that *claims* a GPU (like a misconfigured node): the job must finish on CPU."""
     script = textwrap.dedent(f"""
         import json, sys
-        from pipeline.execution import init_ray, shutdown_ray
-        from pipeline import synth
+        from pairforge.pipeline.execution import init_ray, shutdown_ray
+        from pairforge.pipeline import synth
         init_ray(num_cpus=3, num_gpus=1, object_store_mb=256)
         try:
             r = synth({str(photo_dir)!r}, {str(tmp_path)!r}, workers=1, patch_size=64, patches_per_image=1,
@@ -60,7 +60,7 @@ def test_cli_joins_an_existing_cluster(ray_local, tmp_path):
     addr = ray_local.get_runtime_context().gcs_address
     assert addr.startswith("127.0.0.1:")  # the embedded cluster binds to loopback
     cwd = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-m", "clusters.cli", "synth", "--source", "bundled", "--out", str(tmp_path),
+    out = subprocess.run([sys.executable, "-m", "pairforge.clusters.cli", "synth", "--source", "bundled", "--out", str(tmp_path),
                           "--patch-size", "64", "--patches-per-image", "1", "--ray-address", addr, "--workers", "1",
                           "--no-progress"], cwd=cwd, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from PIL import Image
 
-from pipeline import synth
-from pipeline.inspect import format_report, inspect_dataset
+from pairforge.pipeline import synth
+from pairforge.pipeline.inspect import format_report, inspect_dataset
 
 
 def test_inspect_outputs(tmp_path, photo_dir, capsys):
@@ -21,7 +21,7 @@ def test_inspect_outputs(tmp_path, photo_dir, capsys):
     text = format_report(rep)
     assert "shard-000002.tar" in text and "12 pairs" in text
 
-    from clusters.cli import main
+    from pairforge.clusters.cli import main
 
     assert main(["inspect", res.url, "--out", str(tmp_path / "cli"), "--samples", "2"]) == 0
     out = capsys.readouterr().out

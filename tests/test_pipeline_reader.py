@@ -10,8 +10,8 @@ import warnings
 import numpy as np
 import pytest
 
-from pipeline import UnsafeMemberError, load_manifest, read_pairs
-from pipeline.shards import encode_image
+from pairforge.pipeline import UnsafeMemberError, load_manifest, read_pairs
+from pairforge.pipeline.shards import encode_image
 
 
 class _Boom:

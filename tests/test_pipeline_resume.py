@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from pipeline import JobError, synth
-from pipeline.shards import read_pairs
+from pairforge.pipeline import JobError, synth
+from pairforge.pipeline.shards import read_pairs
 
 SMALL = dict(patch_size=64, patches_per_image=2, images_per_shard=2, progress=False)
 
@@ -57,7 +57,7 @@ def test_resume_after_lost_commits_partial_tmp_and_truncated_tar(tmp_path, photo
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "clusters.cli", "synth", *args]
+    return [sys.executable, "-m", "pairforge.clusters.cli", "synth", *args]
 
 
 def test_killed_cli_job_resumes_byte_identical(tmp_path, photo_dir):

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from pipeline import JobError, load_manifest, read_pairs, synth
-from pipeline.storage import get_fs
+from pairforge.pipeline import JobError, load_manifest, read_pairs, synth
+from pairforge.pipeline.storage import get_fs
 
 SMALL = dict(patch_size=64, patches_per_image=2, images_per_shard=4, progress=False)
 
@@ -48,7 +48,7 @@ def test_s3_write_read_noop_and_resume(ray_local, s3_server, photo_dir, tmp_path
     again = synth(str(photo_dir), f"{bucket}/pairs", executor="inline", resume=True, **SMALL)
     assert again.status == "resumed" and again.shards_written == ["shard-000001.tar"]
     assert s3_outputs(res.url) == expected
-    from pipeline.inspect import inspect_dataset
+    from pairforge.pipeline.inspect import inspect_dataset
 
     rep = inspect_dataset(res.url, str(tmp_path / "inspect"), samples=2, max_records=8)
     assert rep["totals"]["samples"] == 24 and all(r["wall_s"] is not None for r in rep["shards"])

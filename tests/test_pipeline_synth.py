@@ -9,7 +9,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from pipeline import JobError, SourceError, load_manifest, read_pairs, synth
+from pairforge.pipeline import JobError, SourceError, load_manifest, read_pairs, synth
 
 SMALL = dict(patch_size=64, patches_per_image=2, images_per_shard=3, progress=False)
 
@@ -122,7 +122,7 @@ def test_reader_reads_shard_subsets(tmp_path, photo_dir):
 
 
 def test_clear_errors(tmp_path, capsys):
-    from clusters.cli import main
+    from pairforge.clusters.cli import main
 
     with pytest.raises(SourceError, match="does not exist"):
         synth(str(tmp_path / "nope"), str(tmp_path / "out"), progress=False)

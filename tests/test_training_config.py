@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from training.config import ConfigError, from_dict, list_presets, load_config
+from pairforge.training.config import ConfigError, from_dict, list_presets, load_config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,8 +54,8 @@ def test_yaml_file_and_numbers_as_strings(tmp_path):
 
 
 def test_missing_pretrained_folder_says_what_to_download(tmp_path):
-    from training.models import build_generator
-    from training.models.backbones import PretrainedMissing
+    from pairforge.training.models import build_generator
+    from pairforge.training.models.backbones import PretrainedMissing
 
     cfg = load_config(preset="d3sr-sd21", overrides={"generator": {"pretrained_path": str(tmp_path / "sd21")}})
     with pytest.raises(PretrainedMissing) as exc:
@@ -66,7 +66,7 @@ def test_missing_pretrained_folder_says_what_to_download(tmp_path):
 
 
 def test_cli_reports_invalid_config(capsys):
-    from clusters.cli import main
+    from pairforge.clusters.cli import main
 
     rc = main(["train", "--preset", "tiny", "--data", "x", "--out", "y", "--set", "data.batch_size=0"])
     assert rc == 2

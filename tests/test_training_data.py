@@ -7,14 +7,14 @@ from collections import Counter
 
 import pytest
 
-from training.data import ShardStream, make_train_loader, plan_parts
+from pairforge.training.data import ShardStream, make_train_loader, plan_parts
 
 pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture(scope="module")
 def uneven_dataset(tmp_path_factory):
-    from pipeline import synth
+    from pairforge.pipeline import synth
 
     out = tmp_path_factory.mktemp("ds")
     # 6 bundled photos × 3 patches, 4 photos per shard → shards of 12 and 6 samples, 2 LR views

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training import train
+from pairforge.training import train
 
 pytestmark = [pytest.mark.slow]
 
@@ -27,7 +27,7 @@ def _metrics(out: Path) -> list[dict]:
 
 @pytest.mark.timeout(300)
 def test_two_rank_zero2_tiny_from_s3(s3_server, tmp_path):
-    from pipeline import synth
+    from pairforge.pipeline import synth
 
     bucket = s3_server.make_bucket()
     res = synth("bundled", f"{bucket}/pairs", preset="realesrgan-x4plus", executor="inline",
@@ -61,7 +61,7 @@ def test_two_rank_zero2_tiny_from_s3(s3_server, tmp_path):
 
 @pytest.fixture(scope="module")
 def local_dataset(tmp_path_factory):
-    from pipeline import synth
+    from pairforge.pipeline import synth
 
     res = synth("bundled", str(tmp_path_factory.mktemp("pairs")), preset="realesrgan-x4plus", executor="inline",
                 images_per_shard=3, patches_per_image=2, patch_size=64, views=2, progress=False,
@@ -71,7 +71,7 @@ def local_dataset(tmp_path_factory):
 
 
 def _module_state(out: Path, sub: str, tag: str) -> dict[str, torch.Tensor]:
-    from training.checkpoint import safe_torch_load
+    from pairforge.training.checkpoint import safe_torch_load
 
     return safe_torch_load(out / "checkpoints" / sub / tag / "mp_rank_00_model_states.pt")["module"]
 

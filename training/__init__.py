@@ -2,7 +2,7 @@
 
 Python API::
 
-    from training import train, load_config
+    from pairforge.training import train, load_config
     result = train("tiny", data="out/<dataset-id>", out="runs/tiny", steps=200, ranks=1)
     # -> {"rc": 0, "out": ..., "report": "runs/tiny/report.md", ...}
 

@@ -111,8 +111,8 @@ def _raw_samples(dataset_url: str, shard: str, storage_options: dict | None) -> 
     decode with the pipeline's safe decoder (``pipeline.shards.decode_sample``).
     """
     import webdataset as wds
-    from pipeline import shard_urls
-    from pipeline.storage import register_webdataset_s3
+    from pairforge.pipeline import shard_urls
+    from pairforge.pipeline.storage import register_webdataset_s3
 
     register_webdataset_s3(storage_options)
     (url,) = shard_urls(dataset_url, [shard], storage_options)
@@ -121,7 +121,7 @@ def _raw_samples(dataset_url: str, shard: str, storage_options: dict | None) -> 
 
 
 def _decode(raw: dict) -> dict | None:
-    from pipeline.shards import decode_sample
+    from pairforge.pipeline.shards import decode_sample
 
     return decode_sample(raw, strict=True)
 
@@ -247,7 +247,7 @@ def load_val_pairs(url: str, shards: list[dict] | None, n: int, crop: int | None
     """The first ``n`` held-out pairs (LR view 0, centre crop): a fixed validation set."""
     names = [s["name"] for s in shards] if shards is not None else None
     out: list[dict] = []
-    from pipeline import load_manifest
+    from pairforge.pipeline import load_manifest
     if names is None:
         names = [s["name"] for s in load_manifest(url, storage_options)["shards"]]
     for name in names:
@@ -267,6 +267,6 @@ def batch_val(pairs: list[dict], batch_size: int) -> Iterator[dict]:
 
 
 def dataset_info(url: str, storage_options: dict | None = None) -> dict:
-    from pipeline import load_manifest
+    from pairforge.pipeline import load_manifest
 
     return load_manifest(url, storage_options)

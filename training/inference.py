@@ -5,7 +5,7 @@ overlapping tiles, each tile is restored with one generator call, and the tiles 
 with a raised-cosine (Hann) window so seams do not show. Tiles are padded by reflection at the
 borders so every tile has the full size (the VAE needs sides divisible by its down factor).
 
-    python -m training.inference EXPORT_DIR input.png output.png --scale 4 --tile 512 --overlap 64
+    python -m pairforge.training.inference EXPORT_DIR input.png output.png --scale 4 --tile 512 --overlap 64
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def upscale_tensor(generator, lr: torch.Tensor, scale: int, tile: int = 512, ove
 
 
 def load_generator(export_dir: str | Path, device: str | None = None, dtype: torch.dtype = torch.float32):
-    from training.models.generator import OneStepGenerator
+    from pairforge.training.models.generator import OneStepGenerator
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return OneStepGenerator.from_export(export_dir, torch_dtype=dtype).to(device)

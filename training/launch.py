@@ -1,7 +1,7 @@
 """Starting the ranks.
 
 **Embedded (default):** ``spawn_local`` starts N local processes of
-``python -m training.trainer JOB.json`` with RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE,
+``python -m pairforge.training.trainer JOB.json`` with RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE,
 MASTER_ADDR=127.0.0.1 and a free MASTER_PORT; each joins a gloo (CPU) or nccl (GPU) group.
 If one rank dies, the others are terminated (they would otherwise block in a collective).
 
@@ -64,7 +64,7 @@ def spawn_local(job_path: str | os.PathLike, nprocs: int, extra_env: dict | None
         if threads is not None:
             env.setdefault("OMP_NUM_THREADS", str(threads))
         env.update(extra_env or {})
-        procs.append(subprocess.Popen([sys.executable, "-m", "training.trainer", str(job_path)], env=env))
+        procs.append(subprocess.Popen([sys.executable, "-m", "pairforge.training.trainer", str(job_path)], env=env))
     rc = 0
     try:
         while True:
@@ -96,18 +96,18 @@ def _train_args(args: list[str]) -> str:
 
 def deepspeed_command(hostfile: str, train_args: list[str], gpus_per_node: int | None = None,
                       master_addr: str | None = None, master_port: int = 29500) -> str:
-    """``deepspeed --hostfile H --module clusters.cli train ...`` (one process per GPU listed
+    """``deepspeed --hostfile H --module pairforge.clusters.cli train ...`` (one process per GPU listed
     in the hostfile's ``slots=``; needs passwordless ssh between nodes and a shared --out)."""
     parts = ["deepspeed", "--hostfile", hostfile, "--master_port", str(master_port)]
     if master_addr:
         parts += ["--master_addr", master_addr]
     if gpus_per_node:
         parts += ["--num_gpus", str(gpus_per_node)]
-    return " ".join(parts) + " --module clusters.cli train " + _train_args(train_args)
+    return " ".join(parts) + " --module pairforge.clusters.cli train " + _train_args(train_args)
 
 
 def torchrun_command(train_args: list[str], nnodes: int = 1, nproc_per_node: int = 1,
                      rdzv_endpoint: str = "$MASTER_ADDR:29500", job_id: str = "pairforge") -> str:
-    """``torchrun ... -m clusters.cli train ...`` (run the same line on every node)."""
+    """``torchrun ... -m pairforge.clusters.cli train ...`` (run the same line on every node)."""
     return (f"torchrun --nnodes {nnodes} --nproc-per-node {nproc_per_node} --rdzv-backend c10d "
-            f"--rdzv-endpoint {rdzv_endpoint} --rdzv-id {job_id} -m clusters.cli train " + _train_args(train_args))
+            f"--rdzv-endpoint {rdzv_endpoint} --rdzv-id {job_id} -m pairforge.clusters.cli train " + _train_args(train_args))

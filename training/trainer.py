@@ -13,7 +13,7 @@ averages gradients. Rank 0 logs, validates (all ranks compute their slice, then 
 writes images, checkpoints (collective) and the final export + report.
 
 Entry points: ``run(cfg, data, out, resume)`` inside an already-launched rank;
-``python -m training.trainer JOB.json`` for ranks spawned by training.launch.
+``python -m pairforge.training.trainer JOB.json`` for ranks spawned by training.launch.
 """
 from __future__ import annotations
 
@@ -27,14 +27,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from training import checkpoint as ckpt
-from training.config import TrainConfig, from_dict
-from training.data import batch_val, load_val_pairs, make_train_loader, split_train_val
-from training.engines import build_engines, frozen, init_distributed
-from training.logging_utils import RunLogger, image_grid
-from training.losses import GeneratorLoss, backbone_sources, build_perceptual, d_loss
-from training.models import build_discriminator, build_generator
-from training.validation import evaluate
+from pairforge.training import checkpoint as ckpt
+from pairforge.training.config import TrainConfig, from_dict
+from pairforge.training.data import batch_val, load_val_pairs, make_train_loader, split_train_val
+from pairforge.training.engines import build_engines, frozen, init_distributed
+from pairforge.training.logging_utils import RunLogger, image_grid
+from pairforge.training.losses import GeneratorLoss, backbone_sources, build_perceptual, d_loss
+from pairforge.training.models import build_discriminator, build_generator
+from pairforge.training.validation import evaluate
 
 
 def _all_mean(values: dict[str, float], device) -> dict[str, float]:
@@ -92,7 +92,7 @@ def discriminator_step(engine_d, out_g, hr, cfg: TrainConfig, noise_gen, device)
 
 def run(cfg: TrainConfig, data: str, out: str | os.PathLike, resume: str | None = None,
         val_data: str | None = None) -> dict:
-    from pipeline import load_manifest
+    from pairforge.pipeline import load_manifest
 
     out = Path(out)
     init_distributed()
@@ -119,7 +119,7 @@ def run(cfg: TrainConfig, data: str, out: str | os.PathLike, resume: str | None 
     loss_fn = GeneratorLoss(cfg.loss, perceptual)
     val_nets = {}
     if cfg.log.val_every:
-        from training.perceptual import DISTS, LPIPS
+        from pairforge.training.perceptual import DISTS, LPIPS
         kw = dict(weights_dir=cfg.loss.weights_dir, backbone=cfg.loss.perceptual_backbone)
         val_nets = {"lpips": LPIPS(net="alex", **kw).to(device).eval(),
                     "dists": perceptual.get("dists") or DISTS(**kw).to(device).eval()}
@@ -244,7 +244,7 @@ def run(cfg: TrainConfig, data: str, out: str | os.PathLike, resume: str | None 
     logger.close()
     result = {"step": step, "out": str(out), "perceptual_backbone": sources}
     if rank == 0:
-        from training.report import build_report
+        from pairforge.training.report import build_report
         result["report"] = str(build_report(out))
         result["export"] = meta
     dist.barrier()

@@ -55,8 +55,8 @@ def _images(source: str, limit: int) -> list[tuple[str, np.ndarray]]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from degradations import Degrader, load_preset
-    from pipeline.inspect import contact_sheet
+    from pairforge.degradations import Degrader, load_preset
+    from pairforge.pipeline.inspect import contact_sheet
 
     cfg = load_preset(args.preset)
     images = _images(args.source, args.limit)

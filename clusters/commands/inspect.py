@@ -19,7 +19,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.inspect import format_report, inspect_dataset
+    from pairforge.pipeline.inspect import format_report, inspect_dataset
 
     try:
         report = inspect_dataset(args.dataset, args.out, samples=args.samples, max_records=args.max_records)

@@ -44,7 +44,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
-    from pipeline import JobError, SourceError, synth
+    from pairforge.pipeline import JobError, SourceError, synth
 
     try:
         res = synth(args.source, args.out, preset=args.preset, config=args.config, seed=args.seed,

@@ -49,7 +49,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def _overrides(args) -> dict:
     import yaml
 
-    from training.config import set_dotted
+    from pairforge.training.config import set_dotted
 
     ov: dict = {}
     simple = {"steps": "steps", "zero_stage": "engine.zero_stage", "batch_size": "data.batch_size",
@@ -86,7 +86,7 @@ def _cluster_args(argv: list[str]) -> list[str]:
 
 
 def run(args) -> int:
-    from training.config import ConfigError, load_config
+    from pairforge.training.config import ConfigError, load_config
 
     try:
         ov = _overrides(args)
@@ -95,7 +95,7 @@ def run(args) -> int:
         print(f"pairforge train: invalid config: {exc}", file=sys.stderr)
         return 2
     if args.print_launch:
-        from training.launch import deepspeed_command, torchrun_command
+        from pairforge.training.launch import deepspeed_command, torchrun_command
 
         targs = _cluster_args(sys.argv[1:])
         if args.print_launch == "hostfile":
@@ -107,14 +107,14 @@ def run(args) -> int:
     resume = None if args.resume == "none" else args.resume
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and args.ranks == 1:
         # launched by deepspeed/torchrun: this process is one rank
-        from training.launch import default_env
-        from training.trainer import run as run_rank
+        from pairforge.training.launch import default_env
+        from pairforge.training.trainer import run as run_rank
 
         for k, v in default_env().items():
             os.environ.setdefault(k, v)
         run_rank(cfg, args.data, args.out, resume, args.val_data)
         return 0
-    from training import train
+    from pairforge.training import train
 
     res = train(cfg, args.data, args.out, ranks=args.ranks, resume=resume, val_data=args.val_data)
     if res["rc"] != 0:

