@@ -7,18 +7,14 @@ a 50-field config otherwise surfaces as a NaN three stages later.
 """
 from __future__ import annotations
 
-import collections.abc
-import dataclasses
-import hashlib
-import json
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
+
+from pairforge.config import ConfigError, Presets, apply_dotted, deep_merge, fingerprint, from_plain, to_plain
 
 KERNEL_FAMILIES = (
     "iso",
@@ -34,13 +30,6 @@ COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 FINAL_ORDERS = ("resize_sinc_jpeg", "jpeg_resize_sinc")
 #: Largest kernel side; every kernel is zero-padded to this so one batch shares a shape.
 MAX_KERNEL_SIZE = 21
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, of the wrong type or out of range.
-
-    The message always starts with the dotted field path, e.g. ``first.noise.sigma_range``.
-    """
 
 
 def _rng(lo: float, hi: float) -> tuple[float, float]:
@@ -243,31 +232,20 @@ class DegradationConfig:
     # --- serialization -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict that :meth:`from_dict` turns back into an equal config."""
-        return _to_plain(self)
+        return to_plain(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "DegradationConfig":
         """Build from nested plain data (YAML/JSON); unknown or mistyped fields name their path."""
-        return _from_plain(cls, data, "")
+        return from_plain(cls, data, "")
 
     def replace(self, **overrides: Any) -> "DegradationConfig":
         """A copy with dotted-path overrides, e.g. ``replace(**{"first.jpeg.quality_range": (60, 95)})``."""
-        data = self.to_dict()
-        for dotted, value in overrides.items():
-            node = data
-            parts = dotted.split(".")
-            for part in parts[:-1]:
-                if part not in node or not isinstance(node[part], dict):
-                    raise ConfigError(f"{dotted}: no such field")
-                node = node[part]
-            if parts[-1] not in node:
-                raise ConfigError(f"{dotted}: no such field")
-            node[parts[-1]] = _to_plain(value)
-        return DegradationConfig.from_dict(data)
+        return DegradationConfig.from_dict(apply_dotted(self.to_dict(), overrides))
 
     def fingerprint(self) -> str:
-        """sha256 of the canonical JSON form: equal configs, equal fingerprints."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        """sha256 of the canonical JSON form: equal configs, equal fingerprints (dataset ids use it)."""
+        return fingerprint(self)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -302,121 +280,27 @@ def _check_choices(path: str, values: Any, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{path}: {list(values)} must be a non-empty subset of {list(allowed)}")
 
 
-# --- plain-data conversion ---------------------------------------------------------------------
-def _to_plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): _to_plain(v) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return [_to_plain(v) for v in value]
-    return value
-
-
-def _from_plain(tp: Any, data: Any, path: str) -> Any:
-    """Convert plain data to the annotated type ``tp``; errors carry the dotted path."""
-    where = path or "<root>"
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-        hints = typing.get_type_hints(tp)
-        names = {f.name for f in dataclasses.fields(tp)}
-        unknown = set(data) - names
-        if unknown:
-            raise ConfigError(f"{_join(path, sorted(unknown)[0])}: unknown field; known fields: {sorted(names)}")
-        kwargs = {k: _from_plain(hints[k], v, _join(path, k)) for k, v in data.items()}
-        return tp(**kwargs)
-    if origin is Literal:
-        if data not in typing.get_args(tp):
-            raise ConfigError(f"{where}: {data!r} is not allowed; choose one of {list(typing.get_args(tp))}")
-        return data
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(data, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {data!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_from_plain(args[0], v, f"{where}[{i}]") for i, v in enumerate(data))
-        if len(data) != len(args):
-            raise ConfigError(f"{where}: expected {len(args)} values, got {list(data)}")
-        return tuple(_from_plain(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, data)))
-    if origin in (collections.abc.Mapping, dict):
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {data!r}")
-        kt, vt = typing.get_args(tp) or (str, Any)
-        return {_from_plain(kt, k, where): _from_plain(vt, v, f"{where}.{k}") for k, v in data.items()}
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            try:
-                return _from_plain(arg, data, path)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: {data!r} does not match {tp}")
-    if tp is Any:
-        return data
-    if tp is float:
-        if isinstance(data, bool) or not isinstance(data, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {data!r}")
-        return float(data)
-    if tp is int:
-        if isinstance(data, bool) or not (isinstance(data, int) or (isinstance(data, float) and data.is_integer())):
-            raise ConfigError(f"{where}: expected an integer, got {data!r}")
-        return int(data)
-    if tp is bool:
-        if not isinstance(data, bool):
-            raise ConfigError(f"{where}: expected true or false, got {data!r}")
-        return data
-    if tp is str:
-        if not isinstance(data, str):
-            raise ConfigError(f"{where}: expected a string, got {data!r}")
-        return data
-    raise ConfigError(f"{where}: unsupported type {tp}")
-
-
-def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
-
-
 # --- presets -----------------------------------------------------------------------------------
 PRESET_DIR = Path(__file__).with_name("presets")
+#: ``family_probs`` is one value (a probability table): a file that sets it replaces it whole
+_PRESETS = Presets(PRESET_DIR, "degradation preset", atomic=("family_probs",))
 
 
 def available_presets() -> list[str]:
     """Names of the bundled presets (the YAML files in ``degradations/presets``)."""
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    return _PRESETS.names()
 
 
 def load_preset(name_or_path: str | Path, **overrides: Any) -> DegradationConfig:
     """Load a bundled preset by name, or any YAML file by path; apply dotted overrides.
+
+    A file may start from another preset with ``base: NAME`` and change only some fields.
 
     >>> load_preset("osediff").scale
     4
     >>> load_preset("realesrgan-x4plus", scale=2).scale
     2
     """
-    text = str(name_or_path)
-    path = Path(text)
-    if text in available_presets():
-        path = PRESET_DIR / f"{text}.yaml"
-    elif not (path.suffix in (".yaml", ".yml") and path.exists()):
-        raise ConfigError(
-            f"preset: {text!r} is neither a bundled preset ({', '.join(available_presets())}) nor an existing YAML file"
-        )
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the YAML document must be a mapping")
-    base = data.pop("base", None)
-    cfg = load_preset(base) if base else DegradationConfig()
-    merged = _deep_merge(cfg.to_dict(), data)
-    cfg = DegradationConfig.from_dict(merged)
+    data = deep_merge(DegradationConfig().to_dict(), _PRESETS.load(name_or_path), atomic=_PRESETS.atomic)
+    cfg = DegradationConfig.from_dict(data)
     return cfg.replace(**overrides) if overrides else cfg
-
-
-def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in update.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict) and k != "family_probs":
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out

@@ -54,7 +54,7 @@ def test_unknown_fields_and_wrong_types_name_the_field(tmp_path):
         DegradationConfig.from_dict({"first": {"nosie": {}}})
     with pytest.raises(ConfigError, match=r"^first\.noise\.gray_prob: expected a number"):
         DegradationConfig.from_dict({"first": {"noise": {"gray_prob": "often"}}})
-    with pytest.raises(ConfigError, match="neither a bundled preset"):
+    with pytest.raises(ConfigError, match="neither a bundled degradation preset"):
         load_preset("no-such-preset")
     bad = tmp_path / "bad.yaml"
     bad.write_text("- just\n- a list\n")

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import pytest
 
-from pairforge.training.config import ConfigError, from_dict, list_presets, load_config
+from pairforge.training.config import ConfigError, available_presets, from_dict, load_config
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def test_presets_load():
-    assert {"tiny", "d3sr-sd21", "d3sr-sdxl"} <= set(list_presets())
+    assert {"tiny", "d3sr-sd21", "d3sr-sdxl"} <= set(available_presets())
     tiny = load_config(preset="tiny")
     assert tiny.generator.arch == "tiny" and tiny.generator.timestep == 399
     sd = load_config(preset="d3sr-sd21")
@@ -39,18 +39,20 @@ def test_presets_load():
 ])
 def test_errors_name_the_field(override, field):
     with pytest.raises(ConfigError) as exc:
-        from_dict({"preset": "tiny", **override})
+        from_dict({"base": "tiny", **override})
     assert str(exc.value).startswith(field + ":"), str(exc.value)
 
 
 def test_yaml_file_and_numbers_as_strings(tmp_path):
     p = tmp_path / "c.yaml"
-    p.write_text("preset: tiny\nsteps: 7\noptim_g: {lr: 1e-4}\n")
+    p.write_text("base: tiny\nsteps: 7\noptim_g: {lr: 1e-4}\n")
     cfg = load_config(p)
     assert cfg.steps == 7 and cfg.optim_g.lr == pytest.approx(1e-4)
     assert cfg.data.crop_size == 64  # inherited from the preset
-    with pytest.raises(ConfigError, match="^preset:"):
-        from_dict({"preset": "nope"})
+    with pytest.raises(ConfigError, match="^base: 'nope' is neither a bundled training preset"):
+        from_dict({"base": "nope"})
+    with pytest.raises(ConfigError, match="^preset: the inheritance key is `base:`"):
+        from_dict({"preset": "tiny"})
 
 
 def test_missing_pretrained_folder_says_what_to_download(tmp_path):

@@ -18,9 +18,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, TrainConfig, from_dict, list_presets, load_config, set_dotted
+from .config import ConfigError, TrainConfig, available_presets, from_dict, load_config, set_dotted
 
-__all__ = ["train", "load_config", "TrainConfig", "ConfigError", "list_presets", "from_dict", "set_dotted"]
+__all__ = ["train", "load_config", "TrainConfig", "ConfigError", "available_presets", "from_dict", "set_dotted"]
 
 
 def train(config: str | os.PathLike | TrainConfig, data: str, out: str | os.PathLike, *,
@@ -47,8 +47,6 @@ def train(config: str | os.PathLike | TrainConfig, data: str, out: str | os.Path
         set_dotted(ov, "engine.zero_stage", zero_stage)
     if isinstance(config, TrainConfig):
         cfg = from_dict(config.to_dict(), ov)
-    elif str(config) in list_presets():
-        cfg = load_config(preset=str(config), overrides=ov)
     else:
         cfg = load_config(config, overrides=ov)
     outp = Path(out)

@@ -3,20 +3,22 @@
 A config is a YAML mapping with the sections below. Every value is checked when the
 file is loaded; an error names the offending field (``generator.lora_rank: expected
 an integer >= 1, got -3``). Presets live in ``training/presets/<name>.yaml`` and a
-user file may start from one with ``preset: NAME`` and override only some fields.
+user file may start from one with ``base: NAME`` and override only some fields. Loading,
+coercion, errors and inheritance are :mod:`pairforge.config`'s, shared with the degradation
+presets.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
+
+from pairforge.config import (BASE_KEY, ConfigError, Presets, deep_merge, fingerprint, from_plain,
+                              set_dotted)
 
 PRESET_DIR = Path(__file__).with_name("presets")
 
@@ -26,10 +28,6 @@ DEFAULT_UNET_LORA_TARGETS = [
     "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
     "conv1", "conv2", "conv_shortcut", "conv",
 ]
-
-
-class ConfigError(ValueError):
-    """A config value is invalid; the message starts with the dotted field name."""
 
 
 @dataclass
@@ -149,7 +147,8 @@ class LogConfig:
 
 @dataclass
 class TrainConfig:
-    preset: Optional[str] = None
+    #: what this config is called (a preset's own name; informational)
+    name: Optional[str] = None
     seed: int = 0
     steps: int = 1000
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
@@ -174,75 +173,11 @@ class TrainConfig:
         Path(path).write_text(self.to_yaml())
 
     def fingerprint(self) -> str:
-        import hashlib
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        """sha256 of the canonical JSON form (the same definition as a degradation config's)."""
+        return fingerprint(self)
 
 
 # --------------------------------------------------------------------------- validation
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp, where: str):
-    """Check `value` against the annotation `tp`; return it (ints widen to floats)."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        return _from_dict(tp, value, where)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # YAML reads "5e-5" as a string
-            try:
-                value = float(value)
-            except ValueError:
-                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
-
-
-def _from_dict(cls, data: Any, where: str = ""):
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown field (known: {', '.join(sorted(names))})")
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
-    return cls(**kwargs)
-
-
 def _check(cond: bool, where: str, msg: str, value: Any) -> None:
     if not cond:
         raise ConfigError(f"{where}: {msg}, got {value!r}")
@@ -298,60 +233,30 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 
 
 # --------------------------------------------------------------------------- loading
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
+_PRESETS = Presets(PRESET_DIR, "training preset")
 
 
-def list_presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-
-
-def _preset_dict(name: str) -> dict:
-    path = PRESET_DIR / f"{name}.yaml"
-    if not path.exists():
-        raise ConfigError(f"preset: unknown preset {name!r} (known: {', '.join(list_presets())})")
-    return yaml.safe_load(path.read_text()) or {}
+def available_presets() -> list[str]:
+    """Names of the bundled training presets (the YAML files in ``training/presets``)."""
+    return _PRESETS.names()
 
 
 def from_dict(data: dict, overrides: dict | None = None) -> TrainConfig:
-    """Build a validated config; a `preset:` key is expanded first, then `data`, then overrides."""
-    data = dict(data or {})
-    if data.get("preset"):
-        base = _preset_dict(data["preset"])
-        data = _deep_merge(base, data)
+    """A validated config from plain data: its ``base:`` preset first, then ``data``, then
+    the nested ``overrides``."""
+    merged = _PRESETS.expand(data or {})
     if overrides:
-        data = _deep_merge(data, overrides)
-    return validate(_from_dict(TrainConfig, data))
+        merged = deep_merge(merged, overrides)
+    return validate(from_plain(TrainConfig, merged))
 
 
 def load_config(path_or_preset: str | os.PathLike | None = None, overrides: dict | None = None,
                 preset: str | None = None) -> TrainConfig:
-    """Load a YAML file (or a preset by name) and apply dotted-free nested `overrides`."""
-    if preset is not None:
-        return from_dict({"preset": preset}, overrides)
-    p = Path(path_or_preset)
-    if not p.exists():
-        if str(path_or_preset) in list_presets():
-            return from_dict({"preset": str(path_or_preset)}, overrides)
-        raise ConfigError(f"config: file {str(p)!r} not found")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config: {p} is not valid YAML: {exc}") from None
-    return from_dict(data or {}, overrides)
+    """Load a bundled preset by name or a YAML file by path, then apply nested ``overrides``."""
+    name = preset if preset is not None else path_or_preset
+    if name is None:
+        raise ConfigError(f"{BASE_KEY}: give a YAML config file or one of {available_presets()}")
+    return from_dict(_PRESETS.load(name), overrides)
 
 
-def set_dotted(overrides: dict, dotted: str, value: Any) -> dict:
-    """set_dotted(d, "engine.zero_stage", 2) -> d["engine"]["zero_stage"] = 2."""
-    node = overrides
-    parts = dotted.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
-    return overrides
+__all__ = ["TrainConfig", "ConfigError", "from_dict", "load_config", "available_presets", "set_dotted", "validate"]

@@ -21,12 +21,7 @@ from typing import Iterator
 
 import torch
 
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+from pairforge.config import deep_merge
 
 
 def deepspeed_config(engine_cfg, optim_cfg, micro_batch: int, override_path: str | None = None) -> dict:
@@ -53,7 +48,7 @@ def deepspeed_config(engine_cfg, optim_cfg, micro_batch: int, override_path: str
         cfg["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16,
                        "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1}
     if override_path:
-        cfg = _merge(cfg, json.loads(Path(override_path).expanduser().read_text()))
+        cfg = deep_merge(cfg, json.loads(Path(override_path).expanduser().read_text()))
         cfg.pop("optimizer", None)  # the torch optimizer below is authoritative
     return cfg
 
