@@ -12,6 +12,9 @@ import importlib
 import sys
 from typing import Sequence
 
+#: commands that run the degradation engine on this process's CPU (see setup_process)
+_DEGRADING = ("degrade", "synth", "demo")
+
 #: subcommand name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "degrade": ("pairforge.clusters.commands.degrade", "degrade images with a preset and write a contact sheet"),
@@ -37,12 +40,21 @@ def build_parser(argv: Sequence[str] | None = None) -> tuple[argparse.ArgumentPa
     return parser, chosen if chosen in COMMANDS else None
 
 
+def setup_process(command: str) -> None:
+    """Process-wide settings, made here at the entry point and never by library code."""
+    if command in _DEGRADING:
+        from pairforge.degradations import retain_freed_memory
+
+        retain_freed_memory()  # large batch tensors come from the heap: no page faults per call
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser, chosen = build_parser(argv)
     args = parser.parse_args(argv)
     if chosen is None:
         parser.print_help()
         return 2
+    setup_process(chosen)
     return int(importlib.import_module(COMMANDS[chosen][0]).run(args) or 0)
 
 

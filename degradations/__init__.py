@@ -6,7 +6,9 @@
     lr, records = deg(hr, keys=keys, seed=7)     # hr uint8 (B,3,H,W) → lr uint8 (B,3,H/s,W/s)
     assert torch.equal(replay(hr[:1], records[0]), lr[:1])
 
-No Ray, no S3, no files: torch, kornia and numpy (Pillow for the libjpeg codec).
+No Ray, no S3, no files: torch, kornia and numpy (Pillow for the libjpeg codec). Nothing here
+changes the host process on import or construction; the CPU allocator policy that makes the
+chain faster (:func:`retain_freed_memory`) is opt-in, applied by pairforge's own entry points.
 """
 #: Recorded in every parameter record and in the pipeline's job identity: bumped whenever the
 #: same record would give different pixels (0.2.0: CPU blur at each kernel's numerical
@@ -19,6 +21,7 @@ from .degrader import Degrader, replay
 from .describe import describe_record
 from .filters import usm_sharpen
 from .kernels import build_kernels
+from .memory import retain_freed_memory
 from .sampling import RECORD_FORMAT, draw_record
 
 __all__ = [
@@ -34,5 +37,6 @@ __all__ = [
     "draw_record",
     "load_preset",
     "replay",
+    "retain_freed_memory",
     "usm_sharpen",
 ]

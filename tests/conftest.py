@@ -12,6 +12,10 @@
     * ``client()`` — a boto3 S3 client for the server
     * ``storage_options`` — fsspec/s3fs kwargs, for code that does not read the environment
 
+``dist_env`` (module)
+    One in-process gloo rank (RANK=0, WORLD_SIZE=1, a free MASTER_PORT) for tests that build
+    DeepSpeed engines directly.
+
 ``ray_local`` (session)
     An embedded Ray on 127.0.0.1 with 4 logical CPUs (more than the 2 cores: actors must not
     starve tasks), a 256 MiB object store, no dashboard and a private short temp dir.  Started
@@ -119,3 +123,26 @@ def photo_dir(tmp_path_factory):
         else:
             crop.save(folder / f"photo_{i:02d}.png")
     return root
+
+
+@pytest.fixture(scope="module")
+def dist_env():
+    """One in-process gloo rank (DeepSpeed needs a process group)."""
+    import torch.distributed as dist
+
+    from pairforge.training.engines import init_distributed
+    from pairforge.training.launch import default_env, free_port
+
+    old = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                                          "TORCH_EXTENSIONS_DIR")}
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(free_port()), **{k: v for k, v in default_env().items()})
+    init_distributed()
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -61,7 +61,7 @@ def test_sample_pool_threads_use_one_torch_thread_and_leave_the_caller_its_own()
     code = (
         "import torch\n"
         "torch.set_num_threads(2)\n"
-        "from degradations.parallel import for_each_sample\n"
+        "from pairforge.degradations.parallel import for_each_sample\n"
         "seen = []\n"
         "for_each_sample(lambda i: seen.append(torch.get_num_threads()), range(8))\n"
         "print(sorted(set(seen)), torch.get_num_threads())\n"
@@ -71,7 +71,7 @@ def test_sample_pool_threads_use_one_torch_thread_and_leave_the_caller_its_own()
 
 
 def _policy_in_subprocess(env_extra: dict[str, str]) -> str:
-    code = "from degradations.memory import retain_freed_memory as r; print(r(), r())"
+    code = "from pairforge.degradations.memory import retain_freed_memory as r; print(r(), r())"
     env = {**os.environ, **env_extra}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           check=True).stdout.strip()
@@ -81,6 +81,17 @@ def _policy_in_subprocess(env_extra: dict[str, str]) -> str:
 def test_malloc_policy_applies_once_and_can_be_declined() -> None:
     assert _policy_in_subprocess({}) == "True True"
     assert _policy_in_subprocess({"PAIRFORGE_KEEP_MALLOC": "1"}) == "False False"
+
+
+def test_building_and_running_a_degrader_leaves_the_host_allocator_alone() -> None:
+    """A library object must not change process-wide settings; only entry points opt in."""
+    code = ("import torch\n"
+            "from pairforge.degradations import Degrader, load_preset, retain_freed_memory\n"
+            "deg = Degrader(load_preset('realesrgan-x4plus'), device='cpu')\n"
+            "deg(torch.zeros(1, 3, 64, 64, dtype=torch.uint8), keys=['a'], seed=0)\n"
+            "print(retain_freed_memory.cache_info().currsize)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "0"
 
 
 def test_strip_split_depthwise_equals_one_plain_grouped_conv() -> None:

@@ -74,29 +74,6 @@ def test_gan_losses_match_definitions():
     assert torch.allclose(g_adv_loss(fake, "hinge"), -fake.mean())
 
 
-@pytest.fixture(scope="module")
-def dist_env():
-    """One in-process gloo rank (DeepSpeed needs a process group)."""
-    import torch.distributed as dist
-
-    from pairforge.training.engines import init_distributed
-    from pairforge.training.launch import default_env, free_port
-
-    old = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                                          "TORCH_EXTENSIONS_DIR")}
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(free_port()), **{k: v for k, v in default_env().items()})
-    init_distributed()
-    yield
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
 def _snapshot(m):
     return {n: p.detach().clone() for n, p in m.named_parameters()}
 

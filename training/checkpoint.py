@@ -55,17 +55,34 @@ def safe_torch_load(path: str | os.PathLike, map_location=None):
         return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def install_safe_checkpoint_engine(engine) -> None:
-    """Make ``engine.load_checkpoint`` use weights_only loading."""
+def _safe_engine_class():
     from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
 
-    ce = getattr(engine, "checkpoint_engine", None)
-    if ce is not None and type(ce) is TorchCheckpointEngine:
-        class SafeTorchCheckpointEngine(TorchCheckpointEngine):
-            def load(self, path: str, map_location=None):
-                return safe_torch_load(path, map_location)
+    class SafeTorchCheckpointEngine(TorchCheckpointEngine):
+        """DeepSpeed's torch checkpoint engine, loading with ``weights_only=True``."""
 
-        ce.__class__ = SafeTorchCheckpointEngine
+        def load(self, path: str, map_location=None):
+            return safe_torch_load(path, map_location)
+
+    return TorchCheckpointEngine, SafeTorchCheckpointEngine
+
+
+def install_safe_checkpoint_engine(engine) -> None:
+    """Make ``engine.load_checkpoint`` use weights_only loading.
+
+    DeepSpeed has no option for it: its ``TorchCheckpointEngine.load`` calls
+    ``torch.load(weights_only=False)``. Every load goes through the engine's public
+    ``checkpoint_engine`` attribute (read at call time), so we replace that attribute with a
+    subclass whose ``load`` is safe. Checked against DeepSpeed 0.19.8;
+    tests/test_training_checkpoint_safety.py fails if a DeepSpeed update bypasses it.
+    Non-torch engines (Nebula, async writers) are left alone: they are opt-in by config.
+    """
+    torch_engine, safe_engine = _safe_engine_class()
+    current = getattr(engine, "checkpoint_engine", None)
+    if type(current) is torch_engine:
+        safe = safe_engine.__new__(safe_engine)
+        safe.__dict__.update(current.__dict__)  # same settings (serialization flavour, name)
+        engine.checkpoint_engine = safe
 
 
 # --------------------------------------------------------------------------- helpers
@@ -158,11 +175,18 @@ def load(ckpt_dir: str | os.PathLike, engine_g, engine_d, noise_gen: torch.Gener
 
 
 # --------------------------------------------------------------------------- export
-def full_state_dict(engine) -> dict[str, torch.Tensor] | None:
-    """The engine's full module state dict (rank 0 only under ZeRO-3; collective there)."""
-    if engine.zero_optimization_stage() == 3:
-        return engine._zero3_consolidated_16bit_state_dict()
-    return {k: v.detach().cpu() for k, v in engine.module.state_dict().items()}
+def full_state_dict(engine) -> dict[str, torch.Tensor]:
+    """The engine's full module state dict, on CPU (collective under ZeRO-3).
+
+    Under ZeRO-3 each rank holds a slice of every parameter; DeepSpeed's public
+    ``zero.GatheredParameters`` gathers them for the duration of the block.
+    """
+    if engine.zero_optimization_stage() != 3:
+        return {k: v.detach().cpu() for k, v in engine.module.state_dict().items()}
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
+        return {k: v.detach().cpu().clone() for k, v in engine.module.state_dict().items()}
 
 
 def export_generator(engine_g, cfg, out_dir: str | os.PathLike) -> dict | None:
