@@ -12,7 +12,40 @@ import shutil
 from pathlib import Path
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+#: the validation table's columns, with the record key and format of each cell
+VALIDATION_COLUMNS = (
+    ("step", "step", "{}"),
+    ("PSNR SR", "sr_psnr", "{:.2f}"), ("PSNR bicubic", "bicubic_psnr", "{:.2f}"),
+    ("SSIM SR", "sr_ssim", "{:.4f}"), ("SSIM bicubic", "bicubic_ssim", "{:.4f}"),
+    ("LPIPS SR", "sr_lpips", "{:.4f}"), ("LPIPS bicubic", "bicubic_lpips", "{:.4f}"),
+    ("DISTS SR", "sr_dists", "{:.4f}"), ("DISTS bicubic", "bicubic_dists", "{:.4f}"),
+)
+
+
+def validation_rows(val: list[dict]) -> list[list[str]]:
+    """One row of formatted cells per validation record (shared by every report)."""
+    return [[fmt.format(v[key]) for _, key, fmt in VALIDATION_COLUMNS] for v in val]
+
+
+def validation_table_markdown(val: list[dict]) -> list[str]:
+    header = [name for name, _, _ in VALIDATION_COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in validation_rows(val)]
+
+
+def validation_table_html(val: list[dict]) -> str:
+    head = "".join(f"<th>{html.escape(name)}</th>" for name, _, _ in VALIDATION_COLUMNS)
+    rows = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in validation_rows(val))
+    return f"<table border=1><tr>{head}</tr>{rows}</table>"
+
+
+def used_random_backbone(run: dict) -> bool:
+    """True when LPIPS/DISTS came from a random (asked-for) backbone: reports must say so."""
+    return any(str(v).startswith("random") for v in run.get("perceptual_backbone", {}).values())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Records of a JSON-lines file; a torn last line (a killed writer) is ignored."""
     if not path.exists():
         return []
     out = []
@@ -56,31 +89,24 @@ def plot_losses(metrics: list[dict], val: list[dict], path: Path) -> None:
 
 def build_report(out_dir: str | Path) -> Path:
     out = Path(out_dir)
-    metrics = _read_jsonl(out / "metrics.jsonl")
-    val = _read_jsonl(out / "validation.jsonl")
+    metrics = read_jsonl(out / "metrics.jsonl")
+    val = read_jsonl(out / "validation.jsonl")
     run = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
     plot_losses(metrics, val, out / "loss_curves.png")
     samples = sorted((out / "samples").glob("step*.png")) if (out / "samples").exists() else []
     if samples:
         shutil.copyfile(samples[-1], out / "image_grid.png")
     backbone = run.get("perceptual_backbone", {})
-    random_bb = any(str(v).startswith("random") for v in backbone.values())
     lines = ["# pairforge training report", ""]
     lines += [f"- data: `{run.get('data', '?')}` ({run.get('train_samples', '?')} training samples in "
               f"{run.get('train_shards', '?')} shards; {run.get('held_out_shards', 0)} shard(s) held out)",
               f"- ranks: {run.get('world_size', '?')}, device: {run.get('device', '?')}",
               f"- steps: {metrics[-1]['step'] if metrics else 0}",
               f"- perceptual backbone: {', '.join(f'{k}={v}' for k, v in backbone.items()) or '?'}"]
-    if random_bb:
+    if used_random_backbone(run):
         lines.append("- **WARNING: a random (untrained) perceptual backbone was used on request; LPIPS/DISTS "
                      "below are not comparable with published numbers.**")
-    lines += ["", "## Validation (held-out pairs, Y-channel PSNR/SSIM)", "",
-              "| step | PSNR SR | PSNR bicubic | SSIM SR | SSIM bicubic | LPIPS SR | LPIPS bicubic | DISTS SR | DISTS bicubic |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for v in val:
-        lines.append(f"| {v['step']} | {v['sr_psnr']:.2f} | {v['bicubic_psnr']:.2f} | {v['sr_ssim']:.4f} | "
-                     f"{v['bicubic_ssim']:.4f} | {v['sr_lpips']:.4f} | {v['bicubic_lpips']:.4f} | "
-                     f"{v['sr_dists']:.4f} | {v['bicubic_dists']:.4f} |")
+    lines += ["", "## Validation (held-out pairs, Y-channel PSNR/SSIM)", ""] + validation_table_markdown(val)
     if metrics:
         m = metrics[-1]
         lines += ["", "## Last logged step", "",

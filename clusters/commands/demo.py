@@ -113,26 +113,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _validation(train_dir: Path) -> list[dict]:
-    path = train_dir / "validation.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def write_demo_report(out: Path, inspect_report: dict, train_dir: Path, timings: dict[str, float]) -> Path:
     """One page for the whole demo: dataset pictures, then what training did with them."""
-    val = _validation(train_dir)
+    from pairforge.training.report import read_jsonl, used_random_backbone, validation_table_html
+
+    val = read_jsonl(train_dir / "validation.jsonl")
     run = json.loads((train_dir / "run.json").read_text()) if (train_dir / "run.json").exists() else {}
     rel = lambda p: html.escape(str(Path(p).resolve().relative_to(out.resolve())))  # noqa: E731
     t = inspect_report["totals"]
-    rows = "".join(
-        f"<tr><td>{v['step']}</td><td>{v['sr_psnr']:.2f}</td><td>{v['bicubic_psnr']:.2f}</td>"
-        f"<td>{v['sr_ssim']:.4f}</td><td>{v['bicubic_ssim']:.4f}</td><td>{v['sr_lpips']:.4f}</td>"
-        f"<td>{v['bicubic_lpips']:.4f}</td><td>{v['sr_dists']:.4f}</td><td>{v['bicubic_dists']:.4f}</td></tr>"
-        for v in val)
-    backbone = run.get("perceptual_backbone", {})
-    random_bb = any(str(v).startswith("random") for v in backbone.values())
     verdict = ""
     if val:
         last = val[-1]
@@ -142,7 +130,7 @@ def write_demo_report(out: Path, inspect_report: dict, train_dir: Path, timings:
                    "random-init miniature UNet/VAE that shows the loop learns; it is not expected to beat "
                    "bicubic in a few CPU minutes. Real models use the <code>d3sr-sd21</code> preset.</p>")
     warn = ("<p><b>WARNING: random perceptual backbone (asked for) — LPIPS/DISTS are not the real "
-            "metrics.</b></p>" if random_bb else "")
+            "metrics.</b></p>" if used_random_backbone(run) else "")
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
     body = f"""<!doctype html><meta charset=utf-8><title>pairforge demo</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} img{{max-width:100%}}
@@ -160,8 +148,7 @@ bundled photos ({t['skipped_inputs']} skipped), preset <code>{html.escape(str(in
 <h2>2. Training (<code>tiny</code>, {run.get('world_size', 1)} rank, {html.escape(str(run.get('device', 'cpu')))})</h2>
 {warn}
 <h3>Validation on held-out pairs (Y-channel PSNR/SSIM; LPIPS-alex and DISTS with ImageNet weights)</h3>
-<table border=1><tr><th>step</th><th>PSNR SR</th><th>PSNR bicubic</th><th>SSIM SR</th><th>SSIM bicubic</th>
-<th>LPIPS SR</th><th>LPIPS bicubic</th><th>DISTS SR</th><th>DISTS bicubic</th></tr>{rows}</table>
+{validation_table_html(val)}
 {verdict}
 <h3>Loss curves</h3>
 <img src="{rel(train_dir / 'loss_curves.png')}" alt="loss curves">
