@@ -1,5 +1,8 @@
 """Counter-based randomness: every draw is a pure function of (seed, sample key, name).
 
+This module is pairforge's one place where seeds are derived: the degradation engine's
+per-parameter streams, the pipeline's crop seeds and the trainer's shuffles all come from here.
+
 Why not one ``torch.Generator`` per batch: its stream depends on how many values earlier
 samples consumed, so a sample's degradation would change with batch size, batch order,
 worker count or a retry. Here each named parameter of each sample has its own stream
@@ -12,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import struct
 from typing import Sequence, TypeVar
+
+import numpy as np
 
 T = TypeVar("T")
 
@@ -65,3 +70,19 @@ class SampleRng:
     def seed32(self, name: str) -> int:
         """A 32-bit seed for a pixel-noise field."""
         return self.bits64(name) & _MASK32
+
+    def numpy(self, name: str) -> np.random.Generator:
+        """A numpy generator (Philox, 128-bit key) for array-valued draws such as permutations."""
+        key = (self.bits64(f"{name}#hi") << 64) | self.bits64(f"{name}#lo")
+        return np.random.Generator(np.random.Philox(key=key))
+
+
+def crop_seed(seed: int, key: str, purpose: str) -> int:
+    """The 63-bit seed of a sample's crop/flip pipeline (``purpose`` names the use).
+
+    Its byte layout (sha256 of ``pairforge:{purpose}:{seed}:{key}``) predates :class:`SampleRng`
+    and is kept as it is: dataset ids name pipeline version 1, whose crops depend on it. Move it
+    onto SampleRng together with the next pipeline version bump.
+    """
+    digest = hashlib.sha256(f"pairforge:{purpose}:{int(seed)}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1

@@ -8,13 +8,14 @@ rot90, upscale factor) go into the sample's JSON so a patch can be re-cut from i
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import threading
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from pairforge.degradations.rng import crop_seed
 
 from .decode import SkipInput
 
@@ -40,12 +41,6 @@ class PatchConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def derive_seed(seed: int, key: str, purpose: str) -> int:
-    """A 63-bit seed that is a pure function of (dataset seed, sample key, purpose)."""
-    digest = hashlib.sha256(f"pairforge:{purpose}:{int(seed)}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def patch_key(image_key: str, j: int) -> str:
@@ -97,7 +92,7 @@ class Patcher:
         out = []
         for j in range(self.cfg.per_image):
             key = patch_key(image_key, j)
-            comp.set_random_seed(derive_seed(seed, key, "patch"))
+            comp.set_random_seed(crop_seed(seed, key, "patch"))
             res = comp(image=img)
             meta: dict = {"index": j, "image_size": [int(img.shape[1]), int(img.shape[0])],
                           "upscale": upscale, "hflip": False, "rot90": 0}
