@@ -12,8 +12,7 @@ from .sampling import draw_record
 
 #: On CPU with one torch thread a call is degraded in chunks of at most this many HR
 #: pixels (16 images of 512²): every stage streams whole-chunk float tensors through
-#: memory, and beyond ~50 MB per tensor a batch of 64 ran ~10% slower per pair than one
-#: of 16. With more threads every sample is its own task (see ``parallel``). Samples never
+#: memory, so bigger chunks fall out of cache and cost more per pair. With more threads every sample is its own task (see ``parallel``). Samples never
 #: depend on their batch, so either way only speed changes.
 CPU_CHUNK_PIXELS = 16 * 512 * 512
 

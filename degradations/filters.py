@@ -16,8 +16,8 @@ in chunks of similar area. Either way a sample's result never depends on its bat
 USM blurs with a separable 51-tap Gaussian: per image, two passes (rows, then columns) of
 small matrix products, each multiplying tiles of 80 output columns (plus 50 border columns,
 reflect-padded) by one Toeplitz matrix of the taps. That is ≈20× fewer MACs than the
-reference's full 2-D filter, and on CPU a GEMM runs ~10× faster per MAC than a depthwise
-convolution. The formula is the reference's; kornia's ``unsharp_mask`` computes a different
+reference's full 2-D filter, and on CPU a GEMM does far more MACs per second than a
+depthwise convolution (timings: ``bench/degradations.py``). The formula is the reference's; kornia's ``unsharp_mask`` computes a different
 one.
 """
 from __future__ import annotations
@@ -44,8 +44,8 @@ def _depthwise(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
 
     Tall images are cut into horizontal strips of ``_STRIP_ROWS`` output rows (plus the
     kernel's halo) that become extra groups of the one grouped convolution: a depthwise
-    convolution with few groups (one image: 3) runs on a slow path, ~2.5× slower per pixel
-    than with dozens. Every output pixel still sums the same products in the same order.
+    convolution with few groups (one image: 3) runs on a slower path per pixel than one
+    with dozens. Every output pixel still sums the same products in the same order.
     """
     b, c, h, w = x.shape
     kh, kw = kernels.shape[-2:]
@@ -225,7 +225,8 @@ def _band_tile_matrix(tile: int, radius: int, sigma: float, device: torch.device
 
 
 #: Output columns per GEMM tile. Each tile reads tile + 50 inputs, so a pass costs
-#: (tile + 50) MACs per pixel instead of the full width; 80 measured fastest on 2 cores.
+#: (tile + 50) MACs per pixel instead of the full width; smaller tiles pay more border,
+#: larger ones fall out of cache (80 was the best of the sizes tried in bench/degradations.py).
 _USM_TILE = 80
 
 
@@ -252,8 +253,8 @@ def gaussian_blur_separable(x: torch.Tensor, radius: int, sigma: float) -> torch
 
     Each pass multiplies tiles of ``_USM_TILE`` output columns by one small Toeplitz
     matrix (the border is folded in by reflect padding first): (tile + radius − 1) MACs
-    per pixel instead of the image width of a full banded matrix, 1.5× faster at 400².
-    GEMMs run one image at a time (batched-broadcast matmul is ~20× slower on CPU), so a
+    per pixel instead of the image width of a full banded matrix.
+    GEMMs run one image at a time (a batched-broadcast matmul is much slower on CPU), so a
     result never depends on the batch around it.
     """
     b, c, h, w = x.shape
@@ -270,7 +271,7 @@ def usm_sharpen(img: torch.Tensor, radius: int = 51, sigma: float = 8.0, weight:
 
     residual = img − blur(img); mask = |residual|·255 > threshold; soft = blur(mask);
     out = soft · clip(img + weight·residual) + (1 − soft) · img.
-    One image at a time, so every temporary stays in cache (1.2× on 400² batches).
+    One image at a time, so every temporary stays in cache.
     """
     out = torch.empty_like(img)
     for i in range(img.shape[0]):

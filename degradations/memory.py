@@ -3,13 +3,14 @@
 glibc serves every allocation above a threshold (128 KiB, adapting up to 32 MiB) with a
 fresh ``mmap`` and unmaps it on free. The chain allocates dozens of full-batch float
 tensors per call (16 × 3 × 768² floats is 113 MB), so each one is a fresh mapping whose
-pages the kernel must fault in and zero on first touch: measured on 2 cores, ``x * 255``
-on such a batch took 4.0 ms per sample with the default policy and 0.87 ms with this one,
-and the osediff chain ran 1.35× faster end to end. PyTorch's CPU tuning guides recommend
-jemalloc or tcmalloc for the same reason; this gets the effect with the C library already
-loaded. Pixels are unaffected; the cost is that the process keeps its peak heap size.
+pages the kernel must fault in and zero on first touch, on every call. Keeping freed
+blocks in the heap removes those faults (the effect is in ``bench/degradations.py``).
+PyTorch's CPU tuning guides recommend jemalloc or tcmalloc for the same reason; this gets
+the effect with the C library already loaded. Pixels are unaffected; the cost is that the process keeps its peak heap size.
 
-Set ``PAIRFORGE_KEEP_MALLOC=1`` to leave the allocator as it is.
+Process-wide, so library code never calls it: pairforge's entry points do (the CLI's
+degrading commands, a pipeline worker's start-up). Set ``PAIRFORGE_KEEP_MALLOC=1`` to leave
+the allocator as it is.
 """
 from __future__ import annotations
 

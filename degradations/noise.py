@@ -2,7 +2,7 @@
 
 Each sample's field comes from its own ``torch.Generator`` seeded from its record, so it
 depends on nothing else in the batch. (A counter-based integer hash was tried for Gaussian
-fields to avoid the per-sample loop: on CPU it was 23× slower than ``torch.randn``.)
+fields to avoid the per-sample loop: on CPU it was far slower than ``torch.randn``.)
 The reference draws one gray field for the whole batch; here every gray sample has its own.
 
 Poisson noise follows the reference (quantize to 8 bits, λ = img · 2^⌈log2(#levels)⌉), with
@@ -76,7 +76,7 @@ def _poisson_noise(img: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Poisson(img·vals)/vals − img on the 8-bit-quantized image, vals from its level count."""
     levels = torch.mul(img, 255).round_().clamp_(0, 255)
     q = levels / 255
-    if img.device.type == "cpu":  # exact alias-table draws, 2.3x faster than torch.poisson here
+    if img.device.type == "cpu":  # exact alias-table draws (see poisson.py)
         index = levels.to(torch.int32)
         count = int((torch.bincount(index.flatten(), minlength=256) > 0).sum())
         vals = 2 ** math.ceil(math.log2(count))

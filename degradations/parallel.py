@@ -4,8 +4,8 @@ On CPU the chain runs one whole sample per task (and, inside a sample or for a s
 sample, Pillow's codec calls and the noise draws). Parallelism comes from samples side by
 side rather than from spreading each op over the cores: the chain is hundreds of small
 ops (per-image convolutions, resizes, gathers) whose OpenMP fork/join costs more than
-they gain, and one image stays in one core's cache. On 2 cores that is 1.3× faster than
-intra-op threads, and no torch op in a pool thread starts a second, competing OpenMP team.
+they gain, and one image stays in one core's cache. It beats intra-op threads
+(``bench/degradations.py``), and no torch op in a pool thread starts a second, competing OpenMP team.
 
 Each task writes only its own sample's slice and uses only its own generator, and every
 op of the chain gives the same values with one thread or many (tested), so results are

@@ -21,7 +21,7 @@ def _linear(x: torch.Tensor, size: tuple[int, int], factor: float | None) -> tor
     Equal to ``F.interpolate(mode="bilinear")`` (same float32 source coordinates and
     weights), which on CPU rounds differently with 1 and 2 threads (seen: 1.8e-7): one
     flipped 8-bit level would change the sample's Poisson noise. The 1-D kernel
-    does not, and two passes (columns, then rows of the transposed result) run 2.5× faster
+    does not, and two passes (columns, then rows of the transposed result) are cheaper
     than the gathers that used to stand in for it. Returns a (transposed) view.
     """
     b, c, h, w = x.shape
