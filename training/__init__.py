@@ -9,7 +9,8 @@ Python API::
 Module map (one job each): ``config`` (typed YAML + presets), ``models/`` (generator,
 discriminator, tiny/pretrained backbones), ``losses``, ``engines`` (two DeepSpeed engines),
 ``data`` (shard streaming), ``checkpoint``, ``validation``, ``logging_utils``, ``report``,
-``launch`` (local ranks / cluster commands), ``trainer`` (the loop), ``inference``.
+``launch`` (local ranks that die with their launcher / cluster commands), ``runlock`` (one
+owner per run directory), ``trainer`` (the loop), ``inference``.
 """
 from __future__ import annotations
 
@@ -19,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, TrainConfig, available_presets, from_dict, load_config, set_dotted
+from .runlock import RunDirLocked
+from .runlock import acquire as acquire_run_dir
 
-__all__ = ["train", "load_config", "TrainConfig", "ConfigError", "available_presets", "from_dict", "set_dotted"]
+__all__ = ["train", "load_config", "TrainConfig", "ConfigError", "RunDirLocked", "available_presets", "from_dict",
+           "set_dotted"]
 
 
 def train(config: str | os.PathLike | TrainConfig, data: str, out: str | os.PathLike, *,
@@ -32,6 +36,10 @@ def train(config: str | os.PathLike | TrainConfig, data: str, out: str | os.Path
     ``config``: a preset name (``tiny``, ``d3sr-sd21``, ``d3sr-sdxl``), a YAML path or a
     TrainConfig. ``overrides`` is a nested dict or {"dotted.key": value}. Returns
     {"rc", "out", "report", "metrics", "export"}; rc != 0 if a rank failed.
+
+    ``out`` is locked for the whole run (``out/run.lock``, see training/runlock.py): raises
+    ``RunDirLocked`` naming the owner while another train on it is alive; a dead owner's lock is
+    taken over. The ranks die with this process, whatever kills it.
     """
     from .launch import spawn_local
 
@@ -50,10 +58,13 @@ def train(config: str | os.PathLike | TrainConfig, data: str, out: str | os.Path
     else:
         cfg = load_config(config, overrides=ov)
     outp = Path(out)
-    outp.mkdir(parents=True, exist_ok=True)
-    job = {"config": cfg.to_dict(), "data": str(data), "out": str(outp), "resume": resume, "val_data": val_data}
-    job_path = outp / "job.json"
-    job_path.write_text(json.dumps(job, indent=2))
-    rc = spawn_local(job_path, ranks, extra_env=extra_env, loader_workers=cfg.data.num_workers)
+    with acquire_run_dir(outp) as lock:  # before anything is written into the run directory
+        if lock.previous is not None:
+            print(f"[pairforge] {lock.takeover_note()}", flush=True)
+        job = {"config": cfg.to_dict(), "data": str(data), "out": str(outp), "resume": resume, "val_data": val_data}
+        job_path = outp / "job.json"
+        job_path.write_text(json.dumps(job, indent=2))
+        rc = spawn_local(job_path, ranks, extra_env=extra_env, loader_workers=cfg.data.num_workers,
+                         inherit_fds=(lock.fileno(),))
     return {"rc": rc, "out": str(outp), "report": str(outp / "report.md"),
             "metrics": str(outp / "metrics.jsonl"), "export": str(outp / "export")}

@@ -5,6 +5,14 @@
 MASTER_ADDR=127.0.0.1 and a free MASTER_PORT; each joins a gloo (CPU) or nccl (GPU) group.
 If one rank dies, the others are terminated (they would otherwise block in a collective).
 
+**Ranks die with their launcher**, however it dies (``kill -9`` included), so an orphaned run can
+never train beside a later ``--resume``: on Linux each rank is armed with a parent-death signal
+(``prctl(PR_SET_PDEATHSIG, SIGKILL)``, set between fork and exec), and every rank also runs
+``watch_launcher``, a thread that exits the process when its parent changes (the portable
+fallback). DataLoader workers follow their rank: torch's worker loop exits once its parent pid
+changes (``ManagerWatchdog``, checked at least every 5 s); a forkserver's workers see the same
+when the forkserver exits with its rank.
+
 **Clusters:** the same command runs under the DeepSpeed launcher or torchrun, which set the
 rank variables themselves; ``pairforge train`` then runs the trainer in-process.
 ``deepspeed_command`` / ``torchrun_command`` compose the command lines (also printed by
@@ -12,13 +20,22 @@ rank variables themselves; ``pairforge train`` then runs the trainer in-process.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Callable
+
+#: set by spawn_local in each rank's environment: the launcher's pid, which the rank must not outlive
+LAUNCHER_PID_ENV = "PAIRFORGE_LAUNCHER_PID"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_ORPHANED_EXIT_CODE = 70
 
 
 def free_port() -> int:
@@ -45,9 +62,76 @@ def cpu_threads_per_rank(nprocs: int, loader_workers: int) -> int:
     return max(1, (cpus - nprocs * loader_workers) // nprocs)
 
 
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child receive SIGKILL when this process dies (Linux).
+
+    The signal is armed in the child before exec, so it covers the rank's whole life, imports
+    included. If the launcher died between fork and ``prctl`` the signal would never come, so
+    the child checks its parent right after arming and exits if it is already an orphan.
+    ``prctl`` is resolved here, in the parent: the child runs as little code as possible
+    between fork and exec. None where the call is unavailable (the watchdog still applies).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    launcher = os.getpid()
+    kill = ctypes.c_ulong(int(signal.SIGKILL))
+    zero = ctypes.c_ulong(0)
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, kill, zero, zero, zero)
+        if os.getppid() != launcher:
+            os._exit(_ORPHANED_EXIT_CODE)
+
+    return arm
+
+
+def launched_by_pairforge() -> bool:
+    """True in a rank that ``spawn_local`` started (its launcher then holds the run lock)."""
+    return os.environ.get(LAUNCHER_PID_ENV) == str(os.getppid())
+
+
+def watch_launcher(poll_s: float = 1.0) -> threading.Thread | None:
+    """In a rank started by ``spawn_local``: exit the process as soon as the launcher is gone.
+
+    The portable fallback to the parent-death signal (and the only guard where ``prctl`` does
+    not exist): a daemon thread compares ``os.getppid()`` with the launcher's pid. A no-op in
+    processes not started by ``spawn_local`` (cluster launchers, ``nohup``-style runs).
+    """
+    expected = os.environ.get(LAUNCHER_PID_ENV)
+    if not expected:
+        return None
+    launcher = int(expected)
+
+    def orphaned() -> None:
+        sys.stderr.write(f"[pairforge] launcher (pid {launcher}) is gone: rank pid {os.getpid()} exits\n")
+        sys.stderr.flush()
+        os._exit(_ORPHANED_EXIT_CODE)
+
+    if os.getppid() != launcher:  # it died before this rank got here
+        orphaned()
+
+    def watch() -> None:
+        while os.getppid() == launcher:
+            time.sleep(poll_s)
+        orphaned()
+
+    thread = threading.Thread(target=watch, daemon=True, name="pairforge-launcher-watchdog")
+    thread.start()
+    return thread
+
+
 def spawn_local(job_path: str | os.PathLike, nprocs: int, extra_env: dict | None = None,
-                poll_s: float = 0.2, loader_workers: int = 0) -> int:
-    """Run the trainer on ``nprocs`` local ranks; returns 0 or the first failing exit code."""
+                poll_s: float = 0.2, loader_workers: int = 0, inherit_fds: tuple[int, ...] = ()) -> int:
+    """Run the trainer on ``nprocs`` local ranks; returns 0 or the first failing exit code.
+
+    The ranks die with this process (see the module docstring). ``inherit_fds`` are handed to
+    every rank: the run lock's descriptor, so the run directory stays locked until the last
+    rank has exited, even when this launcher is killed first.
+    """
     port = free_port()
     try:
         import torch
@@ -55,16 +139,18 @@ def spawn_local(job_path: str | os.PathLike, nprocs: int, extra_env: dict | None
     except Exception:
         gpus = 0
     threads = cpu_threads_per_rank(nprocs, loader_workers) if gpus == 0 else None
+    die_with_launcher = _parent_death_signal()
     procs: list[subprocess.Popen] = []
     for r in range(nprocs):
         env = dict(os.environ)
         env.update(default_env())
         env.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(nprocs), LOCAL_WORLD_SIZE=str(nprocs),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **{LAUNCHER_PID_ENV: str(os.getpid())})
         if threads is not None:
             env.setdefault("OMP_NUM_THREADS", str(threads))
         env.update(extra_env or {})
-        procs.append(subprocess.Popen([sys.executable, "-m", "pairforge.training.trainer", str(job_path)], env=env))
+        procs.append(subprocess.Popen([sys.executable, "-m", "pairforge.training.trainer", str(job_path)], env=env,
+                                      preexec_fn=die_with_launcher, pass_fds=inherit_fds))
     rc = 0
     try:
         while True:

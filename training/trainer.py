@@ -31,9 +31,12 @@ from pairforge.training import checkpoint as ckpt
 from pairforge.training.config import TrainConfig, from_dict
 from pairforge.training.data import batch_val, load_val_pairs, make_train_loader, split_train_val
 from pairforge.training.engines import build_engines, frozen, init_distributed
+from pairforge.training.launch import launched_by_pairforge, watch_launcher
 from pairforge.training.logging_utils import RunLogger, image_grid
 from pairforge.training.losses import GeneratorLoss, backbone_sources, build_perceptual, d_loss
 from pairforge.training.models import build_discriminator, build_generator
+from pairforge.training.runlock import RunDirLocked, RunLock
+from pairforge.training.runlock import acquire as acquire_run_dir
 from pairforge.training.validation import evaluate
 
 
@@ -90,6 +93,34 @@ def discriminator_step(engine_d, out_g, hr, cfg: TrainConfig, noise_gen, device)
     return loss_d, real_logits, fake_logits
 
 
+def claim_run_dir(out: Path, rank: int, device: torch.device) -> RunLock | None:
+    """Rank 0 locks the run directory, unless pairforge's launcher already holds it for us.
+
+    Under a cluster launcher (torchrun, deepspeed) nothing else guards ``out``. Every rank
+    learns rank 0's outcome (one all-reduce), so a refusal stops all of them together instead
+    of leaving the others waiting in a collective.
+    """
+    if launched_by_pairforge():
+        return None
+    lock, refusal = None, None
+    if rank == 0:
+        try:
+            lock = acquire_run_dir(out)
+        except RunDirLocked as exc:
+            refusal = exc
+        else:
+            if lock.previous is not None:
+                print(f"[pairforge] {lock.takeover_note()}", flush=True)
+    refused = torch.tensor([0.0 if refusal is None else 1.0], device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(refused, op=dist.ReduceOp.MAX)
+    if refusal is not None:
+        raise refusal
+    if refused.item():
+        raise RunDirLocked(f"rank 0 could not lock the run directory {out} (its log names the owner)")
+    return lock
+
+
 def run(cfg: TrainConfig, data: str, out: str | os.PathLike, resume: str | None = None,
         val_data: str | None = None) -> dict:
     from pairforge.pipeline import load_manifest
@@ -99,6 +130,7 @@ def run(cfg: TrainConfig, data: str, out: str | os.PathLike, resume: str | None 
     rank, world = dist.get_rank(), dist.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    run_lock = claim_run_dir(out, rank, device)  # before anything is written into ``out``
     if device.type == "cpu" and "OMP_NUM_THREADS" in os.environ:
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     torch.manual_seed(cfg.seed)
@@ -248,10 +280,13 @@ def run(cfg: TrainConfig, data: str, out: str | os.PathLike, resume: str | None 
         result["report"] = str(build_report(out))
         result["export"] = meta
     dist.barrier()
+    if run_lock is not None:
+        run_lock.release()
     return result
 
 
 def run_job(job_path: str | os.PathLike) -> int:
+    watch_launcher()  # a rank spawned by training.launch never outlives its launcher
     job = json.loads(Path(job_path).read_text())
     cfg = from_dict(job["config"])
     run(cfg, job["data"], job["out"], job.get("resume"), job.get("val_data"))

@@ -3,12 +3,18 @@
 Embedded default: ``--ranks N`` local processes (gloo on CPU, nccl on GPUs). Under the
 DeepSpeed launcher or torchrun (RANK/WORLD_SIZE already set) the trainer runs in-process;
 ``--print-launch hostfile|torchrun`` prints those cluster command lines.
+
+``--out`` has one owner at a time (``DIR/run.lock``): a second train on it exits with status 3
+and names the owner while the first is alive; a dead owner's lock is taken over.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+
+#: exit status when --out belongs to another live `pairforge train` (see training/runlock.py)
+EXIT_RUN_DIR_IN_USE = 3
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -104,16 +110,31 @@ def run(args) -> int:
             print(torchrun_command(targs, nnodes=int(os.environ.get("NNODES", 1)),
                                    nproc_per_node=int(os.environ.get("GPUS_PER_NODE", 1))))
         return 0
-    resume = None if args.resume == "none" else args.resume
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and args.ranks == 1:
-        # launched by deepspeed/torchrun: this process is one rank
-        from pairforge.training.launch import default_env
-        from pairforge.training.trainer import run as run_rank
+    from pairforge.training import RunDirLocked
 
-        for k, v in default_env().items():
-            os.environ.setdefault(k, v)
-        run_rank(cfg, args.data, args.out, resume, args.val_data)
-        return 0
+    resume = None if args.resume == "none" else args.resume
+    try:
+        if "RANK" in os.environ and "WORLD_SIZE" in os.environ and args.ranks == 1:
+            return _run_as_rank(cfg, args, resume)
+        return _run_local_ranks(cfg, args, resume)
+    except RunDirLocked as exc:
+        print(f"pairforge train: {exc}", file=sys.stderr)
+        return EXIT_RUN_DIR_IN_USE
+
+
+def _run_as_rank(cfg, args, resume: str | None) -> int:
+    """Launched by deepspeed/torchrun: this process is one rank (rank 0 locks --out)."""
+    from pairforge.training.launch import default_env
+    from pairforge.training.trainer import run as run_rank
+
+    for k, v in default_env().items():
+        os.environ.setdefault(k, v)
+    run_rank(cfg, args.data, args.out, resume, args.val_data)
+    return 0
+
+
+def _run_local_ranks(cfg, args, resume: str | None) -> int:
+    """The embedded default: this process is the launcher of ``--ranks`` local ranks."""
     from pairforge.training import train
 
     res = train(cfg, args.data, args.out, ranks=args.ranks, resume=resume, val_data=args.val_data)
