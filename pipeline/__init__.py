@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from .job import JobError, SynthResult, synth
 from .manifest import load_manifest
-from .shards import UnsafeMemberError, read_pairs, shard_urls
+from .shards import ShardIntegrityError, UnsafeMemberError, read_pairs, shard_urls, verify_shard
 from .sources import SourceError
 
 __all__ = ["synth", "SynthResult", "JobError", "SourceError", "read_pairs", "load_manifest", "shard_urls",
-           "UnsafeMemberError"]
+           "UnsafeMemberError", "ShardIntegrityError", "verify_shard"]

@@ -6,6 +6,13 @@ shard starts without a round trip but work stays spread).  One actor call = one 
 + one stats file; retries simply redo the shard, which is safe because the bytes are a pure
 function of the shard's inputs.
 
+Storage failures are different (:class:`_Failures`): a shard whose upload or read still fails
+when the storage layer's attempts and deadline run out (:class:`storage.StorageError`) has
+already been retried for minutes, so it is not redone; and after ``storage_failure_limit``
+such failures in a row (no shard committed in between) the store is taken to be down and the
+executor stops, reporting every shard it did not finish, so a dead endpoint ends the job in
+minutes instead of failing each remaining shard in turn.  ``--resume`` redoes them later.
+
 Measured Ray pitfalls on small machines that shape this module:
 
 * actors that take every CPU starve other tasks and the job hangs silently → the embedded
@@ -31,6 +38,11 @@ from .worker import JobSpec, ShardProcessor, ShardTask
 log = logging.getLogger(__name__)
 
 OnDone = Callable[[ShardTask, dict], None]
+
+#: persistent storage failures in a row (no shard committed in between) that stop a run
+STORAGE_FAILURE_LIMIT = 2
+#: how the reason of a shard that a stopped run never finished begins
+NOT_RUN = "not run: "
 
 
 @dataclass
@@ -115,21 +127,78 @@ class _ShardActor:
         return self.proc.process(task)
 
 
+def _cause(exc: BaseException) -> BaseException:
+    """The worker's own exception behind a Ray wrapper (``RayTaskError.cause``)."""
+    return getattr(exc, "cause", None) or exc
+
+
 def _error_text(exc: BaseException) -> str:
     from .storage import redact
 
-    cause = getattr(exc, "cause", None) or exc
+    cause = _cause(exc)
     return redact(f"{type(cause).__name__}: {cause}")[:500]
+
+
+class _Failures:
+    """What to do with each failed shard attempt, shared by both executors.
+
+    Application errors and dead workers are retried up to ``max_retries`` times.  A persistent
+    storage failure is final for its shard (the storage layer already spent its deadline on it)
+    and counts towards ``storage_failure_limit`` consecutive ones, after which :attr:`stop` is
+    set: the store is down, and starting more shards would only fail each one in turn.
+    """
+
+    def __init__(self, max_retries: int, storage_failure_limit: int = STORAGE_FAILURE_LIMIT):
+        self.max_retries, self.storage_failure_limit = max_retries, storage_failure_limit
+        self.attempts: dict[str, int] = {}
+        self.failed: dict[str, str] = {}
+        self.storage_streak = 0
+        self.last_storage_error = ""
+
+    @property
+    def stop(self) -> bool:
+        return self.storage_streak >= self.storage_failure_limit
+
+    def succeeded(self) -> None:
+        self.storage_streak = 0
+
+    def should_retry(self, task: ShardTask, exc: BaseException) -> bool:
+        """Record a failed attempt of ``task``; True if it is to be run again."""
+        from .storage import StorageError
+
+        msg = _error_text(exc)
+        n = self.attempts[task.name] = self.attempts.get(task.name, 0) + 1
+        if isinstance(_cause(exc), StorageError):
+            self.storage_streak += 1
+            self.last_storage_error = msg
+            log.error("execution: shard %s failed on storage: %s", task.name, msg)
+        elif n <= self.max_retries:
+            log.warning("execution: shard %s failed (attempt %d): %s; retrying", task.name, n, msg)
+            return True
+        else:
+            log.error("execution: shard %s failed %d times: %s", task.name, n, msg)
+        self.failed[task.name] = msg
+        return False
+
+    def abandon(self, tasks: list[ShardTask]) -> None:
+        """Mark ``tasks`` (queued or cut short) as not run because the run stopped."""
+        for t in tasks:
+            self.failed.setdefault(t.name, f"{NOT_RUN}the job stopped after {self.storage_streak} storage "
+                                           f"failures in a row (last: {self.last_storage_error})")
+        if tasks:
+            log.error("execution: storage looks down; stopping with %d shard(s) not run", len(tasks))
 
 
 class RayExecutor:
     """Runs shard tasks on ``workers`` Ray actors with bounded queueing and shard retries."""
 
     def __init__(self, spec: JobSpec, workers: int, *, device: str = "auto", cpus_per_worker: float | None = None,
-                 torch_threads: int | None = None, max_retries: int = 2, ready_timeout: float = 600.0):
+                 torch_threads: int | None = None, max_retries: int = 2, ready_timeout: float = 600.0,
+                 storage_failure_limit: int = STORAGE_FAILURE_LIMIT):
         self.spec, self.workers, self.device = spec, max(1, int(workers)), device
         self.cpus_per_worker, self.torch_threads = cpus_per_worker, torch_threads
         self.max_retries, self.ready_timeout = max_retries, ready_timeout
+        self.storage_failure_limit = storage_failure_limit
 
     def _placement(self) -> tuple[int, float, float, str, int]:
         """(workers, num_cpus, num_gpus per actor, actor device, torch threads) that fit the cluster."""
@@ -194,10 +263,10 @@ class RayExecutor:
         import ray
 
         queue = deque(tasks)
-        attempts: dict[str, int] = {}
+        failures = _Failures(self.max_retries, self.storage_failure_limit)
         inflight: dict = {}  # ref -> (actor index, task)
         load = [0] * len(actors)
-        done, failed = [], {}
+        done: list[str] = []
 
         def submit(ai: int) -> None:
             while load[ai] < 2 and queue:
@@ -216,7 +285,8 @@ class RayExecutor:
                 stats = ray.get(ref)
             except ray.exceptions.RayActorError as exc:  # the process died (OOM, segfault, node loss)
                 log.warning("execution: worker %d died on %s: %s; restarting it", ai, task.name, _error_text(exc))
-                self._retry(task, exc, attempts, queue, failed)
+                if failures.should_retry(task, exc):
+                    queue.append(task)
                 try:
                     ray.kill(actors[ai])
                 except Exception:  # noqa: BLE001
@@ -227,33 +297,28 @@ class RayExecutor:
                     queue.appendleft(inflight.pop(r)[1])
                 load[ai] = 0
             except Exception as exc:  # noqa: BLE001 - application error inside the shard
-                self._retry(task, exc, attempts, queue, failed)
+                if failures.should_retry(task, exc):
+                    queue.append(task)
             else:
                 done.append(task.name)
+                failures.succeeded()
                 if on_done:
                     on_done(task, stats)
+            if failures.stop:  # run() kills the actors, cutting the shards still in flight
+                failures.abandon([t for _, t in inflight.values()] + list(queue))
+                break
             for j in range(len(actors)):
                 submit(j)
-        return RunReport(done, failed, infos)
-
-    def _retry(self, task: ShardTask, exc: BaseException, attempts: dict, queue: deque, failed: dict) -> None:
-        n = attempts.get(task.name, 0) + 1
-        attempts[task.name] = n
-        msg = _error_text(exc)
-        if n <= self.max_retries:
-            log.warning("execution: shard %s failed (attempt %d): %s; retrying", task.name, n, msg)
-            queue.append(task)
-        else:
-            log.error("execution: shard %s failed %d times: %s", task.name, n, msg)
-            failed[task.name] = msg
+        return RunReport(done, failures.failed, infos)
 
 
 class InlineExecutor:
     """Same contract as :class:`RayExecutor`, in this process (debugging, benchmarks, no Ray)."""
 
     def __init__(self, spec: JobSpec, *, device: str = "auto", torch_threads: int | None = None,
-                 max_retries: int = 1):
+                 max_retries: int = 1, storage_failure_limit: int = STORAGE_FAILURE_LIMIT):
         self.spec, self.device, self.torch_threads, self.max_retries = spec, device, torch_threads, max_retries
+        self.storage_failure_limit = storage_failure_limit
 
     def run(self, tasks: list[ShardTask], on_done: OnDone | None = None) -> RunReport:
         import torch
@@ -262,23 +327,31 @@ class InlineExecutor:
         t0 = time.perf_counter()
         proc = ShardProcessor(self.spec, device=self.device, torch_threads=self.torch_threads)
         t1 = time.perf_counter()
-        done, failed = [], {}
+        done: list[str] = []
+        failures = _Failures(self.max_retries, self.storage_failure_limit)
         try:
-            for task in tasks:
-                for attempt in range(self.max_retries + 1):
-                    try:
-                        stats = proc.process(task)
-                    except Exception as exc:  # noqa: BLE001
-                        if attempt == self.max_retries:
-                            failed[task.name] = _error_text(exc)
-                        else:
-                            time.sleep(0.2)
-                        continue
+            for i, task in enumerate(tasks):
+                if failures.stop:
+                    failures.abandon(tasks[i:])
+                    break
+                stats = self._process(proc, task, failures)
+                if stats is not None:
                     done.append(task.name)
+                    failures.succeeded()
                     if on_done:
                         on_done(task, stats)
-                    break
-            return RunReport(done, failed, [proc.info()], t1 - t0, time.perf_counter() - t1)
+            return RunReport(done, failures.failed, [proc.info()], t1 - t0, time.perf_counter() - t1)
         finally:
             proc.close()
             torch.set_num_threads(prev)
+
+    @staticmethod
+    def _process(proc: ShardProcessor, task: ShardTask, failures: _Failures) -> dict | None:
+        """Run one shard, retrying as ``failures`` decides; its stats, or None if it failed."""
+        while True:
+            try:
+                return proc.process(task)
+            except Exception as exc:  # noqa: BLE001 - classified by the failure policy
+                if not failures.should_retry(task, exc):
+                    return None
+                time.sleep(0.2)

@@ -5,11 +5,15 @@ inputs (and why), what does the degradation parameter distribution actually look
 the LR images look like what the preset promises.  Outputs a text report plus two PNGs
 (parameter histograms, HR | LR contact sheet) in a local folder — the dataset itself is never
 modified (it may be on S3 and is immutable once its manifest exists).
+
+:func:`verify_dataset` (``pairforge inspect --verify``) answers a different question: is every
+shard still exactly what the manifest recorded (size, then sha256 over one streamed read)?
 """
 from __future__ import annotations
 
 import itertools
 import os
+import sys
 from collections import defaultdict
 from typing import Any
 
@@ -17,7 +21,7 @@ import numpy as np
 
 from . import storage
 from .manifest import load_manifest, read_json
-from .shards import read_pairs, stats_name
+from .shards import ShardIntegrityError, dataset_shard, read_pairs, stats_name, verify_shard
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -220,4 +224,36 @@ def format_report(report: dict) -> str:
     lines += ["", f"histograms     {report['histogram_png']}  ({report['parameters_plotted']} parameters, "
                   f"{report['records_read']} records)",
               f"contact sheet  {report['contact_sheet_png']}"]
+    return "\n".join(lines)
+
+
+def verify_dataset(url: str, *, progress: bool = True, storage_options: dict | None = None) -> dict:
+    """Check every shard of the dataset at ``url`` against its manifest entry.
+
+    Each shard's size is compared first (a HEAD on S3, so a truncated shard costs no download),
+    then its bytes are streamed once through sha256; a tqdm bar on stderr counts the bytes.
+    Returns ``{url, shards, bytes, damaged: [ShardIntegrityError.to_dict(), …]}``.
+    """
+    from tqdm import tqdm
+
+    man = load_manifest(url, storage_options)
+    sources = [dataset_shard(url, s) for s in man["shards"]]
+    damaged, read = [], 0
+    with tqdm(total=man["totals"]["bytes"], unit="B", unit_scale=True, desc="verify", file=sys.stderr,
+              disable=not progress) as bar:
+        for source in sources:
+            try:
+                read += verify_shard(source, storage_options, on_bytes=bar.update)
+            except ShardIntegrityError as exc:
+                damaged.append(exc.to_dict())
+    return {"url": storage.redact(storage.normalize(url)), "shards": len(sources), "bytes": read,
+            "damaged": damaged}
+
+
+def format_verify(result: dict) -> str:
+    """One line when every shard is intact; otherwise one line per damaged shard and a total."""
+    if not result["damaged"]:
+        return f"verified {result['shards']} shards, {result['bytes']} bytes"
+    lines = [d["message"] for d in result["damaged"]]
+    lines.append(f"{len(result['damaged'])} of {result['shards']} shards damaged in {result['url']}")
     return "\n".join(lines)

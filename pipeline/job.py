@@ -9,7 +9,15 @@
 4. otherwise write ``job.json`` (the plan), and run every shard whose commit marker is missing
    (``--resume`` after an interruption; without it, a half-finished folder is an error rather
    than a silent guess);
-5. when every shard is committed, write ``manifest.json`` last.
+5. when every shard is committed, ask the store for every tar (a HEAD each: present, with the
+   size its stats record) and only then write ``manifest.json``, last.
+
+A write counts only once the store confirms it (see :mod:`pipeline.storage`): a shard's stats
+file (its commit marker) is written after its tar is confirmed, the manifest after all of them.
+Every storage call is bounded by one :class:`storage.StorageConfig` (timeouts, attempts,
+deadline), resolved here from the environment and handed to the workers.  A store that fails
+for good ends the job as ``failed`` — the result names each object and its last error, and no
+manifest is written; ``--resume`` then redoes exactly the shards that are not committed.
 """
 from __future__ import annotations
 
@@ -24,7 +32,7 @@ from . import storage
 from .decode import DEFAULT_MAX_PIXELS
 from .execution import InlineExecutor, RayExecutor, init_ray, shutdown_ray
 from .manifest import (PIPELINE_VERSION, build_manifest, committed_shards, config_hash, dataset_id,
-                       pretty_json, read_json)
+                       pretty_json, read_json, unconfirmed_shards)
 from .patching import PatchConfig
 from .shards import EncodeConfig, shard_name
 from .sources import SourceError, list_source
@@ -44,6 +52,7 @@ class SynthResult:
     status: str                    # "created" | "resumed" | "reused" | "failed"
     shards_total: int
     shards_written: list[str] = field(default_factory=list)
+    #: object name (a shard, or manifest.json) -> why it is not in the dataset; names no credentials
     failed: dict[str, str] = field(default_factory=dict)
     manifest: dict | None = None
     timings: dict[str, float] = field(default_factory=dict)  # listing / startup / run seconds
@@ -84,12 +93,16 @@ def synth(source: str, out: str, *, preset: str | None = "realesrgan-x4plus", co
           flips: bool = True, hr_format: str = "png", lr_format: str = "png", jpg_quality: int = 95,
           batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS, device: str = "auto",
           executor: str = "ray", cpus_per_worker: float | None = None, max_retries: int = 2,
-          storage_options: dict | None = None, progress: bool = True) -> SynthResult:
+          storage_options: dict | None = None, storage_config: storage.StorageConfig | None = None,
+          progress: bool = True) -> SynthResult:
     """Synthesize LR/HR pair shards from ``source`` into ``out/<dataset-id>/``.
 
-    Returns a :class:`SynthResult`; ``result.ok`` is True iff every shard is committed and the
-    manifest exists.  Raises :class:`SourceError`/:class:`JobError` for unusable inputs.
+    Returns a :class:`SynthResult`; ``result.ok`` is True iff every shard is committed, confirmed
+    in the store, and the manifest is written.  Raises :class:`SourceError`/:class:`JobError` for
+    unusable inputs (including an output that cannot be reached before any work starts).
+    ``storage_config`` (timeouts, retries, deadline) defaults to ``StorageConfig.from_env()``.
     """
+    scfg = storage_config or storage.StorageConfig.from_env()
     cfg = resolve_degradation(preset, config)
     scale = int(cfg.scale)
     size = int(patch_size or cfg.hr_size)
@@ -124,7 +137,7 @@ def synth(source: str, out: str, *, preset: str | None = "realesrgan-x4plus", co
            "degradation_config": cfg.to_dict(), "source": listing.summary()}
 
     # 3. already there?
-    man = _read(storage.join(ds_url, "manifest.json"), storage_options)
+    man = _read(storage.join(ds_url, "manifest.json"), storage_options, scfg)
     if man is not None:
         if man.get("config_hash") != chash:
             raise JobError(f"{storage.redact(ds_url)} holds a different dataset (config hash mismatch); "
@@ -133,7 +146,7 @@ def synth(source: str, out: str, *, preset: str | None = "realesrgan-x4plus", co
         return SynthResult(ds_url, ds_id, "reused", n_shards, manifest=man)
 
     # 4. plan / resume
-    existing = _read(storage.join(ds_url, "job.json"), storage_options)
+    existing = _read(storage.join(ds_url, "job.json"), storage_options, scfg)
     if existing is not None:
         if existing.get("config_hash") != chash:
             raise JobError(f"{storage.redact(ds_url)} belongs to another job (config hash mismatch); refusing "
@@ -144,20 +157,20 @@ def synth(source: str, out: str, *, preset: str | None = "realesrgan-x4plus", co
     else:
         try:
             storage.makedirs(ds_url, storage_options)
-            storage.write_bytes(storage.join(ds_url, "job.json"), pretty_json(job), storage_options)
+            storage.write_bytes(storage.join(ds_url, "job.json"), pretty_json(job), storage_options, config=scfg)
         except (OSError, ValueError) as exc:
             raise JobError(f"cannot write to output {storage.redact(out_url)}: {type(exc).__name__}: "
                            f"{storage.redact(str(exc))}") from None
     if not storage.is_s3(ds_url):
         storage.remove_stale_tmp(ds_url, storage_options)
-    done = committed_shards(ds_url, names, storage_options) if existing is not None else {}
+    done = _committed(ds_url, names, storage_options, scfg) if existing is not None else {}
     items = list(enumerate(listing.items))
     tasks = [ShardTask(i, names[i], items[i * images_per_shard:(i + 1) * images_per_shard])
              for i in range(n_shards) if names[i] not in done]
 
     spec = JobSpec(dataset_url=ds_url, degradation=cfg, patch=pcfg, patch_size=size, encode=enc, seed=int(seed),
                    views=int(views), code_version=identity["code_version"], batch_size=batch_size,
-                   max_pixels=max_pixels, storage_options=storage_options)
+                   max_pixels=max_pixels, storage_options=storage_options, storage_config=scfg)
     fresh: dict[str, dict] = {}
     report = _run(spec, tasks, fresh, executor=executor, workers=workers, ray_address=ray_address, device=device,
                   cpus_per_worker=cpus_per_worker, max_retries=max_retries, progress=progress)
@@ -170,16 +183,44 @@ def synth(source: str, out: str, *, preset: str | None = "realesrgan-x4plus", co
         for n in missing:
             failed.setdefault(n, "not committed")
         return SynthResult(ds_url, ds_id, "failed", n_shards, report.done, failed)
-    manifest = build_manifest(job, stats)
-    storage.write_bytes(storage.join(ds_url, "manifest.json"), pretty_json(manifest), storage_options)
+    manifest, problems = _commit_dataset(ds_url, job, stats, storage_options, scfg)
+    if manifest is None:
+        return SynthResult(ds_url, ds_id, "failed", n_shards, report.done, problems)
     timings = {"listing": t_list, "startup": report.startup_s, "run": report.run_s}
     return SynthResult(ds_url, ds_id, "resumed" if existing is not None else "created", n_shards,
                        report.done, {}, manifest, timings)
 
 
-def _read(url: str, storage_options: dict | None) -> dict | None:
+def _commit_dataset(ds_url: str, job: dict, stats: dict[str, dict], storage_options: dict | None,
+                    scfg: storage.StorageConfig) -> tuple[dict | None, dict[str, str]]:
+    """Write ``manifest.json`` once the store reports every shard with its recorded size.
+
+    Returns ``(manifest, {})``, or ``(None, {object: problem})`` with no manifest written.
+    """
     try:
-        return read_json(url, storage_options)
+        problems = unconfirmed_shards(ds_url, stats, storage_options, config=scfg)
+        if problems:
+            return None, problems
+        manifest = build_manifest(job, stats)
+        storage.write_bytes(storage.join(ds_url, "manifest.json"), pretty_json(manifest), storage_options,
+                            config=scfg)
+    except storage.StorageError as exc:
+        return None, {"manifest.json": str(exc)}
+    return manifest, {}
+
+
+def _committed(ds_url: str, names: list[str], storage_options: dict | None,
+               scfg: storage.StorageConfig) -> dict[str, dict]:
+    """:func:`committed_shards`, with a store that cannot be read turned into a :class:`JobError`."""
+    try:
+        return committed_shards(ds_url, names, storage_options, config=scfg)
+    except storage.StorageError as exc:
+        raise JobError(f"cannot read the shards already written: {exc}") from None
+
+
+def _read(url: str, storage_options: dict | None, scfg: storage.StorageConfig) -> dict | None:
+    try:
+        return read_json(url, storage_options, config=scfg)
     except PermissionError as exc:
         raise JobError(f"cannot read {storage.redact(url)}: access denied ({exc})") from None
     except OSError as exc:

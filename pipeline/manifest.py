@@ -43,10 +43,11 @@ def config_hash(identity: dict) -> str:
     return hashlib.sha256(canonical_json(identity)).hexdigest()
 
 
-def read_json(url: str, storage_options: dict | None = None) -> dict | None:
+def read_json(url: str, storage_options: dict | None = None, *,
+              config: storage.StorageConfig | None = None) -> dict | None:
     """Parsed JSON at ``url``, or None if it does not exist (or is unreadable garbage)."""
     try:
-        data = storage.read_bytes(url, storage_options)
+        data = storage.read_bytes(url, storage_options, config=config)
     except FileNotFoundError:
         return None
     try:
@@ -55,28 +56,52 @@ def read_json(url: str, storage_options: dict | None = None) -> dict | None:
         return None
 
 
-def write_stats(dataset_url: str, shard: str, stats: dict, storage_options: dict | None = None) -> None:
-    storage.write_bytes(storage.join(dataset_url, stats_name(shard)), pretty_json(stats), storage_options)
+def write_stats(dataset_url: str, shard: str, stats: dict, storage_options: dict | None = None, *,
+                config: storage.StorageConfig | None = None) -> None:
+    """Write a shard's commit marker; call it only once the tar is confirmed in the store."""
+    storage.write_bytes(storage.join(dataset_url, stats_name(shard)), pretty_json(stats), storage_options,
+                        config=config)
 
 
-def committed_shards(dataset_url: str, expected: list[str], storage_options: dict | None = None) -> dict[str, dict]:
+def committed_shards(dataset_url: str, expected: list[str], storage_options: dict | None = None, *,
+                     config: storage.StorageConfig | None = None) -> dict[str, dict]:
     """Stats of the shards in ``expected`` whose commit marker exists *and* matches their tar.
 
     A stats file whose tar is missing or has another size (someone deleted/truncated it) does
     not count: that shard is redone.
     """
-    names = set(storage.listdir(dataset_url, storage_options))
+    names = set(storage.listdir(dataset_url, storage_options, config=config))
     out: dict[str, dict] = {}
     for shard in expected:
         if stats_name(shard) not in names:
             continue
-        stats = read_json(storage.join(dataset_url, stats_name(shard)), storage_options)
+        stats = read_json(storage.join(dataset_url, stats_name(shard)), storage_options, config=config)
         if not stats or stats.get("status") != "committed":
             continue
-        size = storage.size(storage.join(dataset_url, shard), storage_options) if shard in names else None
+        size = (storage.size(storage.join(dataset_url, shard), storage_options, config=config)
+                if shard in names else None)
         if size is not None and size == stats.get("bytes"):
             out[shard] = stats
     return out
+
+
+def unconfirmed_shards(dataset_url: str, stats: dict[str, dict], storage_options: dict | None = None, *,
+                       config: storage.StorageConfig | None = None) -> dict[str, str]:
+    """Shards whose tar the store does not report with the size their stats record, and why.
+
+    Asked of the store itself (a HEAD per tar, past any cache) right before the manifest is
+    written: the manifest is the dataset's promise that every shard it lists is there.
+    """
+    urls = {name: storage.join(dataset_url, name) for name in stats}
+    found = storage.sizes(list(urls.values()), storage_options, config=config)
+    problems: dict[str, str] = {}
+    for name, url in urls.items():
+        recorded, got = stats[name].get("bytes"), found[url]
+        if got is None:
+            problems[name] = f"{storage.redact(url)} is missing from the store"
+        elif got != recorded:
+            problems[name] = f"{storage.redact(url)} has {got} bytes in the store, its stats record {recorded}"
+    return problems
 
 
 def build_manifest(job: dict, stats: dict[str, dict]) -> dict:

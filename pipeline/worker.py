@@ -53,6 +53,8 @@ class JobSpec:
     batch_size: int = 32
     max_pixels: int = DEFAULT_MAX_PIXELS
     storage_options: dict | None = None
+    #: the driver's timeouts/retry policy, so every worker (even on another node) follows it
+    storage_config: storage.StorageConfig | None = None
     decode_threads: int = 2
     encode_threads: int = 2
 
@@ -134,15 +136,23 @@ class ShardProcessor:
 
     # -------------------------------------------------------------- stage functions
     def _load(self, idx: int, item: SourceItem, timer: _Timer) -> tuple[list, dict] | SkipInput:
-        """Read + decode + patch one image (runs in a decode thread)."""
+        """Read + decode + patch one image (runs in a decode thread).
+
+        A read that still fails when the storage retries run out (:class:`storage.StorageError`)
+        fails the shard instead of skipping the input: skipping it would make the shard's bytes
+        depend on the network, and a store that is down must stop the job, not empty it.
+        """
         spec = self.spec
         try:
             t0 = time.perf_counter()
             try:
-                data = storage.read_bytes(item.url, spec.storage_options, offset=item.offset, size=item.size)
+                data = storage.read_bytes(item.url, spec.storage_options, offset=item.offset, size=item.size,
+                                          config=spec.storage_config)
             except FileNotFoundError:
                 raise SkipInput("missing", "file not found") from None
-            except Exception as exc:  # noqa: BLE001 - after retries: skip the input, keep the shard
+            except storage.StorageError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - refused for good (e.g. access denied): skip the input
                 raise SkipInput("read_error", f"{type(exc).__name__}: {storage.redact(str(exc))}"[:160]) from None
             t1 = time.perf_counter()
             img, info = decode_image(data, spec.max_pixels)
@@ -156,6 +166,8 @@ class ShardProcessor:
             return patches, info
         except SkipInput as skip:
             return skip
+        except storage.StorageError:
+            raise
         except Exception as exc:  # noqa: BLE001 - one file never kills the shard
             return SkipInput("error", f"{type(exc).__name__}: {exc}"[:160])
 
@@ -222,7 +234,8 @@ class ShardProcessor:
 
         url = storage.join(spec.dataset_url, task.name)
         writer_pool = ThreadPoolExecutor(1, thread_name_prefix="pf-write")
-        writer: Future = writer_pool.submit(write_shard, url, samples(), spec.storage_options)
+        writer: Future = writer_pool.submit(write_shard, url, samples(), spec.storage_options,
+                                            config=spec.storage_config)
 
         def put(fut: Future) -> None:
             while True:
@@ -298,9 +311,11 @@ class ShardProcessor:
             "sha256": result.sha256,
             "views": k,
             "timings": {**{s: round(v, 4) for s, v in sorted(timer.t.items())},
-                        "write": round(result.write_seconds, 4), "wall": round(wall, 4)},
+                        "write": round(result.write_seconds, 4), "upload": round(result.upload_seconds, 4),
+                        "wall": round(wall, 4)},
             "worker": self.info(),
         }
-        write_stats(spec.dataset_url, task.name, stats, spec.storage_options)
+        # the commit marker: only now, after write_shard returned with the tar confirmed in the store
+        write_stats(spec.dataset_url, task.name, stats, spec.storage_options, config=spec.storage_config)
         return stats
 

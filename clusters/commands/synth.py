@@ -41,10 +41,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+#: at most this many failed objects are listed one per line (a big job can fail thousands)
+MAX_FAILURE_LINES = 20
+
+
 def run(args: argparse.Namespace) -> int:
+    """Run the job; exit 0 only once the manifest is written (every shard confirmed in the store),
+    1 when objects could not be stored (each named with its last error), 2 for unusable arguments."""
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     from pairforge.pipeline import JobError, SourceError, synth
+    from pairforge.pipeline.storage import StorageError
 
     try:
         res = synth(args.source, args.out, preset=args.preset, config=args.config, seed=args.seed,
@@ -56,15 +63,34 @@ def run(args: argparse.Namespace) -> int:
     except (SourceError, JobError, ValueError) as exc:
         print(f"pairforge synth: error: {exc}", file=sys.stderr)
         return 2
+    except StorageError as exc:
+        print(f"pairforge synth: error: {exc}", file=sys.stderr)
+        return 1
     if res.ok:
         t = res.manifest["totals"]
         print(f"{res.status}: {t['samples']} pairs in {t['shards']} shards from {t['inputs']} inputs "
               f"({t['skipped_inputs']} skipped{': ' + str(t['skipped_by_reason']) if t['skipped_inputs'] else ''})")
     else:
-        print(f"failed: {len(res.failed)} of {res.shards_total} shards not committed; re-run with --resume",
-              file=sys.stderr)
-        for name, err in sorted(res.failed.items()):
-            print(f"  {name}: {err}", file=sys.stderr)
+        _print_failure(res)
     print(res.url)
     sys.stdout.flush()
     return 0 if res.ok else 1
+
+
+def _print_failure(res) -> None:
+    """Each object that failed, with its last error; shards a stopped run never got to, counted."""
+    from pairforge.pipeline.execution import NOT_RUN
+
+    shards = [n for n in res.failed if n != "manifest.json"]
+    print(f"failed: {len(shards)} of {res.shards_total} shards not committed"
+          f"{' (and manifest.json not written)' if 'manifest.json' in res.failed else ''}; no manifest; "
+          "re-run with --resume", file=sys.stderr)
+    errors = sorted((n, e) for n, e in res.failed.items() if not e.startswith(NOT_RUN))
+    for name, err in errors[:MAX_FAILURE_LINES]:
+        print(f"  {name}: {err}", file=sys.stderr)
+    if len(errors) > MAX_FAILURE_LINES:
+        print(f"  ... and {len(errors) - MAX_FAILURE_LINES} more", file=sys.stderr)
+    not_run = sorted(n for n, e in res.failed.items() if e.startswith(NOT_RUN))
+    if not_run:
+        print(f"  {len(not_run)} shard(s) not run ({not_run[0]} ...): {res.failed[not_run[0]][len(NOT_RUN):]}",
+              file=sys.stderr)
