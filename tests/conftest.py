@@ -12,7 +12,7 @@
     * ``client()`` — a boto3 S3 client for the server
     * ``storage_options`` — fsspec/s3fs kwargs, for code that does not read the environment
 
-``dist_env`` (module)
+``dist_env`` (session)
     One in-process gloo rank (RANK=0, WORLD_SIZE=1, a free MASTER_PORT) for tests that build
     DeepSpeed engines directly.
 
@@ -125,11 +125,11 @@ def photo_dir(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def dist_env():
-    """One in-process gloo rank (DeepSpeed needs a process group)."""
-    import torch.distributed as dist
-
+    """One in-process gloo rank (DeepSpeed needs a process group), made once per session:
+    DeepSpeed caches process groups, so destroying and re-creating the default group between
+    test modules leaves it holding stale ones."""
     from pairforge.training.engines import init_distributed
     from pairforge.training.launch import default_env, free_port
 
@@ -139,8 +139,6 @@ def dist_env():
                       MASTER_PORT=str(free_port()), **{k: v for k, v in default_env().items()})
     init_distributed()
     yield
-    if dist.is_initialized():
-        dist.destroy_process_group()
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)

@@ -1,5 +1,6 @@
 """Shard streaming for training: real shards from the pipeline's writer, several ranks and
-dataloader workers, uneven shards — equal per-rank sample counts, no hang, exact resume."""
+dataloader workers, uneven shards — equal per-rank sample counts, no hang, exact resume; the
+stream's stages compose, and its order is a pure function of (seed, slot, pass)."""
 from __future__ import annotations
 
 import itertools
@@ -7,7 +8,9 @@ from collections import Counter
 
 import pytest
 
-from pairforge.training.data import ShardStream, make_train_loader, plan_parts
+from pairforge.degradations.rng import SampleRng
+from pairforge.training.data import (Part, ShardStream, compose, drop, keep_part, make_train_loader, part_order,
+                                     plan_parts, shuffle_windows)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -94,3 +97,46 @@ def test_resume_position_continues_the_stream(uneven_dataset, start):
     full = _keys(make_train_loader(url, man["shards"], 1, 2, 2, 2, **kw), start + 6)
     resumed = _keys(make_train_loader(url, man["shards"], 1, 2, 2, 2, start_batches=start, **kw), 6)
     assert resumed == full[start * 2:]
+
+
+def test_stages_compose_in_order():
+    part = Part("s", stride=3, offset=1, count=10)  # indices 1, 4, …, 28 of a 30-sample shard
+    assert list(compose(range(30), keep_part(part))) == list(range(1, 30, 3))
+    assert list(compose(range(30), keep_part(part), drop(8))) == [25, 28]
+    rng = SampleRng(0, "slot0_pass0")
+    shuffled = list(compose(range(30), keep_part(part), shuffle_windows(4, rng, position=0)))
+    assert [sorted(shuffled[i:i + 4]) for i in (0, 4, 8)] == [[1, 4, 7, 10], [13, 16, 19, 22], [25, 28]]
+    assert shuffled != list(range(1, 30, 3))
+    assert shuffled == list(compose(range(30), keep_part(part), shuffle_windows(4, rng, position=0)))
+    assert shuffled != list(compose(range(30), keep_part(part), shuffle_windows(4, rng, position=1)))
+    # the window index names its stream: a chain resumed at window 1 shuffles the rest alike
+    tail = list(compose(range(30), keep_part(part), drop(4), shuffle_windows(4, rng, 0, first_window=1)))
+    assert tail == shuffled[4:]
+
+
+def _slot_keys(stream: ShardStream, worker: int, n: int) -> list[str]:
+    return [s["key"] for s in itertools.islice(stream.iter_slot(worker), n)]
+
+
+def test_order_is_a_function_of_seed_slot_and_pass(uneven_dataset):
+    url, man = uneven_dataset
+    total = sum(s["count"] for s in man["shards"])
+    kw = dict(crop=None, shuffle_window=4)
+    # slot 1 of a 2-slot plan is rank 1's only worker or rank 0's second worker: the same stream
+    as_rank = _slot_keys(ShardStream(url, man["shards"], 1, 2, 1, 1, seed=4, **kw), 0, 2 * total)
+    as_worker = _slot_keys(ShardStream(url, man["shards"], 0, 1, 2, 1, seed=4, **kw), 1, 2 * total)
+    assert as_rank == as_worker
+
+    one = ShardStream(url, man["shards"], 0, 1, 1, 1, seed=4, **kw)
+    stream = _slot_keys(one, 0, 2 * total)
+    pass0, pass1 = stream[:total], stream[total:]
+    assert sorted(pass0) == sorted(pass1) and len(set(pass0)) == total  # each pass: every sample once
+    assert pass0 != pass1  # a new part order and new window shuffles per pass
+    # a stream started at pass 1 (a resume at a pass boundary) is exactly pass 1
+    assert _slot_keys(ShardStream(url, man["shards"], 0, 1, 1, 1, seed=4, start_batches=total, **kw), 0,
+                      total) == pass1
+    assert _slot_keys(ShardStream(url, man["shards"], 0, 1, 1, 1, seed=5, **kw), 0, total) != pass0
+    # the part order comes from the project's one seed derivation
+    parts = one.slot_parts(0)
+    expected = SampleRng(4, "slot0_pass1").numpy("part_order").permutation(len(parts))
+    assert part_order(4, 0, parts, 1) == [parts[i] for i in expected]

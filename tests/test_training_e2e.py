@@ -2,7 +2,8 @@
 
 Trainer-mechanics tests: the perceptual loss/metrics use ``perceptual_backbone: random``
 (asked for by name, so these tests do not need prepared ImageNet weights); the report must
-then say so.
+then say so. The kill → resume test kills a rank through the trainer's test hook, an
+environment variable (``PAIRFORGE_TEST_KILL_AT_STEP``), never a config field.
 """
 from __future__ import annotations
 
@@ -13,9 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pairforge.training import train
-
-pytestmark = [pytest.mark.slow]
+from pairforge.training import ConfigError, TrainConfig, from_dict, train
+from pairforge.training.trainer import TEST_KILL_AT_STEP_ENV, kill_step_from_env
 
 MECHANICS = {"loss.perceptual_backbone": "random", "loss.adv_start_step": 0, "data.batch_size": 2,
              "data.num_workers": 1, "log.log_every": 1, "log.progress_bar": False, "log.tensorboard": True}
@@ -25,6 +25,7 @@ def _metrics(out: Path) -> list[dict]:
     return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_rank_zero2_tiny_from_s3(s3_server, tmp_path):
     from pairforge.pipeline import synth
@@ -76,13 +77,14 @@ def _module_state(out: Path, sub: str, tag: str) -> dict[str, torch.Tensor]:
     return safe_torch_load(out / "checkpoints" / sub / tag / "mp_rank_00_model_states.pt")["module"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_checkpoint_kill_resume_equals_uninterrupted(local_dataset, tmp_path):
     ov = {**MECHANICS, "log.val_every": 0, "log.ckpt_every": 3, "data.val_shards": 0}
     a, b = tmp_path / "a", tmp_path / "b"
     assert train("tiny", data=local_dataset, out=a, steps=6, overrides=ov)["rc"] == 0
 
-    killed = train("tiny", data=local_dataset, out=b, steps=6, overrides={**ov, "debug_kill_at_step": 4})
+    killed = train("tiny", data=local_dataset, out=b, steps=6, overrides=ov, extra_env={TEST_KILL_AT_STEP_ENV: "4"})
     assert killed["rc"] != 0  # SIGKILLed after step 4; the step-3 checkpoint is the latest
     assert json.loads((b / "checkpoints" / "latest.json").read_text())["step"] == 3
     assert not (b / "export").exists()
@@ -97,3 +99,22 @@ def test_checkpoint_kill_resume_equals_uninterrupted(local_dataset, tmp_path):
     assert [x["step"] for x in mb] == [1, 2, 3, 4, 5, 6]  # the curve continues, no duplicates
     for xa, xb in zip(ma, mb):
         assert xa["loss_g"] == pytest.approx(xb["loss_g"], abs=1e-6)  # same samples, same order
+
+
+def test_the_kill_hook_is_no_config_field():
+    """A test hook has no place in the user's config: a YAML that names it is refused."""
+    assert "debug_kill_at_step" not in TrainConfig().to_dict()
+    with pytest.raises(ConfigError, match="debug_kill_at_step"):
+        from_dict({"base": "tiny", "debug_kill_at_step": 4})
+
+
+def test_the_kill_hook_is_read_from_the_environment(monkeypatch):
+    monkeypatch.delenv(TEST_KILL_AT_STEP_ENV, raising=False)
+    assert kill_step_from_env() is None
+    monkeypatch.setenv(TEST_KILL_AT_STEP_ENV, "0")
+    assert kill_step_from_env() is None
+    monkeypatch.setenv(TEST_KILL_AT_STEP_ENV, "4")
+    assert kill_step_from_env() == 4
+    monkeypatch.setenv(TEST_KILL_AT_STEP_ENV, "four")
+    with pytest.raises(ValueError, match=TEST_KILL_AT_STEP_ENV):
+        kill_step_from_env()

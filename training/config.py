@@ -159,8 +159,6 @@ class TrainConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     data: DataConfig = field(default_factory=DataConfig)
     log: LogConfig = field(default_factory=LogConfig)
-    #: test hook: the process SIGKILLs itself right after finishing this step (0 = never)
-    debug_kill_at_step: int = 0
 
     # ----------------------------------------------------------------- I/O
     def to_dict(self) -> dict:

@@ -1,6 +1,15 @@
 """Training data: stream pairforge shards to every rank and dataloader worker, equally.
 
-How the stream is built (one "slot" = one dataloader worker of one rank; S = ranks × workers):
+The stream is a chain of small stages, each a generator over the previous one's items
+(``compose(source, stage, stage, …)``, the way webdataset builds a pipeline):
+
+* **plan** — ``plan_visits``: which part of which shard a slot reads next, pass after pass;
+* **read** — ``read_part``: that part's raw samples from its shard (``ShardReader``: checked
+  against the manifest), ``keep_part``, ``drop`` (the resume point), ``shuffle_windows``;
+* **decode** — ``decode``: the pipeline's safe decoder;
+* **to tensors** — ``to_training_pairs``: one LR view, an aligned crop, LR↑ bicubic.
+
+What the stages guarantee (one "slot" = one dataloader worker of one rank; S = ranks × workers):
 
 1. **Plan.** The manifest's per-shard sample counts are known up front. When there are fewer
    shards than slots, each shard is cut into ``k = ceil(S / n_shards)`` interleaved parts
@@ -9,18 +18,32 @@ How the stream is built (one "slot" = one dataloader worker of one rank; S = ran
    only on the manifest, S and nothing else, so every process computes the same plan.
 2. **Endless, deterministic per-slot streams.** A slot reads its parts pass after pass; each
    pass visits its parts in an order drawn from ``(seed, slot, pass)`` and shuffles samples
-   inside consecutive windows of ``shuffle_window`` samples with ``(seed, slot, pass, part,
-   window)``. The stream never ends, so no rank can run out of data and hang in a collective:
-   every rank takes exactly ``steps × grad_accum`` batches, each from one worker in
-   round-robin order (torch's in-order DataLoader), so all ranks see equal sample counts.
+   inside consecutive windows of ``shuffle_window`` samples with ``(seed, slot, pass, part
+   position, window)``. The stream never ends, so no rank can run out of data and hang in a
+   collective: every rank takes exactly ``steps × grad_accum`` batches, each from one worker
+   in round-robin order (torch's in-order DataLoader), so all ranks see equal sample counts.
 3. **Resumable position.** The data position is the number of batches a rank has consumed.
    Worker w of a rank produced batches w, w+W, …, so it skips exactly ``len(range(w, n, W)) × B``
    samples of its stream (after a resume, loader worker i plays worker (i + n) mod W, since
-   the DataLoader's round-robin restarts at worker 0) — arithmetically over whole parts (from the manifest counts), then
-   by reading (not decoding) at most one part's worth of tar members.
+   the DataLoader's round-robin restarts at worker 0) — arithmetically over whole parts (from
+   the manifest counts), then by reading (not decoding) at most one part's worth of tar members.
 4. **Per sample.** One LR view is picked with a counter-based RNG seeded by
    ``(seed, key, pass)``; an optional aligned random crop (same RNG); the LR is upsampled
    bicubically to the HR size (generator input). Tensors are float32 in [0, 1].
+5. **Integrity.** Every time a part's shard is opened, its size is checked against the manifest
+   before reading and its sha256 over every byte read (skipped members included) when the tar
+   ends; a damaged shard stops training with ``ShardIntegrityError`` naming it (there is no
+   skip mode here: a slot whose shards are all skipped would never yield a batch). A part's
+   whole chain runs inside its shard's reader, so a sample that fails to decode is blamed on
+   the shard when the shard is damaged.
+
+**Randomness.** Every draw above comes from the project's one seed derivation,
+:class:`pairforge.degradations.rng.SampleRng`: the part order of pass p of slot s from key
+``slot{s}_pass{p}``, the window shuffles from the same key (names ``part{i}_window{w}``), a
+sample's view and crop from its own key (name ``view_crop_pass{p}``). The order is a pure
+function of (seed, slot, pass) and the plan. Moving to this helper (from a private
+hash-keyed Philox) changed the training sample order for a given seed compared with earlier
+pairforge versions; no dataset byte changed.
 
 **Epoch coverage.** An "epoch" is ``N = Σ counts`` samples over all ranks. A slot's pass covers
 each of its samples exactly once; slots' totals differ by at most one part's count (greedy
@@ -32,30 +55,41 @@ with the same ranks × workers to continue the exact same sample order.
 """
 from __future__ import annotations
 
-import hashlib
+import functools
+import itertools
 import math
-import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from pairforge.degradations.rng import SampleRng
+from pairforge.pipeline import load_manifest
+from pairforge.pipeline.shards import ShardReader, dataset_shard, decode_sample
 
-# --------------------------------------------------------------------------- RNG
-def _int(x) -> int:
-    if isinstance(x, (int, np.integer)):
-        return int(x) & 0xFFFFFFFF
-    return int.from_bytes(hashlib.blake2b(str(x).encode(), digest_size=4).digest(), "little")
+#: a stage turns an iterator of items into an iterator of (other) items, lazily
+Stage = Callable[[Iterator[Any]], Iterator[Any]]
 
 
-def sample_rng(*parts) -> np.random.Generator:
-    """Counter-based generator from any mix of ints and strings (Philox keyed by a hash)."""
-    key = int.from_bytes(hashlib.blake2b(repr(tuple(_int(p) for p in parts)).encode(),
-                                         digest_size=16).digest(), "little")
-    return np.random.Generator(np.random.Philox(key=key))
+# --------------------------------------------------------------------------- composing stages
+def compose(source: Iterable[Any], *stages: Stage) -> Iterator[Any]:
+    """``compose(src, f, g)`` is ``g(f(iter(src)))``: each item flows through the stages in order."""
+    items = iter(source)
+    for apply in stages:
+        items = apply(items)
+    return items
+
+
+def stage(fn: Callable[..., Iterator[Any]]) -> Callable[..., Stage]:
+    """Make ``fn(items, *args, **kw)`` a stage factory: ``fn(*args, **kw)`` is the stage, so a
+    chain reads as a list of what happens (``compose(reader, keep_part(part), decode())``)."""
+    @functools.wraps(fn)
+    def bind(*args: Any, **kw: Any) -> Stage:
+        return lambda items: fn(items, *args, **kw)
+    return bind
 
 
 # --------------------------------------------------------------------------- plan
@@ -65,6 +99,17 @@ class Part:
     stride: int    # keep samples with index % stride == offset
     offset: int
     count: int
+
+
+@dataclass(frozen=True)
+class Visit:
+    """One reading of one part: pass ``pass_`` of slot ``slot``, at ``position`` in that pass's
+    part order, starting after ``skip`` samples of the part's stream (a resume point)."""
+    part: Part
+    slot: int
+    pass_: int
+    position: int
+    skip: int = 0
 
 
 def plan_parts(shards: list[dict], n_slots: int) -> list[list[Part]]:
@@ -102,28 +147,65 @@ def split_train_val(manifest: dict, val_shards: int, has_val_data: bool) -> tupl
     return shards[:-val_shards], shards[-val_shards:]
 
 
-# --------------------------------------------------------------------------- reading
-def _raw_samples(dataset_url: str, shard: str, storage_options: dict | None) -> Iterator[dict]:
-    """Raw (undecoded) samples of one shard in stored order, read by *this* process only.
-
-    ``pipeline.read_pairs`` splits its shard list across dataloader workers itself; a slot
-    here owns explicit shards, so we open the shard with webdataset without any splitter and
-    decode with the pipeline's safe decoder (``pipeline.shards.decode_sample``).
-    """
-    import webdataset as wds
-    from pairforge.pipeline import shard_urls
-    from pairforge.pipeline.storage import register_webdataset_s3
-
-    register_webdataset_s3(storage_options)
-    (url,) = shard_urls(dataset_url, [shard], storage_options)
-    ds = wds.WebDataset([url], shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False)
-    yield from ds
+def pass_rng(seed: int, slot: int, pass_: int) -> SampleRng:
+    """The named streams of one pass of one slot (part order, window shuffles)."""
+    return SampleRng(seed, f"slot{slot}_pass{pass_}")
 
 
-def _decode(raw: dict) -> dict | None:
-    from pairforge.pipeline.shards import decode_sample
+def part_order(seed: int, slot: int, parts: list[Part], pass_: int) -> list[Part]:
+    """The order in which pass ``pass_`` of slot ``slot`` visits its parts."""
+    order = pass_rng(seed, slot, pass_).numpy("part_order").permutation(len(parts))
+    return [parts[i] for i in order]
 
-    return decode_sample(raw, strict=True)
+
+def plan_visits(parts: list[Part], seed: int, slot: int, skip: int = 0) -> Iterator[Visit]:
+    """The endless visits of one slot, starting ``skip`` samples into its stream."""
+    pass_, skip = divmod(skip, sum(p.count for p in parts))
+    while True:
+        for position, part in enumerate(part_order(seed, slot, parts, pass_)):
+            if skip >= part.count:
+                skip -= part.count  # a whole part before the resume point: never opened
+                continue
+            yield Visit(part, slot, pass_, position, skip)
+            skip = 0
+        pass_ += 1
+
+
+# --------------------------------------------------------------------------- read
+@stage
+def keep_part(raws: Iterator[dict], part: Part) -> Iterator[dict]:
+    """The shard's samples that belong to ``part`` (index ≡ offset mod stride)."""
+    for index, raw in enumerate(raws):
+        if index % part.stride == part.offset:
+            yield raw
+
+
+@stage
+def drop(items: Iterator[Any], n: int) -> Iterator[Any]:
+    """All but the first ``n`` items; those are still pulled (a shard's bytes are still hashed)."""
+    yield from itertools.islice(items, n, None)
+
+
+@stage
+def shuffle_windows(items: Iterator[Any], size: int, rng: SampleRng, position: int,
+                    first_window: int = 0) -> Iterator[Any]:
+    """Permute consecutive windows of ``size`` items; window w of the part at ``position`` of
+    the pass uses ``rng``'s stream ``part{position}_window{w}``."""
+    for w in itertools.count(first_window):
+        window = list(itertools.islice(items, size))
+        if not window:
+            return
+        for j in rng.numpy(f"part{position}_window{w}").permutation(len(window)):
+            yield window[j]
+
+
+# --------------------------------------------------------------------------- decode, to tensors
+@stage
+def decode(raws: Iterator[dict]) -> Iterator[dict]:
+    """Raw tar samples → ``{key, hr, lr: [...], params}``; anything but pairforge's own member
+    types is refused (nothing is unpickled)."""
+    for raw in raws:
+        yield decode_sample(raw, strict=True)
 
 
 def to_tensors(sample: dict, view: int, crop: int | None, rng: np.random.Generator | None) -> dict:
@@ -146,6 +228,57 @@ def to_tensors(sample: dict, view: int, crop: int | None, rng: np.random.Generat
     return {"hr": hr_t, "lr_up": lr_up, "key": sample["key"]}
 
 
+@stage
+def to_training_pairs(samples: Iterator[dict], seed: int, pass_: int, crop: int | None) -> Iterator[dict]:
+    """One randomly chosen LR view and aligned random crop per sample, drawn from (seed, key, pass)."""
+    for sample in samples:
+        rng = SampleRng(seed, sample["key"]).numpy(f"view_crop_pass{pass_}")
+        view = int(rng.integers(0, len(sample["lr"])))
+        yield to_tensors(sample, view, crop, rng)
+
+
+@stage
+def to_validation_pairs(samples: Iterator[dict], crop: int | None) -> Iterator[dict]:
+    """LR view 0 and the centre crop: the same pairs at every validation."""
+    for sample in samples:
+        yield to_tensors(sample, 0, crop, None)
+
+
+# --------------------------------------------------------------------------- one part, one slot
+def open_shard(dataset_url: str, entry: dict, storage_options: dict | None) -> ShardReader:
+    """A one-pass reader of one shard's raw samples, in stored order, checked against its
+    manifest ``entry`` (size before reading, sha256 of every byte read when the tar ends).
+
+    ``pipeline.read_pairs`` splits its shard list across dataloader workers itself; a slot here
+    owns explicit shards, so it opens each one itself, without a splitter.
+    """
+    return ShardReader(dataset_shard(dataset_url, entry), storage_options)
+
+
+def read_part(visit: Visit, open_part: Callable[[Part], ShardReader], window: int, seed: int,
+              crop: int | None) -> Iterator[dict]:
+    """read → decode → to tensors for one visit, all inside the shard's reader: an error while
+    decoding is then blamed on the shard if the shard is damaged (``ShardReader``)."""
+    first_window, skip_in = divmod(visit.skip, window)
+    with open_part(visit.part) as reader:
+        yield from compose(
+            reader,
+            keep_part(visit.part),
+            drop(first_window * window),  # before the resume point: read and hashed, never decoded
+            shuffle_windows(window, pass_rng(seed, visit.slot, visit.pass_), visit.position, first_window),
+            drop(skip_in),
+            decode(),
+            to_training_pairs(seed, visit.pass_, crop),
+        )
+
+
+@stage
+def read_parts(visits: Iterator[Visit], **read_kw: Any) -> Iterator[dict]:
+    """Every visit's training pairs, one visit after the other."""
+    for visit in visits:
+        yield from read_part(visit, **read_kw)
+
+
 class ShardStream(IterableDataset):
     """Endless per-rank stream of training samples (see the module docstring)."""
 
@@ -160,6 +293,7 @@ class ShardStream(IterableDataset):
         self.window, self.start_batches = shuffle_window, start_batches
         self.storage_options = storage_options
         self.plan = plan_parts(shards, world * self.num_workers)
+        self._entries = {s["name"]: s for s in shards}
 
     def slot_parts(self, worker: int) -> list[Part]:
         return self.plan[self.rank * self.num_workers + worker]
@@ -167,51 +301,16 @@ class ShardStream(IterableDataset):
     def samples_to_skip(self, worker: int) -> int:
         return len(range(worker, self.start_batches, self.num_workers)) * self.batch_size
 
-    def _part_order(self, slot: int, parts: list[Part], p: int) -> list[Part]:
-        order = sample_rng(self.seed, "pass", slot, p).permutation(len(parts))
-        return [parts[i] for i in order]
+    def _open_part(self, part: Part) -> ShardReader:
+        return open_shard(self.url, self._entries[part.shard], self.storage_options)
 
     def iter_slot(self, worker: int) -> Iterator[dict]:
+        """The endless stream of logical worker ``worker`` of this rank: plan → read → decode → tensors."""
         slot = self.rank * self.num_workers + worker
-        parts = self.slot_parts(worker)
-        total = sum(p.count for p in parts)
-        skip = self.samples_to_skip(worker)
-        p, skip = divmod(skip, total)
-        while True:
-            for pi, part in enumerate(self._part_order(slot, parts, p)):
-                if skip >= part.count:
-                    skip -= part.count
-                    continue
-                yield from self._iter_part(slot, p, pi, part, skip)
-                skip = 0
-            p += 1
-
-    def _iter_part(self, slot: int, p: int, pi: int, part: Part, skip: int) -> Iterator[dict]:
-        first_window, skip_in = divmod(skip, self.window)
-        window: list[dict] = []
-        wi = first_window
-        for idx, raw in enumerate(_raw_samples(self.url, part.shard, self.storage_options)):
-            if idx % part.stride != part.offset:
-                continue
-            if idx // part.stride < first_window * self.window:
-                continue  # before the resume point: read, never decoded
-            window.append(raw)
-            if len(window) == self.window:
-                yield from self._emit(window, slot, p, pi, wi, skip_in)
-                window, wi, skip_in = [], wi + 1, 0
-        if window:
-            yield from self._emit(window, slot, p, pi, wi, skip_in)
-
-    def _emit(self, window: list[dict], slot: int, p: int, pi: int, wi: int, skip_in: int) -> Iterator[dict]:
-        order = sample_rng(self.seed, "win", slot, p, pi, wi).permutation(len(window))
-        for j in order[skip_in:]:
-            yield self._prepare(window[j], p)
-
-    def _prepare(self, raw: dict, p: int) -> dict:
-        s = _decode(raw)
-        rng = sample_rng(self.seed, "sample", s["key"], p)
-        view = int(rng.integers(0, len(s["lr"])))
-        return to_tensors(s, view, self.crop, rng)
+        return compose(
+            plan_visits(self.slot_parts(worker), self.seed, slot, skip=self.samples_to_skip(worker)),
+            read_parts(open_part=self._open_part, window=self.window, seed=self.seed, crop=self.crop),
+        )
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -242,20 +341,19 @@ def make_train_loader(url: str, shards: list[dict], rank: int, world: int, batch
     return DataLoader(ds, batch_size=batch_size, num_workers=num_workers, drop_last=True, **kw)
 
 
+# --------------------------------------------------------------------------- validation set
 def load_val_pairs(url: str, shards: list[dict] | None, n: int, crop: int | None,
                    storage_options: dict | None = None) -> list[dict]:
     """The first ``n`` held-out pairs (LR view 0, centre crop): a fixed validation set."""
-    names = [s["name"] for s in shards] if shards is not None else None
+    if shards is None:
+        shards = load_manifest(url, storage_options)["shards"]
     out: list[dict] = []
-    from pairforge.pipeline import load_manifest
-    if names is None:
-        names = [s["name"] for s in load_manifest(url, storage_options)["shards"]]
-    for name in names:
-        for raw in _raw_samples(url, name, storage_options):
-            s = _decode(raw)
-            out.append(to_tensors(s, 0, crop, None))
-            if len(out) >= n:
-                return out
+    for entry in shards:
+        with open_shard(url, entry, storage_options) as reader:
+            for pair in compose(reader, decode(), to_validation_pairs(crop)):
+                out.append(pair)
+                if len(out) >= n:
+                    return out
     return out
 
 
@@ -264,9 +362,3 @@ def batch_val(pairs: list[dict], batch_size: int) -> Iterator[dict]:
         chunk = pairs[i:i + batch_size]
         yield {"hr": torch.stack([c["hr"] for c in chunk]), "lr_up": torch.stack([c["lr_up"] for c in chunk]),
                "key": [c["key"] for c in chunk]}
-
-
-def dataset_info(url: str, storage_options: dict | None = None) -> dict:
-    from pairforge.pipeline import load_manifest
-
-    return load_manifest(url, storage_options)

@@ -45,7 +45,7 @@ def free_port() -> int:
 
 
 def default_env() -> dict[str, str]:
-    """Stable cache for DeepSpeed's JIT-built CPU ops (~25 s on first use)."""
+    """A stable cache for DeepSpeed's JIT-built CPU ops, so only the first run on a machine builds them."""
     env = {}
     if "TORCH_EXTENSIONS_DIR" not in os.environ:
         env["TORCH_EXTENSIONS_DIR"] = str(Path.home() / ".cache" / "pairforge" / "torch_extensions")
@@ -55,8 +55,8 @@ def default_env() -> dict[str, str]:
 def cpu_threads_per_rank(nprocs: int, loader_workers: int) -> int:
     """Intra-op threads per CPU rank, leaving a core per dataloader worker when possible.
 
-    Oversubscribing (ranks × threads + workers > cores) makes OpenMP spin-waits dominate:
-    on 2 cores one rank with 2 threads and a loader worker ran 5× slower than with 1 thread.
+    Oversubscribing (ranks × threads + workers > cores) lets OpenMP spin-waits dominate the
+    step time, so a rank gets only the cores its loader workers leave free.
     """
     cpus = os.cpu_count() or 1
     return max(1, (cpus - nprocs * loader_workers) // nprocs)

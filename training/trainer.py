@@ -1,4 +1,10 @@
-"""The D3SR training loop, written out step by step (diffusers-examples style).
+"""The D3SR training loop, written out step by step (nanoGPT / diffusers-examples style).
+
+``run`` reads top to bottom: ``set_up`` builds everything the run needs once (process group,
+run-directory lock, data split, models and engines, resume, loaders, logger) into a
+:class:`Session`; then the loop; then ``finish`` (last checkpoint, export, report). The
+loop's helpers (``train_on_batch``, ``validate``, ``save_checkpoint``) are top-level
+functions of the session.
 
 One optimisation step (per micro-batch, ``grad_accum`` micro-batches per step):
 
@@ -14,6 +20,11 @@ writes images, checkpoints (collective) and the final export + report.
 
 Entry points: ``run(cfg, data, out, resume)`` inside an already-launched rank;
 ``python -m pairforge.training.trainer JOB.json`` for ranks spawned by training.launch.
+
+Test hook, not a setting: with ``PAIRFORGE_TEST_KILL_AT_STEP=N`` in its environment a rank
+SIGKILLs itself right after finishing step N (its checkpoint, if one is due, written first),
+without any cleanup, so tests can kill a run at a known step and resume it. Only this module
+reads it; it is not part of :class:`~pairforge.training.config.TrainConfig`.
 """
 from __future__ import annotations
 
@@ -22,11 +33,15 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader
 
+from pairforge.pipeline import load_manifest
 from pairforge.training import checkpoint as ckpt
 from pairforge.training.config import TrainConfig, from_dict
 from pairforge.training.data import batch_val, load_val_pairs, make_train_loader, split_train_val
@@ -39,7 +54,17 @@ from pairforge.training.runlock import RunDirLocked, RunLock
 from pairforge.training.runlock import acquire as acquire_run_dir
 from pairforge.training.validation import evaluate
 
+#: test hook (see the module docstring): the step after which a rank SIGKILLs itself
+TEST_KILL_AT_STEP_ENV = "PAIRFORGE_TEST_KILL_AT_STEP"
 
+#: the per-micro-batch values averaged into each metrics.jsonl record (when present)
+LOGGED_LOSSES = ("loss_g", "loss_d", "d_real", "d_fake", "mse", "ea_dists", "dists", "lpips", "g_adv")
+#: the validation metrics averaged over every rank's held-out slice
+VALIDATION_METRICS = ("sr_psnr", "sr_ssim", "sr_lpips", "sr_dists", "bicubic_psnr", "bicubic_ssim",
+                      "bicubic_lpips", "bicubic_dists")
+
+
+# --------------------------------------------------------------------------- collectives
 def _all_mean(values: dict[str, float], device) -> dict[str, float]:
     """Average a dict of floats over ranks (same keys on every rank)."""
     keys = sorted(values)
@@ -58,6 +83,7 @@ def _all_sum(values: dict[str, float], device) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
+# --------------------------------------------------------------------------- one micro-step
 def generator_step(engine_g, engine_d, loss_fn, lr_up, hr, cfg: TrainConfig, noise_gen, use_adv: bool, device):
     """One generator micro-step with the discriminator frozen. Returns (outputs, loss, parts)."""
     d_cfg = cfg.discriminator
@@ -93,6 +119,58 @@ def discriminator_step(engine_d, out_g, hr, cfg: TrainConfig, noise_gen, device)
     return loss_d, real_logits, fake_logits
 
 
+# --------------------------------------------------------------------------- the run's objects
+@dataclass(frozen=True)
+class DataSplit:
+    """Which shards train and which validate (from the training dataset's manifest)."""
+    url: str
+    dataset_id: str | None
+    train_shards: list[dict]
+    held_out: list[dict]
+    val_url: str | None  # a separate validation dataset; then nothing is held out
+
+    @property
+    def n_train(self) -> int:
+        return sum(int(s["count"]) for s in self.train_shards)
+
+
+@dataclass
+class Nets:
+    """What trains (two engines, the loss and its noise generator) and what scores validation."""
+    engine_g: Any
+    engine_d: Any
+    loss_fn: GeneratorLoss
+    noise_gen: torch.Generator
+    val_nets: dict[str, torch.nn.Module]
+    backbones: dict[str, str]  # perceptual backbone per network, reported in run.json and results
+
+
+@dataclass
+class Session:
+    """Everything one rank's run keeps from set-up to the end, handed to the loop's helpers."""
+    cfg: TrainConfig
+    out: Path
+    rank: int
+    world: int
+    device: torch.device
+    data: DataSplit
+    nets: Nets
+    loader: DataLoader
+    logger: RunLogger
+    run_lock: RunLock | None
+    val_pairs: list[dict] = field(default_factory=list)  # this rank's slice of the held-out pairs
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    @property
+    def samples_per_step(self) -> int:
+        """Samples one optimisation step consumes over all ranks."""
+        return self.cfg.engine.grad_accum * self.cfg.data.batch_size * self.world
+
+
+# --------------------------------------------------------------------------- set-up
 def claim_run_dir(out: Path, rank: int, device: torch.device) -> RunLock | None:
     """Rank 0 locks the run directory, unless pairforge's launcher already holds it for us.
 
@@ -121,29 +199,26 @@ def claim_run_dir(out: Path, rank: int, device: torch.device) -> RunLock | None:
     return lock
 
 
-def run(cfg: TrainConfig, data: str, out: str | os.PathLike, resume: str | None = None,
-        val_data: str | None = None) -> dict:
-    from pairforge.pipeline import load_manifest
-
-    out = Path(out)
+def join_process_group() -> tuple[int, int, torch.device]:
+    """(rank, world size, device) of this process, once the process group is up."""
     init_distributed()
-    rank, world = dist.get_rank(), dist.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    run_lock = claim_run_dir(out, rank, device)  # before anything is written into ``out``
-    if device.type == "cpu" and "OMP_NUM_THREADS" in os.environ:
-        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    torch.manual_seed(cfg.seed)
-    accum, bs = cfg.engine.grad_accum, cfg.data.batch_size
+    return dist.get_rank(), dist.get_world_size(), device
 
-    # ---- data ----------------------------------------------------------------------
+
+def split_data(cfg: TrainConfig, data: str, val_data: str | None) -> DataSplit:
+    """Training and held-out shards: the last ``data.val_shards`` validate, unless a separate
+    validation dataset is given (or validation is off)."""
     val_url = val_data or cfg.data.val_data
     manifest = load_manifest(data)
     train_shards, held_out = split_train_val(manifest, cfg.data.val_shards if cfg.log.val_every else 0,
                                              has_val_data=bool(val_url))
-    n_train = sum(int(s["count"]) for s in train_shards)
+    return DataSplit(data, manifest.get("dataset_id"), train_shards, held_out, val_url)
 
-    # ---- models, engines, losses -----------------------------------------------------
+
+def build_nets(cfg: TrainConfig, rank: int, device: torch.device) -> Nets:
+    """Generator and discriminator in their DeepSpeed engines, the loss, the validation networks."""
     generator = build_generator(cfg.generator, seed=cfg.seed)
     discriminator = build_discriminator(cfg.discriminator, generator.latent_scale, seed=cfg.seed)
     engine_g, engine_d = build_engines(generator, discriminator, cfg)
@@ -155,134 +230,205 @@ def run(cfg: TrainConfig, data: str, out: str | os.PathLike, resume: str | None 
         kw = dict(weights_dir=cfg.loss.weights_dir, backbone=cfg.loss.perceptual_backbone)
         val_nets = {"lpips": LPIPS(net="alex", **kw).to(device).eval(),
                     "dists": perceptual.get("dists") or DISTS(**kw).to(device).eval()}
-    sources = backbone_sources({**perceptual, **val_nets})
-    g_dtype = generator.dtype  # after DeepSpeed cast (bf16/fp16/fp32)
     noise_gen = torch.Generator(device=device).manual_seed(cfg.seed * 100003 + rank)
+    return Nets(engine_g, engine_d, loss_fn, noise_gen, val_nets, backbone_sources({**perceptual, **val_nets}))
 
-    # ---- resume ----------------------------------------------------------------------
-    step = 0
-    ckpt_dir = out / "checkpoints"
-    if resume == "auto":
-        state = ckpt.load(ckpt_dir, engine_g, engine_d, noise_gen)
-        if state is not None:
-            step = int(state["step"])
-            if state.get("world") != world or state.get("workers") != cfg.data.num_workers:
-                if rank == 0:
-                    print(f"[pairforge] resuming step {step} with a different ranks×workers layout: "
-                          "the data order changes from here on")
-            if rank == 0:
-                print(f"[pairforge] resumed from {state['tag']} (step {step})")
-    elif resume not in (None, "", "none"):
+
+def resume_step(resume: str | None, ckpt_dir: Path, nets: Nets, cfg: TrainConfig, rank: int, world: int) -> int:
+    """The step to continue from: 0, or with ``resume="auto"`` the latest checkpoint's step
+    (both engines, RNG states and the data position restored)."""
+    if resume in (None, "", "none"):
+        return 0
+    if resume != "auto":
         raise ValueError(f"--resume: expected 'auto', got {resume!r}")
+    state = ckpt.load(ckpt_dir, nets.engine_g, nets.engine_d, nets.noise_gen)
+    if state is None:
+        return 0
+    step = int(state["step"])
+    if rank == 0:
+        if state.get("world") != world or state.get("workers") != cfg.data.num_workers:
+            print(f"[pairforge] resuming step {step} with a different ranks×workers layout: "
+                  "the data order changes from here on")
+        print(f"[pairforge] resumed from {state['tag']} (step {step})")
+    return step
 
-    loader = make_train_loader(data, train_shards, rank, world, bs, cfg.data.num_workers, cfg.seed,
-                               cfg.data.crop_size, cfg.data.shuffle_window, start_batches=step * accum,
-                               prefetch_factor=cfg.data.prefetch_factor)
-    val_pairs = []
-    if cfg.log.val_every:
-        val_pairs = load_val_pairs(val_url or data, None if val_url else held_out, cfg.data.val_samples,
-                                   cfg.data.crop_size)[rank::world]
 
+def validation_pairs(cfg: TrainConfig, split: DataSplit, rank: int, world: int) -> list[dict]:
+    """This rank's slice of the fixed validation set (empty when validation is off)."""
+    if not cfg.log.val_every:
+        return []
+    url, shards = (split.val_url, None) if split.val_url else (split.url, split.held_out)
+    return load_val_pairs(url, shards, cfg.data.val_samples, cfg.data.crop_size)[rank::world]
+
+
+def write_run_files(s: Session) -> None:
+    """``config.yaml`` and ``run.json``: what this run trains on and with (rank 0)."""
+    if s.rank != 0:
+        return
+    s.cfg.save(s.out / "config.yaml")
+    (s.out / "run.json").write_text(json.dumps({
+        "data": s.data.url, "dataset_id": s.data.dataset_id, "world_size": s.world,
+        "train_samples": s.data.n_train, "train_shards": len(s.data.train_shards),
+        "held_out_shards": len(s.data.held_out), "val_data": s.data.val_url,
+        "perceptual_backbone": s.nets.backbones, "config_fingerprint": s.cfg.fingerprint(),
+        "device": str(s.device)}, indent=2))
+
+
+def set_up(cfg: TrainConfig, data: str, out: Path, resume: str | None, val_data: str | None) -> tuple[Session, int]:
+    """Build the session and find the step to start from. The order matters: the run directory
+    is locked before anything is written into it, and the global RNG is seeded before any
+    network is built (a resumed checkpoint then restores the RNG states)."""
+    rank, world, device = join_process_group()
+    run_lock = claim_run_dir(out, rank, device)
+    if device.type == "cpu" and "OMP_NUM_THREADS" in os.environ:
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    torch.manual_seed(cfg.seed)
+    split = split_data(cfg, data, val_data)
+    nets = build_nets(cfg, rank, device)
+    step = resume_step(resume, out / "checkpoints", nets, cfg, rank, world)
+    loader = make_train_loader(data, split.train_shards, rank, world, cfg.data.batch_size, cfg.data.num_workers,
+                               cfg.seed, cfg.data.crop_size, cfg.data.shuffle_window,
+                               start_batches=step * cfg.engine.grad_accum, prefetch_factor=cfg.data.prefetch_factor)
+    val_pairs = validation_pairs(cfg, split, rank, world)
     logger = RunLogger(out, enabled=rank == 0, total_steps=cfg.steps, start_step=step,
                        tensorboard=cfg.log.tensorboard, progress_bar=cfg.log.progress_bar)
-    if rank == 0:
-        cfg.save(out / "config.yaml")
-        (out / "run.json").write_text(json.dumps({
-            "data": data, "dataset_id": manifest.get("dataset_id"), "world_size": world,
-            "train_samples": n_train, "train_shards": len(train_shards), "held_out_shards": len(held_out),
-            "val_data": val_url, "perceptual_backbone": sources, "config_fingerprint": cfg.fingerprint(),
-            "device": str(device)}, indent=2))
+    session = Session(cfg, out, rank, world, device, split, nets, loader, logger, run_lock, val_pairs)
+    write_run_files(session)
+    return session, step
 
-    def validate(at_step: int) -> None:
-        engine_g.eval()
-        def generate(lr_up):
-            return engine_g(lr_up.to(g_dtype))["sr"]
-        sums, n, first = evaluate(generate, batch_val(val_pairs, bs), val_nets, device)
-        engine_g.train()
-        keys = ["sr_psnr", "sr_ssim", "sr_lpips", "sr_dists", "bicubic_psnr", "bicubic_ssim",
-                "bicubic_lpips", "bicubic_dists"]
-        tot = _all_sum({**{k: sums.get(k, 0.0) for k in keys}, "n": float(n)}, device)
-        rec = {"step": at_step, **{k: tot[k] / max(tot["n"], 1) for k in keys}, "n": int(tot["n"]),
-               "backbone": sources.get("lpips", "?")}
-        logger.log_validation(rec)
-        if rank == 0 and first is not None:
-            logger.log_images(at_step, image_grid(*first))
-            print(f"[pairforge] val step {at_step}: PSNR {rec['sr_psnr']:.2f} (bicubic {rec['bicubic_psnr']:.2f}) "
-                  f"LPIPS {rec['sr_lpips']:.4f} (bicubic {rec['bicubic_lpips']:.4f}) [{rec['backbone']}]",
-                  flush=True)
 
-    def save_checkpoint(at_step: int) -> None:
-        ckpt.save(ckpt_dir, engine_g, engine_d, at_step, {
-            "batches_consumed": at_step * accum, "world": world, "workers": cfg.data.num_workers,
-            "batch_size": bs, "samples_seen": at_step * accum * bs * world,
-            "dataset_id": manifest.get("dataset_id"), "config_fingerprint": cfg.fingerprint()},
-            noise_gen, keep=cfg.log.keep_checkpoints)
+# --------------------------------------------------------------------------- the loop's helpers
+def train_on_batch(s: Session, batch: dict, use_adv: bool) -> dict[str, float]:
+    """One generator and one discriminator micro-step on ``batch``; the values to log."""
+    hr = batch["hr"].to(s.device, non_blocking=True)
+    lr_up = batch["lr_up"].to(s.device, non_blocking=True)
+    n = s.nets
+    out_g, loss_g, parts = generator_step(n.engine_g, n.engine_d, n.loss_fn, lr_up, hr, s.cfg, n.noise_gen,
+                                          use_adv, s.device)
+    loss_d, real_logits, fake_logits = discriminator_step(n.engine_d, out_g, hr, s.cfg, n.noise_gen, s.device)
+    return {"loss_g": float(loss_g.detach()), "loss_d": float(loss_d.detach()),
+            "d_real": float(real_logits.detach().mean()), "d_fake": float(fake_logits.detach().mean()), **parts}
 
-    if val_pairs is not None and cfg.log.val_every and step == 0:
-        validate(0)
 
-    # ---- the loop ----------------------------------------------------------------------
-    l_cfg = cfg.loss
-    data_iter = iter(loader)
-    window: dict[str, float] = {}
-    window_n = 0
+class LossWindow:
+    """Per-micro-batch values summed since the last logged step."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.n = 0
+
+    def add(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.n += 1
+
+    def means(self, keys: tuple[str, ...]) -> dict[str, float]:
+        return {k: self.sums.get(k, 0.0) / max(self.n, 1) for k in keys}
+
+
+def train_record(s: Session, step: int, window: LossWindow, use_adv: bool, t_start: float) -> dict:
+    """One metrics.jsonl record: the window's means averaged over ranks (a collective)."""
+    means = _all_mean(window.means(LOGGED_LOSSES), s.device)
+    samples = step * s.samples_per_step
+    return {"step": step, "epoch": samples / max(s.data.n_train, 1), "samples": samples,
+            **{k: v for k, v in means.items() if k in ("loss_g", "loss_d") or k in window.sums},
+            "adv_on": use_adv, "lr_g": s.cfg.optim_g.lr, "lr_d": s.cfg.optim_d.lr,
+            "samples_per_s": s.logger.rate(), "time_s": time.perf_counter() - t_start}
+
+
+def validate(s: Session, at_step: int) -> dict:
+    """Score the generator and bicubic on the held-out pairs (every rank its slice, then summed);
+    rank 0 logs the record, an image grid and a one-line summary. Returns the record."""
+    engine_g = s.nets.engine_g
+    g_dtype = engine_g.module.dtype  # after DeepSpeed's cast (bf16/fp16/fp32)
+    engine_g.eval()
+    sums, n, first = evaluate(lambda lr_up: engine_g(lr_up.to(g_dtype))["sr"],
+                              batch_val(s.val_pairs, s.cfg.data.batch_size), s.nets.val_nets, s.device)
+    engine_g.train()
+    tot = _all_sum({**{k: sums.get(k, 0.0) for k in VALIDATION_METRICS}, "n": float(n)}, s.device)
+    rec = {"step": at_step, **{k: tot[k] / max(tot["n"], 1) for k in VALIDATION_METRICS}, "n": int(tot["n"]),
+           "backbone": s.nets.backbones.get("lpips", "?")}
+    s.logger.log_validation(rec)
+    if s.rank == 0 and first is not None:
+        s.logger.log_images(at_step, image_grid(*first))
+        print(f"[pairforge] val step {at_step}: PSNR {rec['sr_psnr']:.2f} (bicubic {rec['bicubic_psnr']:.2f}) "
+              f"LPIPS {rec['sr_lpips']:.4f} (bicubic {rec['bicubic_lpips']:.4f}) [{rec['backbone']}]",
+              flush=True)
+    return rec
+
+
+def save_checkpoint(s: Session, at_step: int) -> None:
+    """Both engines, every rank's RNG state and the data position after ``at_step`` (collective)."""
+    cfg, accum = s.cfg, s.cfg.engine.grad_accum
+    ckpt.save(s.ckpt_dir, s.nets.engine_g, s.nets.engine_d, at_step, {
+        "batches_consumed": at_step * accum, "world": s.world, "workers": cfg.data.num_workers,
+        "batch_size": cfg.data.batch_size, "samples_seen": at_step * s.samples_per_step,
+        "dataset_id": s.data.dataset_id, "config_fingerprint": cfg.fingerprint()},
+        s.nets.noise_gen, keep=cfg.log.keep_checkpoints)
+
+
+def kill_step_from_env() -> int | None:
+    """The test hook's step (``PAIRFORGE_TEST_KILL_AT_STEP``); None when unset or 0."""
+    raw = os.environ.get(TEST_KILL_AT_STEP_ENV, "").strip()
+    if raw in ("", "0"):
+        return None
+    if not raw.isdigit():
+        raise ValueError(f"{TEST_KILL_AT_STEP_ENV}={raw!r}: expected a step number (test hook)")
+    return int(raw)
+
+
+def finish(s: Session, step: int, saved_at: int) -> dict:
+    """The last checkpoint and validation (unless the loop just wrote them), the export and the report."""
+    if saved_at != step:
+        save_checkpoint(s, step)
+    if s.cfg.log.val_every and step % s.cfg.log.val_every != 0:
+        validate(s, step)
+    meta = ckpt.export_generator(s.nets.engine_g, s.cfg, s.out / "export")
+    s.logger.close()
+    result = {"step": step, "out": str(s.out), "perceptual_backbone": s.nets.backbones}
+    if s.rank == 0:
+        from pairforge.training.report import build_report
+        result["report"] = str(build_report(s.out))
+        result["export"] = meta
+    dist.barrier()
+    if s.run_lock is not None:
+        s.run_lock.release()
+    return result
+
+
+# --------------------------------------------------------------------------- the run
+def run(cfg: TrainConfig, data: str, out: str | os.PathLike, resume: str | None = None,
+        val_data: str | None = None) -> dict:
+    """Train this rank to ``cfg.steps`` (from the latest checkpoint with ``resume="auto"``)."""
+    s, step = set_up(cfg, data, Path(out), resume, val_data)
+    kill_at = kill_step_from_env()
+    if cfg.log.val_every and step == 0:
+        validate(s, 0)
+
+    batches = iter(s.loader)
+    window = LossWindow()
     t_start = time.perf_counter()
     saved_at = -1
     while step < cfg.steps:
-        use_adv = step >= l_cfg.adv_start_step and l_cfg.adv > 0
-        for _ in range(accum):
-            batch = next(data_iter)
-            hr = batch["hr"].to(device, non_blocking=True)
-            lr_up = batch["lr_up"].to(device, non_blocking=True)
-
-            out_g, loss_g, parts = generator_step(engine_g, engine_d, loss_fn, lr_up, hr, cfg, noise_gen,
-                                                  use_adv, device)
-            loss_d, real_logits, fake_logits_d = discriminator_step(engine_d, out_g, hr, cfg, noise_gen, device)
-
-            rec = {"loss_g": float(loss_g.detach()), "loss_d": float(loss_d.detach()),
-                   "d_real": float(real_logits.detach().mean()), "d_fake": float(fake_logits_d.detach().mean()),
-                   **parts}
-            for k, v in rec.items():
-                window[k] = window.get(k, 0.0) + v
-            window_n += 1
+        use_adv = step >= cfg.loss.adv_start_step and cfg.loss.adv > 0
+        for _ in range(cfg.engine.grad_accum):
+            window.add(train_on_batch(s, next(batches), use_adv))
         step += 1
-        logger.count(accum * bs * world)
-        logger.advance()
+        s.logger.count(s.samples_per_step)
+        s.logger.advance()
 
         if step % cfg.log.log_every == 0 or step == cfg.steps:
-            keys = ["loss_g", "loss_d", "d_real", "d_fake", "mse", "ea_dists", "dists", "lpips", "g_adv"]
-            means = _all_mean({k: window.get(k, 0.0) / max(window_n, 1) for k in keys}, device)
-            record = {"step": step, "epoch": step * accum * bs * world / max(n_train, 1),
-                      "samples": step * accum * bs * world,
-                      **{k: v for k, v in means.items() if k in ("loss_g", "loss_d") or window.get(k) is not None},
-                      "adv_on": use_adv, "lr_g": cfg.optim_g.lr, "lr_d": cfg.optim_d.lr,
-                      "samples_per_s": logger.rate(), "time_s": time.perf_counter() - t_start}
-            logger.log(record)
-            window, window_n = {}, 0
+            s.logger.log(train_record(s, step, window, use_adv, t_start))
+            window = LossWindow()
         if cfg.log.val_every and step % cfg.log.val_every == 0:
-            validate(step)
+            validate(s, step)
         if cfg.log.ckpt_every and step % cfg.log.ckpt_every == 0:
-            save_checkpoint(step)
+            save_checkpoint(s, step)
             saved_at = step
-        if cfg.debug_kill_at_step and step == cfg.debug_kill_at_step:
+        if step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)  # test hook: die without any cleanup
 
-    # ---- the end: final checkpoint, export, report ---------------------------------------
-    if saved_at != step:
-        save_checkpoint(step)
-    if cfg.log.val_every and step % cfg.log.val_every != 0:
-        validate(step)
-    meta = ckpt.export_generator(engine_g, cfg, out / "export")
-    logger.close()
-    result = {"step": step, "out": str(out), "perceptual_backbone": sources}
-    if rank == 0:
-        from pairforge.training.report import build_report
-        result["report"] = str(build_report(out))
-        result["export"] = meta
-    dist.barrier()
-    if run_lock is not None:
-        run_lock.release()
-    return result
+    return finish(s, step, saved_at)
 
 
 def run_job(job_path: str | os.PathLike) -> int:
