@@ -17,6 +17,7 @@ from .job import JobError, SynthResult, synth
 from .manifest import load_manifest
 from .shards import ShardIntegrityError, UnsafeMemberError, read_pairs, shard_urls, verify_shard
 from .sources import SourceError
+from .storage import StorageConfig, StorageError
 
 __all__ = ["synth", "SynthResult", "JobError", "SourceError", "read_pairs", "load_manifest", "shard_urls",
-           "UnsafeMemberError", "ShardIntegrityError", "verify_shard"]
+           "UnsafeMemberError", "ShardIntegrityError", "verify_shard", "StorageConfig", "StorageError"]

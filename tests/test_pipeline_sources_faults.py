@@ -177,6 +177,8 @@ def test_unreadable_file_and_folder_are_skipped_and_the_job_completes(tmp_path, 
     # every readable image became pairs, none was dropped later
     assert man["totals"]["inputs"] == 3 and man["totals"]["skipped_inputs"] == 0
     assert man["totals"]["samples"] == 3 * 2
+    # and the user is told, not only the manifest
+    assert "listing: 2 files/folders left out: unreadable 1, unreadable_folder 1" in proc.stdout
 
 
 def test_unreadable_entries_of_a_list_file_are_skipped_with_their_reason(tmp_path, locked_source,

@@ -70,11 +70,21 @@ def run(args: argparse.Namespace) -> int:
         t = res.manifest["totals"]
         print(f"{res.status}: {t['samples']} pairs in {t['shards']} shards from {t['inputs']} inputs "
               f"({t['skipped_inputs']} skipped{': ' + str(t['skipped_by_reason']) if t['skipped_inputs'] else ''})")
+        _print_listing_skips(res.manifest.get("source", {}))
     else:
         _print_failure(res)
     print(res.url)
     sys.stdout.flush()
     return 0 if res.ok else 1
+
+
+def _print_listing_skips(source: dict) -> None:
+    """Files and folders the listing left out (unreadable, duplicate links, …), by reason."""
+    by_reason = source.get("skipped_by_reason") or {}
+    if by_reason:
+        reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(by_reason.items()))
+        print(f"listing: {sum(by_reason.values())} files/folders left out: {reasons} "
+              "(names and details in job.json's source)")
 
 
 def _print_failure(res) -> None:
