@@ -14,8 +14,7 @@ manifest), ``storage`` (fsspec/s3fs), ``inspect`` (reports), ``job`` (orchestrat
 from __future__ import annotations
 
 from .job import JobError, SynthResult, synth
-from .manifest import load_manifest
-from .shards import ShardIntegrityError, UnsafeMemberError, read_pairs, shard_urls, verify_shard
+from .shards import ShardIntegrityError, UnsafeMemberError, load_manifest, read_pairs, shard_urls, verify_shard
 from .sources import SourceError
 from .storage import StorageConfig, StorageError
 

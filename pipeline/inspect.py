@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import storage
-from .manifest import load_manifest, read_json
-from .shards import ShardIntegrityError, dataset_shard, read_pairs, stats_name, verify_shard
+from .shards import ShardIntegrityError, dataset_shard, load_manifest, read_json, read_pairs, stats_name, verify_shard
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:

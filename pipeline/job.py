@@ -31,10 +31,10 @@ from typing import Any
 from . import storage
 from .decode import DEFAULT_MAX_PIXELS
 from .execution import InlineExecutor, RayExecutor, init_ray, shutdown_ray
-from .manifest import (PIPELINE_VERSION, build_manifest, committed_shards, config_hash, dataset_id,
-                       pretty_json, read_json, unconfirmed_shards)
+from .identity import config_hash, dataset_id
 from .patching import PatchConfig
-from .shards import EncodeConfig, shard_name
+from .shards import (MANIFEST_NAME, PIPELINE_VERSION, EncodeConfig, build_manifest, committed_shards, pretty_json,
+                     read_json, shard_name, unconfirmed_shards)
 from .sources import SourceError, list_source
 from .worker import JobSpec, ShardTask
 
@@ -137,7 +137,7 @@ def synth(source: str, out: str, *, preset: str | None = "realesrgan-x4plus", co
            "degradation_config": cfg.to_dict(), "source": listing.summary()}
 
     # 3. already there?
-    man = _read(storage.join(ds_url, "manifest.json"), storage_options, scfg)
+    man = _read(storage.join(ds_url, MANIFEST_NAME), storage_options, scfg)
     if man is not None:
         if man.get("config_hash") != chash:
             raise JobError(f"{storage.redact(ds_url)} holds a different dataset (config hash mismatch); "
@@ -202,7 +202,7 @@ def _commit_dataset(ds_url: str, job: dict, stats: dict[str, dict], storage_opti
         if problems:
             return None, problems
         manifest = build_manifest(job, stats)
-        storage.write_bytes(storage.join(ds_url, "manifest.json"), pretty_json(manifest), storage_options,
+        storage.write_bytes(storage.join(ds_url, MANIFEST_NAME), pretty_json(manifest), storage_options,
                             config=scfg)
     except storage.StorageError as exc:
         return None, {"manifest.json": str(exc)}

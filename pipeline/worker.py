@@ -30,9 +30,8 @@ import numpy as np
 
 from . import storage
 from .decode import DEFAULT_MAX_PIXELS, SkipInput, decode_image
-from .manifest import write_stats
 from .patching import PatchConfig, Patcher
-from .shards import EncodeConfig, encode_sample, write_shard
+from .shards import EncodeConfig, encode_sample, write_shard, write_stats
 from .sources import SourceItem, image_key
 
 log = logging.getLogger(__name__)

@@ -86,7 +86,7 @@ def test_storage_config_from_environment_bounds_the_client():
 
 def test_manifest_check_asks_the_store_for_every_shard(s3_server):
     """What the driver checks right before writing a manifest: each tar, by HEAD, at its recorded size."""
-    from pairforge.pipeline.manifest import unconfirmed_shards
+    from pairforge.pipeline.shards import unconfirmed_shards
 
     dataset = f"{s3_server.make_bucket()}/pairs/ds"
     bucket, prefix = dataset[len("s3://"):].split("/", 1)

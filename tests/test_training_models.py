@@ -5,8 +5,6 @@ by name) so they do not depend on prepared ImageNet weights; nothing here report
 """
 from __future__ import annotations
 
-import copy
-import os
 
 import pytest
 import torch

@@ -67,8 +67,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pairforge.degradations.rng import SampleRng
-from pairforge.pipeline import load_manifest
-from pairforge.pipeline.shards import ShardReader, dataset_shard, decode_sample
+from pairforge.pipeline.shards import ShardReader, dataset_shard, decode_sample, load_manifest
 
 #: a stage turns an iterator of items into an iterator of (other) items, lazily
 Stage = Callable[[Iterator[Any]], Iterator[Any]]

@@ -41,7 +41,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from pairforge.pipeline import load_manifest
+from pairforge.pipeline.shards import load_manifest
 from pairforge.training import checkpoint as ckpt
 from pairforge.training.config import TrainConfig, from_dict
 from pairforge.training.data import batch_val, load_val_pairs, make_train_loader, split_train_val

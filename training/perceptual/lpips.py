@@ -13,7 +13,6 @@ import os
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ._common import FrozenPerceptual, check_backbone, check_images
 from .backbones import alexnet_features, load_trunk, vgg16_features

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import io
 import json
 import os
 import tarfile

@@ -1,46 +1,24 @@
-"""Dataset identity, per-shard commit markers and the manifest.
+"""The manifest and the commit markers it is built from.
 
-* :func:`dataset_id` — the output folder name, a hash of everything that determines the bytes
-  of the shards (source listing, degradation config fingerprint, patching/encoding config,
-  seed, views, shard layout, code versions).  Same inputs → same folder → reuse; any change →
-  a new folder, so another config can never overwrite an existing dataset.
-* stats files (``shard-NNNNNN.stats.json``) — written by a worker after its tar is complete;
-  their presence is what "committed" means (img2dataset's convention, and the only one that
-  works on S3, which has no rename).
-* ``manifest.json`` — written last by the driver once every shard is committed; its presence
-  makes the dataset usable.  It contains no timestamps, so it is byte-identical across runs.
+* stats files (``shard-NNNNNN.stats.json``) — written by a worker after its tar is confirmed
+  (:func:`~.writer.write_stats`); a shard counts as committed only while its tar exists with
+  the size its stats record (:func:`committed_shards`).
+* ``manifest.json`` — written last by the driver once every shard is committed and confirmed
+  present (:func:`unconfirmed_shards`); its presence makes the dataset usable.  It contains no
+  timestamps, so it is byte-identical across runs.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
-from . import storage
-from .shards import stats_name
-
-FORMAT = "pairforge-shards-v1"
-#: bump when the bytes a given config produces change (encoders, member layout, key scheme)
-PIPELINE_VERSION = "1"
-
-
-def canonical_json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+from .. import storage
+from .layout import FORMAT, MANIFEST_NAME, stats_name
 
 
 def pretty_json(obj: Any) -> bytes:
+    """Sorted, indented JSON: the same dict always gives the same bytes (no timestamps inside)."""
     return (json.dumps(obj, sort_keys=True, indent=1, default=str) + "\n").encode()
-
-
-def dataset_id(identity: dict, name: str = "") -> str:
-    """``<preset name>-<16 hex>``: readable, and unique per identity dict."""
-    digest = hashlib.sha256(canonical_json(identity)).hexdigest()[:16]
-    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40]
-    return f"{safe}-{digest}" if safe else digest
-
-
-def config_hash(identity: dict) -> str:
-    return hashlib.sha256(canonical_json(identity)).hexdigest()
 
 
 def read_json(url: str, storage_options: dict | None = None, *,
@@ -54,13 +32,6 @@ def read_json(url: str, storage_options: dict | None = None, *,
         return json.loads(data)
     except ValueError:
         return None
-
-
-def write_stats(dataset_url: str, shard: str, stats: dict, storage_options: dict | None = None, *,
-                config: storage.StorageConfig | None = None) -> None:
-    """Write a shard's commit marker; call it only once the tar is confirmed in the store."""
-    storage.write_bytes(storage.join(dataset_url, stats_name(shard)), pretty_json(stats), storage_options,
-                        config=config)
 
 
 def committed_shards(dataset_url: str, expected: list[str], storage_options: dict | None = None, *,
@@ -143,7 +114,7 @@ def load_manifest(url: str, storage_options: dict | None = None) -> dict:
     Raises ``FileNotFoundError`` with an explanation when the dataset is incomplete.
     """
     url = storage.normalize(str(url))
-    murl = url if url.endswith(".json") else storage.join(url, "manifest.json")
+    murl = url if url.endswith(".json") else storage.join(url, MANIFEST_NAME)
     man = read_json(murl, storage_options)
     if man is None:
         raise FileNotFoundError(
