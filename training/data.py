@@ -98,6 +98,7 @@ class Part:
     stride: int    # keep samples with index % stride == offset
     offset: int
     count: int
+    end: int | None = None  # samples from this index on are held out for validation
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ def plan_parts(shards: list[dict], n_slots: int) -> list[list[Part]]:
         for j in range(k):
             n = len(range(j, c, k))
             if n:
-                parts.append(Part(s["name"], k, j, n))
+                parts.append(Part(s["name"], k, j, n, s.get("end")))
     if len(parts) < n_slots:
         raise ValueError(f"the dataset has {sum(int(s['count']) for s in shards)} training samples, fewer "
                          f"than ranks × dataloader workers = {n_slots}; use fewer ranks/workers")
@@ -136,14 +137,37 @@ def plan_parts(shards: list[dict], n_slots: int) -> list[list[Part]]:
     return slots
 
 
-def split_train_val(manifest: dict, val_shards: int, has_val_data: bool) -> tuple[list[dict], list[dict]]:
+def split_train_val(manifest: dict, val_shards: int, has_val_data: bool,
+                    val_samples: int = 16) -> tuple[list[dict], list[dict]]:
+    """Training and validation manifest entries: the last ``val_shards`` shards validate.
+
+    A dataset with too few shards for that is still valid (a first try on a few photos): its
+    last samples validate instead (:func:`hold_out_samples`), so training never refuses a
+    dataset for its size.
+    """
     shards = list(manifest["shards"])
     if has_val_data or val_shards == 0:
         return shards, []
-    if len(shards) <= val_shards:
-        raise ValueError(f"data.val_shards={val_shards} but the dataset has only {len(shards)} shard(s); "
-                         "pass a separate validation dataset (data.val_data / --val-data) or set val_shards: 0")
-    return shards[:-val_shards], shards[-val_shards:]
+    if len(shards) > val_shards:
+        return shards[:-val_shards], shards[-val_shards:]
+    return hold_out_samples(shards, val_samples)
+
+
+def hold_out_samples(shards: list[dict], val_samples: int) -> tuple[list[dict], list[dict]]:
+    """Hold out the last shard's last samples: ``val_samples`` of them, at most a quarter of the
+    shard (at least one when it has two or more), so most of a small dataset still trains.
+
+    The entries keep the shard's name, bytes and sha256 (it is still verified when read); a
+    training entry gets ``end`` (its samples from that index on are never trained on) and the
+    validation entry gets ``first`` (where its samples start).
+    """
+    *rest, last = shards
+    count = int(last["count"])
+    n = max(1, min(val_samples, count // 4)) if count >= 2 and val_samples > 0 else 0
+    if n == 0:
+        return shards, []
+    keep = count - n
+    return [*rest, {**last, "count": keep, "end": keep}], [{**last, "count": n, "first": keep}]
 
 
 def pass_rng(seed: int, slot: int, pass_: int) -> SampleRng:
@@ -173,9 +197,12 @@ def plan_visits(parts: list[Part], seed: int, slot: int, skip: int = 0) -> Itera
 # --------------------------------------------------------------------------- read
 @stage
 def keep_part(raws: Iterator[dict], part: Part) -> Iterator[dict]:
-    """The shard's samples that belong to ``part`` (index ≡ offset mod stride)."""
+    """The shard's samples that belong to ``part`` (index ≡ offset mod stride, before ``end``).
+
+    Held-out samples after ``end`` are still read (and hashed, so the shard is verified), never used.
+    """
     for index, raw in enumerate(raws):
-        if index % part.stride == part.offset:
+        if index % part.stride == part.offset and (part.end is None or index < part.end):
             yield raw
 
 
@@ -343,13 +370,17 @@ def make_train_loader(url: str, shards: list[dict], rank: int, world: int, batch
 # --------------------------------------------------------------------------- validation set
 def load_val_pairs(url: str, shards: list[dict] | None, n: int, crop: int | None,
                    storage_options: dict | None = None) -> list[dict]:
-    """The first ``n`` held-out pairs (LR view 0, centre crop): a fixed validation set."""
+    """The first ``n`` held-out pairs (LR view 0, centre crop): a fixed validation set.
+
+    An entry's ``first`` (a held-out tail of a shard, see :func:`hold_out_samples`) skips the
+    samples before it; they are read and hashed, never decoded.
+    """
     if shards is None:
         shards = load_manifest(url, storage_options)["shards"]
     out: list[dict] = []
     for entry in shards:
         with open_shard(url, entry, storage_options) as reader:
-            for pair in compose(reader, decode(), to_validation_pairs(crop)):
+            for pair in compose(reader, drop(int(entry.get("first", 0))), decode(), to_validation_pairs(crop)):
                 out.append(pair)
                 if len(out) >= n:
                     return out

@@ -39,6 +39,14 @@ def validation_table_html(val: list[dict]) -> str:
     return f"<table border=1><tr>{head}</tr>{rows}</table>"
 
 
+def _held_out_words(run: dict) -> str:
+    """How much the run held out for validation: whole shards, or samples of a small dataset."""
+    shards, samples = run.get("held_out_shards", 0), run.get("held_out_samples")
+    if shards or not samples:
+        return f"{shards} shard(s) held out"
+    return f"{samples} sample(s) held out, the dataset had too few shards to hold one out"
+
+
 def used_random_backbone(run: dict) -> bool:
     """True when LPIPS/DISTS came from a random (asked-for) backbone: reports must say so."""
     return any(str(v).startswith("random") for v in run.get("perceptual_backbone", {}).values())
@@ -99,7 +107,7 @@ def build_report(out_dir: str | Path) -> Path:
     backbone = run.get("perceptual_backbone", {})
     lines = ["# pairforge training report", ""]
     lines += [f"- data: `{run.get('data', '?')}` ({run.get('train_samples', '?')} training samples in "
-              f"{run.get('train_shards', '?')} shards; {run.get('held_out_shards', 0)} shard(s) held out)",
+              f"{run.get('train_shards', '?')} shards; {_held_out_words(run)})",
               f"- ranks: {run.get('world_size', '?')}, device: {run.get('device', '?')}",
               f"- steps: {metrics[-1]['step'] if metrics else 0}",
               f"- perceptual backbone: {', '.join(f'{k}={v}' for k, v in backbone.items()) or '?'}"]

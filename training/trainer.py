@@ -209,11 +209,12 @@ def join_process_group() -> tuple[int, int, torch.device]:
 
 def split_data(cfg: TrainConfig, data: str, val_data: str | None) -> DataSplit:
     """Training and held-out shards: the last ``data.val_shards`` validate, unless a separate
-    validation dataset is given (or validation is off)."""
+    validation dataset is given (or validation is off); a dataset with too few shards holds out
+    samples of its last shard instead."""
     val_url = val_data or cfg.data.val_data
     manifest = load_manifest(data)
     train_shards, held_out = split_train_val(manifest, cfg.data.val_shards if cfg.log.val_every else 0,
-                                             has_val_data=bool(val_url))
+                                             has_val_data=bool(val_url), val_samples=cfg.data.val_samples)
     return DataSplit(data, manifest.get("dataset_id"), train_shards, held_out, val_url)
 
 
@@ -269,7 +270,8 @@ def write_run_files(s: Session) -> None:
     (s.out / "run.json").write_text(json.dumps({
         "data": s.data.url, "dataset_id": s.data.dataset_id, "world_size": s.world,
         "train_samples": s.data.n_train, "train_shards": len(s.data.train_shards),
-        "held_out_shards": len(s.data.held_out), "val_data": s.data.val_url,
+        "held_out_shards": sum("first" not in e for e in s.data.held_out),
+        "held_out_samples": sum(int(e["count"]) for e in s.data.held_out), "val_data": s.data.val_url,
         "perceptual_backbone": s.nets.backbones, "config_fingerprint": s.cfg.fingerprint(),
         "device": str(s.device)}, indent=2))
 
@@ -284,6 +286,10 @@ def set_up(cfg: TrainConfig, data: str, out: Path, resume: str | None, val_data:
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     torch.manual_seed(cfg.seed)
     split = split_data(cfg, data, val_data)
+    if rank == 0 and any("first" in e for e in split.held_out):
+        print(f"[pairforge] {data}: too few shards to hold out data.val_shards={cfg.data.val_shards}; "
+              f"validating on the last {split.held_out[0]['count']} sample(s) of {split.held_out[0]['name']} "
+              "instead (training never reads them)")
     nets = build_nets(cfg, rank, device)
     step = resume_step(resume, out / "checkpoints", nets, cfg, rank, world)
     loader = make_train_loader(data, split.train_shards, rank, world, cfg.data.batch_size, cfg.data.num_workers,

@@ -22,7 +22,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               description=__doc__.splitlines()[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--preset", help="tiny | d3sr-sd21 | d3sr-sdxl")
-    src.add_argument("--config", help="YAML config file (may start from `preset: NAME`)")
+    src.add_argument("--config", help="YAML config file (may start from `base: PRESET`)")
     p.add_argument("--data", required=True, help="dataset URL (local path, file:// or s3://) with manifest.json")
     p.add_argument("--out", required=True, help="run directory (metrics.jsonl, checkpoints/, export/, report)")
     p.add_argument("--steps", type=int, help="optimisation steps (overrides the config)")
@@ -36,7 +36,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="dataloader workers per rank")
     p.add_argument("--crop-size", type=int, help="HR crop side")
     p.add_argument("--val-every", type=int, help="validate every N steps (0 = off)")
-    p.add_argument("--val-data", help="separate validation dataset URL (else the last shard is held out)")
+    p.add_argument("--val-data", help="separate validation dataset URL (else the last data.val_shards shards are held out, or the last samples of a dataset with too few shards)")
     p.add_argument("--ckpt-every", type=int, help="checkpoint every N steps")
     p.add_argument("--log-every", type=int, help="log every N steps")
     p.add_argument("--perceptual-backbone", choices=["imagenet", "random"],

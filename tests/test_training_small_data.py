@@ -1,0 +1,71 @@
+"""A small dataset trains with default flags: too few shards to hold one out → samples are held out.
+
+A first try on a handful of photos makes a one-shard dataset; refusing it for its size would
+send a new user away before they saw anything train.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pairforge.training.data import ShardStream, split_train_val
+
+PAIRFORGE = [sys.executable, "-m", "pairforge.clusters.cli"]
+
+
+def _manifest(*counts: int) -> dict:
+    return {"shards": [{"name": f"shard-{i:06d}.tar", "count": c, "bytes": 1, "sha256": "x"}
+                       for i, c in enumerate(counts)]}
+
+
+def test_enough_shards_hold_out_whole_shards():
+    train, val = split_train_val(_manifest(4, 4, 4), val_shards=1, has_val_data=False, val_samples=16)
+    assert [s["name"] for s in train] == ["shard-000000.tar", "shard-000001.tar"]
+    assert val == [_manifest(4, 4, 4)["shards"][2]]
+
+
+def test_one_shard_holds_out_its_last_samples_and_never_trains_on_them():
+    train, val = split_train_val(_manifest(8), val_shards=1, has_val_data=False, val_samples=16)
+    assert train[0]["count"] == 6 and train[0]["end"] == 6      # at most a quarter held out
+    assert val[0]["count"] == 2 and val[0]["first"] == 6
+    assert train[0]["sha256"] == val[0]["sha256"] == "x"       # still verified when read
+    parts = ShardStream("unused", train, rank=0, world=1, num_workers=1, batch_size=1).plan
+    assert sum(p.count for slot in parts for p in slot) == 6
+    assert all(p.end == 6 for slot in parts for p in slot)
+    # a single-sample shard cannot be split: everything trains, validation has nothing
+    assert split_train_val(_manifest(1), 1, False, 16) == (_manifest(1)["shards"], [])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_tiny_trains_on_a_one_shard_dataset_with_default_flags(photo_dir, tmp_path):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    two = tmp_path / "two"
+    two.mkdir()
+    for p in sorted(Path(photo_dir).glob("photo_0[01].png")):
+        (two / p.name).write_bytes(p.read_bytes())
+    synth = subprocess.run([*PAIRFORGE, "synth", "--source", str(two), "--out", str(tmp_path / "ds"),
+                            "--executor", "inline", "--patch-size", "64", "--patches-per-image", "2",
+                            "--no-progress", "--device", "cpu"],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert synth.returncode == 0, synth.stderr[-2000:]
+    url = synth.stdout.strip().splitlines()[-1]
+    man = json.loads((Path(url) / "manifest.json").read_text())
+    assert len(man["shards"]) == 1 and man["totals"]["samples"] == 4
+
+    out = tmp_path / "run"
+    train = subprocess.run([*PAIRFORGE, "train", "--preset", "tiny", "--data", url, "--out", str(out),
+                            "--steps", "2", "--val-every", "2", "--perceptual-backbone", "random"],
+                           capture_output=True, text=True, env=env, timeout=360)
+    assert train.returncode == 0, (train.stdout[-2000:], train.stderr[-3000:])
+    assert "validating on the last 1 sample(s) of shard-000000.tar" in train.stdout
+    run = json.loads((out / "run.json").read_text())
+    assert run["train_samples"] == 3 and run["held_out_samples"] == 1 and run["held_out_shards"] == 0
+    val = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+    assert val and all(v["n"] == 1 for v in val)
+    assert "1 sample(s) held out" in (out / "report.md").read_text()
