@@ -69,3 +69,22 @@ def test_tiny_trains_on_a_one_shard_dataset_with_default_flags(photo_dir, tmp_pa
     val = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
     assert val and all(v["n"] == 1 for v in val)
     assert "1 sample(s) held out" in (out / "report.md").read_text()
+
+
+def test_patches_smaller_than_the_crop_stop_before_any_rank_starts(tmp_path):
+    """The README path once trained d3sr's 512 crops on 256² patches without a word."""
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    manifest = {"format": "pairforge-shards-v1", "dataset_id": "x", "hr_size": 64, "scale": 4,
+                "totals": {"samples": 4}, "shards": [{"name": "shard-000000.tar", "count": 4, "bytes": 1, "sha256": "x"}]}
+    (ds / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "run"
+    proc = subprocess.run([*PAIRFORGE, "train", "--preset", "tiny", "--data", str(ds), "--out", str(out),
+                           "--crop-size", "128", "--steps", "1"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "HR patches are 64×64 but data.crop_size is 128" in proc.stderr
+    assert "--crop-size 64" in proc.stderr and "--patch-size 128" in proc.stderr
+    assert not out.exists()  # nothing written, nothing to block the next run
+    missing = subprocess.run([*PAIRFORGE, "train", "--preset", "tiny", "--data", str(tmp_path / "nope"),
+                              "--out", str(out), "--steps", "1"], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "no readable manifest.json" in missing.stderr

@@ -9,7 +9,7 @@ Python API::
 Module map (one job each): ``config`` (typed YAML + presets), ``models/`` (generator,
 discriminator, tiny/pretrained backbones), ``losses``, ``engines`` (two DeepSpeed engines),
 ``data`` (shard streaming), ``checkpoint``, ``validation``, ``logging_utils``, ``report``,
-``launch`` (local ranks that die with their launcher / cluster commands), ``runlock`` (one
+``preflight`` (dataset vs config, before any rank starts), ``launch`` (local ranks that die with their launcher / cluster commands), ``runlock`` (one
 owner per run directory), ``trainer`` (the loop), ``inference``.
 """
 from __future__ import annotations
@@ -42,6 +42,7 @@ def train(config: str | os.PathLike | TrainConfig, data: str, out: str | os.Path
     taken over. The ranks die with this process, whatever kills it.
     """
     from .launch import spawn_local
+    from .preflight import check_dataset
 
     ov: dict = {}
     for k, v in (overrides or {}).items():
@@ -57,6 +58,7 @@ def train(config: str | os.PathLike | TrainConfig, data: str, out: str | os.Path
         cfg = from_dict(config.to_dict(), ov)
     else:
         cfg = load_config(config, overrides=ov)
+    check_dataset(cfg, str(data))  # before a rank starts or anything is written
     outp = Path(out)
     with acquire_run_dir(outp) as lock:  # before anything is written into the run directory
         if lock.previous is not None:

@@ -41,13 +41,13 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from pairforge.pipeline.shards import load_manifest
 from pairforge.training import checkpoint as ckpt
 from pairforge.training.config import TrainConfig, from_dict
 from pairforge.training.data import batch_val, load_val_pairs, make_train_loader, split_train_val
 from pairforge.training.engines import build_engines, frozen, init_distributed
 from pairforge.training.launch import launched_by_pairforge, watch_launcher
 from pairforge.training.logging_utils import RunLogger, image_grid
+from pairforge.training.preflight import check_dataset
 from pairforge.training.losses import GeneratorLoss, backbone_sources, build_perceptual, d_loss
 from pairforge.training.models import build_discriminator, build_generator
 from pairforge.training.runlock import RunDirLocked, RunLock
@@ -212,7 +212,7 @@ def split_data(cfg: TrainConfig, data: str, val_data: str | None) -> DataSplit:
     validation dataset is given (or validation is off); a dataset with too few shards holds out
     samples of its last shard instead."""
     val_url = val_data or cfg.data.val_data
-    manifest = load_manifest(data)
+    manifest = check_dataset(cfg, data)
     train_shards, held_out = split_train_val(manifest, cfg.data.val_shards if cfg.log.val_every else 0,
                                              has_val_data=bool(val_url), val_samples=cfg.data.val_samples)
     return DataSplit(data, manifest.get("dataset_id"), train_shards, held_out, val_url)

@@ -111,6 +111,7 @@ def run(args) -> int:
                                    nproc_per_node=int(os.environ.get("GPUS_PER_NODE", 1))))
         return 0
     from pairforge.training import RunDirLocked
+    from pairforge.training.preflight import DatasetMismatch
 
     resume = None if args.resume == "none" else args.resume
     try:
@@ -120,6 +121,9 @@ def run(args) -> int:
     except RunDirLocked as exc:
         print(f"pairforge train: {exc}", file=sys.stderr)
         return EXIT_RUN_DIR_IN_USE
+    except (DatasetMismatch, FileNotFoundError) as exc:
+        print(f"pairforge train: {exc}", file=sys.stderr)
+        return 2
 
 
 def _run_as_rank(cfg, args, resume: str | None) -> int:
