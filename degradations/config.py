@@ -187,6 +187,11 @@ class DegradationConfig:
 
     ``hr_size`` is the HR patch side the preset is meant for (the pipeline crops to it);
     the engine itself accepts any HR size divisible by ``scale``.
+
+    ``second_order_prob`` is the chance, per sample, that the second stage (blur₂ → resize₂ →
+    noise₂) runs at all (ResShift/SinSR: 0.5; Real-ESRGAN: always). The coin has its own named
+    stream, so it changes no other draw, and each record says ``second.applied``. The field
+    has always been part of the config (default 1.0), so fingerprints of existing configs stay.
     """
 
     name: str = "custom"

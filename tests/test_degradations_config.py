@@ -5,12 +5,14 @@ from pairforge.degradations import ConfigError, DegradationConfig, available_pre
 
 
 def test_presets_exist_and_differ():
-    assert {"realesrgan-x4plus", "osediff", "adcsr-mild"} <= set(available_presets())
-    x4, ose, mild = (load_preset(n) for n in ("realesrgan-x4plus", "osediff", "adcsr-mild"))
-    assert x4.usm.enabled and not ose.usm.enabled and not mild.usm.enabled
-    assert (x4.hr_size, ose.hr_size) == (256, 512)
-    assert mild.first.jpeg.quality_range == (60, 95) and mild.second.blur.kernel_sizes == (7, 9, 11)
-    assert len({x4.fingerprint(), ose.fingerprint(), mild.fingerprint()}) == 3
+    assert {"realesrgan-x4plus", "osediff", "adcsr-mild", "resshift"} <= set(available_presets())
+    x4, ose, mild, rs = (load_preset(n) for n in ("realesrgan-x4plus", "osediff", "adcsr-mild", "resshift"))
+    assert x4.usm.enabled and not ose.usm.enabled and not mild.usm.enabled and not rs.usm.enabled
+    assert (x4.hr_size, ose.hr_size, mild.hr_size, rs.hr_size) == (256, 512, 512, 256)
+    # AdcSR's dataset.py hard-codes sizes 7-21 for both stages (config.yml's blur_kernel_size2: 11 is unused)
+    assert mild.first.jpeg.quality_range == (60, 95) and mild.second.blur.kernel_sizes == tuple(range(7, 22, 2))
+    assert (x4.second_order_prob, rs.second_order_prob) == (1.0, 0.5)
+    assert len({x4.fingerprint(), ose.fingerprint(), mild.fingerprint(), rs.fingerprint()}) == 4
 
 
 @pytest.mark.parametrize("scale", [2, 4, 8])

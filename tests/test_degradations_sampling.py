@@ -115,4 +115,9 @@ def test_milder_preset_draws_milder_values():
     recs = [draw_record(cfg, 5, f"k{i}", (512, 512)) for i in range(300)]
     assert all(60 <= r["first"]["jpeg"]["quality"] <= 95 for r in recs)
     assert all(r["first"]["noise"]["sigma"] <= 15 for r in recs if r["first"]["noise"]["type"] == "gaussian")
-    assert all(r["second"]["blur"]["size"] <= 11 for r in recs if r["second"]["applied"] and r["second"]["blur"])
+    second = [r["second"]["blur"] for r in recs if r["second"]["blur"]]
+    assert max(b["size"] for b in second) == 21  # stage 2 draws 7-21 too, as AdcSR's dataset.py does
+    blurs = [r["first"]["blur"] for r in recs] + second
+    assert all(b["beta"] <= 2.0 for b in blurs if b["family"].startswith("generalized"))
+    assert all(b["beta"] <= 1.5 for b in blurs if b["family"].startswith("plateau"))
+    assert all(r["second"]["noise"]["scale"] <= 1.0 for r in recs if r["second"]["noise"]["type"] == "poisson")
