@@ -1,10 +1,12 @@
 """JPEG compression with two backends.
 
-``real``: the actual libjpeg codec (Pillow) on CPU — 4:2:0 chroma subsampling, integer
-quality, input quantized to 8 bits first, exactly what a camera or a website does. On CUDA
-the codec is torchvision's nvJPEG when available (batched per quality; note nvJPEG encodes
-4:4:4), else the images make a round trip through Pillow on the host. The codec used is
-returned so the record can say which one produced the pixels.
+``real``: the actual libjpeg codec (Pillow) — 4:2:0 chroma subsampling, integer quality,
+input quantized to 8 bits first, exactly what a camera or a website does. It runs on the host
+for every device: on CUDA the batch makes a round trip through host memory. nvJPEG would stay
+on the GPU but encodes 4:4:4 chroma, a different artifact family, and a cluster mixing CPU and
+GPU workers would then write one dataset from two distributions (Real-ESRGAN, AdcSR and
+OSEDiff all train on 4:2:0 artifacts). The cost of the round trip is in ``bench/``. The codec
+used is returned so the record can say which one produced the pixels.
 
 ``differentiable``: kornia's differentiable JPEG (libjpeg-style tables, replicate padding),
 one call per sample on its own region: kornia's batched call rounds differently with the
@@ -13,7 +15,6 @@ batch around a sample, and its padding must start at the sample's own edge.
 from __future__ import annotations
 
 import io
-from collections import defaultdict
 from typing import Sequence
 
 import numpy as np
@@ -30,8 +31,6 @@ def jpeg(canvas: Canvas, qualities: Sequence[int], backend: str) -> tuple[Canvas
         return _jpeg_differentiable(canvas, qualities), "kornia-differentiable"
     if backend != "real":
         raise ValueError(f"unknown JPEG backend {backend!r}")
-    if canvas.data.device.type == "cuda" and _nvjpeg_available():
-        return _jpeg_nvjpeg(canvas, qualities), "nvjpeg"
     return _jpeg_pillow(canvas, qualities), "libjpeg"
 
 
@@ -58,8 +57,7 @@ def pillow_jpeg_roundtrip(planes: np.ndarray, quality: int) -> np.ndarray:
 def _jpeg_pillow(canvas: Canvas, qualities: Sequence[int]) -> Canvas:
     """libjpeg round trip of each sample's valid region (not the padded canvas).
 
-    When a batch is degraded on the calling thread (CUDA without nvJPEG, or ``apply_chain``
-    called directly), the codec calls run on the sample pool (Pillow releases the GIL) and
+    When a batch is degraded on the calling thread (on CUDA, or ``apply_chain`` called directly), the codec calls run on the sample pool (Pillow releases the GIL) and
     the conversions to and from 8 bits stay on this thread, where torch spreads each over
     its threads: 26% faster on 2 cores than whole round trips on the pool. Inside a pool
     task (the CPU ``Degrader``) everything runs inline.
@@ -78,31 +76,6 @@ def _jpeg_pillow(canvas: Canvas, qualities: Sequence[int]) -> Canvas:
     for b, (h, w) in enumerate(canvas.sizes):
         torch.div(torch.from_numpy(decoded[b]).permute(2, 0, 1).to(out.dtype), 255, out=out[b, :, :h, :w])
     return canvas.with_data(out.to(src.device))
-
-
-def _nvjpeg_available() -> bool:
-    try:
-        from torchvision.io import decode_jpeg, encode_jpeg  # noqa: F401
-    except Exception:  # pragma: no cover - torchvision without image ops
-        return False
-    return True
-
-
-def _jpeg_nvjpeg(canvas: Canvas, qualities: Sequence[int]) -> Canvas:  # pragma: no cover - needs CUDA
-    from torchvision.io import decode_jpeg, encode_jpeg
-
-    x = _to_uint8(canvas.data)
-    out = torch.zeros_like(x)
-    by_quality: dict[int, list[int]] = defaultdict(list)
-    for b, q in enumerate(qualities):
-        by_quality[int(q)].append(b)
-    for q, index in by_quality.items():
-        crops = [x[b, :, : canvas.sizes[b][0], : canvas.sizes[b][1]].contiguous() for b in index]
-        encoded = encode_jpeg(crops, quality=q)
-        decoded = decode_jpeg([e.cpu() for e in encoded], device=x.device)
-        for b, img in zip(index, decoded):
-            out[b, :, : img.shape[-2], : img.shape[-1]] = img
-    return canvas.with_data(out.to(canvas.data.dtype) / 255)
 
 
 def _jpeg_differentiable(canvas: Canvas, qualities: Sequence[int]) -> Canvas:
