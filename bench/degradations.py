@@ -43,15 +43,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-# Run as a script, this file's folder is sys.path[0] and this file would shadow the
-# `degradations` package; put the repository root first instead.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(ROOT))
-
-from bench.naive_reference import STAGES as NAIVE_STAGES  # noqa: E402
-from bench.naive_reference import NaiveDegrader, settings_for  # noqa: E402
+# pairforge is imported as the installed `pairforge.*` (never from the repository root), so this
+# file's folder on sys.path shadows nothing; the naive baseline is this folder's sibling module.
+if __package__:  # python -m bench.degradations
+    from .naive_reference import STAGES as NAIVE_STAGES
+    from .naive_reference import NaiveDegrader, settings_for
+else:  # python bench/degradations.py: this folder is sys.path[0]
+    from naive_reference import STAGES as NAIVE_STAGES
+    from naive_reference import NaiveDegrader, settings_for
 
 DEFAULT_HR = {"realesrgan-x4plus": [400, 256], "osediff": [512]}
 BACKENDS = ("real", "differentiable")

@@ -6,8 +6,8 @@ For each worker count W it measures, on the bundled photos at the preset's patch
 
 * **ceiling** — W processes calling ``Degrader`` directly on pre-cut patches (single-threaded
   torch, batch 32, same as the pipeline's workers): the most pairs/s degradation alone allows;
-* **e2e local** — ``pipeline.synth`` on embedded Ray: read → decode → crop → degrade → encode →
-  tar → local folder, committed;
+* **e2e local** — ``pairforge.pipeline.synth`` on embedded Ray: read → decode → crop → degrade →
+  encode → tar → local folder, committed;
 * **e2e s3** — the same into a moto S3 server on 127.0.0.1 (real HTTP, multipart uploads).
 
 e2e pairs/s is steady state: pairs / (first shard submitted → last shard committed); worker
@@ -28,12 +28,6 @@ import tempfile
 import time
 
 import numpy as np
-
-# Run as a script, this file's folder is sys.path[0] and this very file would shadow the
-# `pipeline` package: put the repository root first and drop the bench folder.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-sys.path.insert(0, os.path.dirname(_HERE))
 
 
 def cut_patches(preset: str, per_image: int, size: int) -> np.ndarray:
@@ -88,8 +82,7 @@ def e2e(out: str, preset: str, per_image: int, workers: int) -> dict:
     assert res.ok, res.failed
     stages: dict[str, float] = {}
     from pairforge.pipeline import storage
-    from pairforge.pipeline.manifest import read_json
-    from pairforge.pipeline.shards import stats_name
+    from pairforge.pipeline.shards import read_json, stats_name
 
     for s in res.manifest["shards"]:
         st = read_json(storage.join(res.url, stats_name(s["name"])))

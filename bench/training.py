@@ -19,10 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def _peak_rss_mb() -> float:
@@ -38,12 +34,16 @@ def _table(title: str, header: list[str], rows: list[list]) -> None:
 
 
 def _perceptual_backbone() -> str:
+    """``imagenet`` when EA-DISTS's weights (VGG16 trunk and DISTS alpha/beta) are all there, else
+    ``random``: the timings do not depend on the weights' values, only on the networks run."""
+    from pairforge.training.perceptual import PerceptualWeightsMissing, resolve_weights
+
     try:
-        from pairforge.training.perceptual import resolve_weights
-        resolve_weights("dists")
-        return "imagenet"
-    except Exception:
+        for kind in ("vgg16", "dists"):
+            resolve_weights(kind)
+    except PerceptualWeightsMissing:
         return "random"
+    return "imagenet"
 
 
 # --------------------------------------------------------------------------- timed loops
