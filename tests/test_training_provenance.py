@@ -17,7 +17,7 @@ PRESETS = Path(__file__).resolve().parents[1] / "training" / "presets"
 TAGS = ("D3SR:", "assumption:", "pairforge:")
 #: values D3SR's main text does not give: they must be marked as assumptions
 NOT_IN_D3SR_MAIN_TEXT = ["generator.timestep", "generator.text_embedding", "generator.learnable_text_embedding",
-                         "discriminator.head_hidden", "loss.ea_dists", "loss.adv", "optim_g.weight_decay",
+                         "discriminator.head_hidden", "discriminator.text_embedding", "loss.ea_dists", "loss.adv", "optim_g.weight_decay",
                          "optim_g.grad_clip", "optim_d.weight_decay", "optim_d.grad_clip", "engine.precision"]
 
 
