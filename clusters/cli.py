@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
 
 #: commands that run the degradation engine on this process's CPU (see setup_process)
 _DEGRADING = ("degrade", "synth", "demo")
+#: commands that may start Ray (see setup_process)
+_RAY = ("synth", "demo")
 
 #: subcommand name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -40,12 +43,28 @@ def build_parser(argv: Sequence[str] | None = None) -> tuple[argparse.ArgumentPa
     return parser, chosen if chosen in COMMANDS else None
 
 
-def setup_process(command: str) -> None:
+def setup_process(command: str, args: argparse.Namespace | None = None) -> None:
     """Process-wide settings, made here at the entry point and never by library code."""
     if command in _DEGRADING:
         from pairforge.degradations import retain_freed_memory
 
         retain_freed_memory()  # large batch tensors come from the heap: no page faults per call
+    if command in _RAY:
+        set_ray_environment(getattr(args, "ray_address", None))
+
+
+def set_ray_environment(ray_address: str | None) -> None:
+    """Ray's public switches, in the environment before ``import ray`` (Ray reads them when it
+    is imported; the processes it starts inherit them).  A value the user set wins.
+
+    No usage statistics; and single-node mode, which keeps 127.0.0.1 as the node address, for
+    an embedded cluster or one joined at a loopback address.
+    """
+    from pairforge.pipeline.execution import RAY_CLUSTER_ENV, on_loopback
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if on_loopback(ray_address):
+        os.environ.setdefault(RAY_CLUSTER_ENV, "0")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if chosen is None:
         parser.print_help()
         return 2
-    setup_process(chosen)
+    setup_process(chosen, args)
     return int(importlib.import_module(COMMANDS[chosen][0]).run(args) or 0)
 
 

@@ -24,6 +24,8 @@ Measured Ray pitfalls on small machines that shape this module:
 """
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import logging
 import os
 import shutil
@@ -31,7 +33,7 @@ import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 from .worker import JobSpec, ShardProcessor, ShardTask
 
@@ -56,32 +58,76 @@ class RunReport:
 
 # ---------------------------------------------------------------- Ray lifecycle
 _STARTED_TEMP: list[str] = []
-_SAVED: dict = {}
+
+#: Ray's own switch for single-node mode: ``0`` before ``import ray`` makes it keep 127.0.0.1
+#: as the node address (the CLI sets it at its entry point; see clusters/cli.py)
+RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def on_loopback(address: str | None) -> bool:
+    """True when Ray must keep 127.0.0.1 as given: an embedded cluster (no ``address``), or one
+    joined at a loopback address (an embedded cluster of another process) or at ``auto`` (the
+    last cluster started on this machine, which may be one)."""
+    if not address or address == "auto":
+        return True
+    host = address
+    if host.startswith("["):  # [IPv6]:port
+        host = host[1:host.find("]")]
+    elif host.count(":") == 1:  # host:port
+        host = host.split(":")[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name, "ray://…"
+        return False
+
+
+@contextlib.contextmanager
+def _loopback_only(address: str | None) -> Iterator[None]:
+    """While ``ray.init`` runs, make Ray keep ``127.0.0.1`` where :func:`on_loopback` says so.
+
+    Private API, checked against Ray 2.60.0 (tests/test_ray_private.py fails if it changes):
+    ``ray.init`` turns a loopback ``_node_ip_address`` or bootstrap address into the machine's
+    address through ``ray._private.services.resolve_ip_for_localhost`` unless
+    ``ray._private.ray_constants.ENABLE_RAY_CLUSTER`` is False; an embedded cluster would then
+    listen on every interface, and joining one at 127.0.0.1 would wait for an address it does
+    not serve.  Ray's public switch is the :data:`RAY_CLUSTER_ENV` variable, but Ray reads it
+    once, when ``ray`` is imported; a library user has usually imported ray already, so the
+    constant is set here, for the ``ray.init`` call only (the processes it starts get the
+    address on their command line), and restored after.  When the variable was ``0`` before
+    the import (the CLI), the constant is False already; when the user set it to ``1``
+    (cluster mode), it is left alone.
+    """
+    if not on_loopback(address) or os.environ.get(RAY_CLUSTER_ENV, "0").lower() in ("1", "true"):
+        yield
+        return
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
              object_store_mb: int = 512) -> bool:
     """Connect to ``address`` or start an embedded local Ray; returns True if we started it.
 
-    An already-initialised Ray (e.g. a test fixture, or a notebook) is reused as is.
+    An already-initialised Ray (e.g. a test fixture, or a notebook) is reused as is.  Leaves no
+    process-wide setting behind; Ray's usage statistics follow its own environment variable
+    (the CLI turns them off).
     """
     import ray
 
     if ray.is_initialized():
         return False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        with _loopback_only(address):
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
         return True
-    # Single-node mode binds every service (GCS, raylet, workers) to 127.0.0.1 instead of the
-    # machine's address.  Ray reads the flag at import time, so also set the already-imported
-    # constant; child processes get it from the environment.
-    if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0") in ("0", "false", "False"):
-        from ray._private import ray_constants
-
-        _SAVED["cluster_flag"] = (ray_constants.ENABLE_RAY_CLUSTER, os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"))
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-        ray_constants.ENABLE_RAY_CLUSTER = False
     # short path: Ray's unix sockets live below it (108-byte limit); PAIRFORGE_RAY_TMPDIR overrides
     tmp = tempfile.mkdtemp(prefix="pfray-", dir=os.environ.get("PAIRFORGE_RAY_TMPDIR", "/tmp"))
     _STARTED_TEMP.append(tmp)
@@ -90,25 +136,17 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
                   logging_level=logging.WARNING, log_to_driver=True)
     if num_gpus is not None:
         kwargs["num_gpus"] = num_gpus
-    ray.init(**kwargs)
+    with _loopback_only(None):
+        ray.init(**kwargs)
     return True
 
 
 def shutdown_ray() -> None:
-    """Shut down Ray if initialised; undo init_ray's process-wide settings."""
+    """Shut down Ray if initialised and remove the temp dir of a cluster init_ray started."""
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
-    if "cluster_flag" in _SAVED:  # a later init_ray(address=...) must see the real node address
-        from ray._private import ray_constants
-
-        flag, env = _SAVED.pop("cluster_flag")
-        ray_constants.ENABLE_RAY_CLUSTER = flag
-        if env is None:
-            os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
-        else:
-            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = env
     while _STARTED_TEMP:
         shutil.rmtree(_STARTED_TEMP.pop(), ignore_errors=True)
 
@@ -118,6 +156,10 @@ class _ShardActor:
     """Ray actor wrapper: one ShardProcessor per process."""
 
     def __init__(self, spec: JobSpec, device: str, torch_threads: int | None):
+        # this actor's process is ours alone: the start-up of a worker is an entry point
+        from pairforge.degradations.memory import retain_freed_memory
+
+        retain_freed_memory()
         self.proc = ShardProcessor(spec, device=device, torch_threads=torch_threads)
 
     def ready(self) -> dict:

@@ -51,10 +51,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 import re
 import tempfile
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
@@ -63,6 +61,8 @@ from typing import IO, Any, Callable, Iterator, TypeVar
 import fsspec
 import fsspec.asyn
 from fsspec.exceptions import FSTimeoutError
+
+from pairforge.retry import RetryPolicy, retry_call
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -111,8 +111,11 @@ class StorageConfig:
     def backoff(self, attempt: int) -> float:
         """Seconds to wait after failed try number ``attempt`` (1-based): exponential, capped,
         jittered to 50-100 % so that workers throttled together do not retry together."""
-        ceiling = min(self.backoff_max_s, self.backoff_base_s * (2 ** (attempt - 1)))
-        return ceiling * random.uniform(0.5, 1.0)
+        return self.retry_policy().delay(attempt)
+
+    def retry_policy(self, attempts: int | None = None) -> RetryPolicy:
+        """This config's tries, deadline and backoff (``attempts`` overrides the tries)."""
+        return RetryPolicy(attempts or self.attempts, self.deadline_s, self.backoff_base_s, self.backoff_max_s)
 
     def upload_try_limit(self, nbytes: int) -> float:
         """Seconds one upload try may take: connect, wait and send at ``upload_floor_mb_s``, for
@@ -262,24 +265,17 @@ def retry(fn: Callable[[], T], *, what: str = "", config: StorageConfig | None =
     running one is bounded by the client's timeouts (and, for uploads, by
     :meth:`StorageConfig.upload_try_limit`).
     """
-    cfg = _config(config)
-    tries = attempts or cfg.attempts
-    start = time.monotonic()
-    for i in range(1, tries + 1):
-        try:
-            return fn()
-        except Exception as exc:  # noqa: BLE001 - classified below
-            if not _is_transient(exc):
-                raise
-            elapsed = time.monotonic() - start
-            delay = cfg.backoff(i)
-            if i == tries or elapsed + delay >= cfg.deadline_s:
-                raise StorageError(f"{redact(what)}: gave up after {i} attempt(s) in {elapsed:.1f}s; "
-                                   f"last error: {_describe(exc)}") from exc
-            log.warning("storage: %s failed (%s); retry %d/%d in %.2fs", redact(what), _describe(exc)[:200],
-                        i, tries - 1, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+    policy = _config(config).retry_policy(attempts)
+
+    def give_up(exc: Exception, tries: int, elapsed: float) -> StorageError:
+        return StorageError(f"{redact(what)}: gave up after {tries} attempt(s) in {elapsed:.1f}s; "
+                            f"last error: {_describe(exc)}")
+
+    def on_retry(exc: Exception, i: int, delay: float) -> None:
+        log.warning("storage: %s failed (%s); retry %d/%d in %.2fs", redact(what), _describe(exc)[:200],
+                    i, policy.attempts - 1, delay)
+
+    return retry_call(fn, policy, retryable=_is_transient, give_up=give_up, on_retry=on_retry)
 
 
 def read_bytes(url: str, storage_options: dict | None = None, *, offset: int | None = None,
@@ -435,28 +431,3 @@ def remove_stale_tmp(folder: str, storage_options: dict | None = None) -> int:
             remove(join(folder, name), storage_options)
             n += 1
     return n
-
-
-# ---------------------------------------------------------------- webdataset integration
-_READ_OPTIONS: dict = {}
-
-
-def _gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any) -> Any:
-    """webdataset gopen handler for ``s3://``; the filesystem is made in the reading process."""
-    fs, path = get_fs(url, _READ_OPTIONS or None)
-    return retry(lambda: fs.open(path, mode, block_size=8 * 1024 * 1024), what=f"open {url}")
-
-
-def register_webdataset_s3(storage_options: dict | None = None) -> None:
-    """webdataset 1.0.2 ships no ``s3://`` opener; plug ours (fsspec/s3fs) in. Idempotent.
-
-    ``storage_options`` (if given) apply to every s3:// read in this process afterwards.
-    """
-    import importlib
-
-    wg = importlib.import_module("webdataset.gopen")  # the package re-exports a *function* `gopen`
-    if storage_options:
-        _READ_OPTIONS.clear()
-        _READ_OPTIONS.update(storage_options)
-    wg.gopen_schemes["s3"] = _gopen_s3
-    wg.gopen_schemes["s3a"] = _gopen_s3

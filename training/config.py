@@ -10,6 +10,7 @@ presets.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,14 @@ from pairforge.config import (BASE_KEY, ConfigError, Presets, deep_merge, finger
                               set_dotted)
 
 PRESET_DIR = Path(__file__).with_name("presets")
+log = logging.getLogger(__name__)
+
+#: top-level keys that older versions wrote into a run's ``config.yaml`` and that no longer
+#: exist: dropped on load, with a warning, so that such a run can still be resumed (any other
+#: unknown key is an error)
+RETIRED_KEYS = {
+    "debug_kill_at_step": "a test hook, now the PAIRFORGE_TEST_KILL_AT_STEP environment variable",
+}
 
 #: OSEDiff-style LoRA targets on the diffusers UNet (attention projections, feed-forward,
 #: resnet convs, down/up-sampler convs, transformer proj in/out).
@@ -239,10 +248,17 @@ def available_presets() -> list[str]:
     return _PRESETS.names()
 
 
+def _drop_retired(data: dict) -> dict:
+    """``data`` without the :data:`RETIRED_KEYS`, each one it held named in a warning."""
+    for key in RETIRED_KEYS.keys() & data.keys():
+        log.warning("config: ignoring retired key %s: %r (%s)", key, data.pop(key), RETIRED_KEYS[key])
+    return data
+
+
 def from_dict(data: dict, overrides: dict | None = None) -> TrainConfig:
     """A validated config from plain data: its ``base:`` preset first, then ``data``, then
     the nested ``overrides``."""
-    merged = _PRESETS.expand(data or {})
+    merged = _drop_retired(_PRESETS.expand(data or {}))
     if overrides:
         merged = deep_merge(merged, overrides)
     return validate(from_plain(TrainConfig, merged))
