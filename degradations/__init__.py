@@ -15,7 +15,7 @@ chain faster (:func:`retain_freed_memory`) is opt-in, applied by pairforge's own
 #: extent, differentiable JPEG per sample), so content-addressed shards never mix engines.
 __version__ = "0.2.0"
 
-from .chain import apply_chain
+from .chain import StageTimer, apply_chain
 from .config import ConfigError, DegradationConfig, available_presets, load_preset
 from .degrader import Degrader, replay
 from .describe import describe_record
@@ -29,6 +29,7 @@ __all__ = [
     "DegradationConfig",
     "Degrader",
     "RECORD_FORMAT",
+    "StageTimer",
     "__version__",
     "apply_chain",
     "available_presets",

@@ -28,15 +28,19 @@ SHARED_FIELDS = ("scale", "usm", "jpeg_backend", "compute_dtype", "hr_size")
 
 
 class StageTimer:
-    """Wall-clock seconds per stage; syncs CUDA so GPU time lands on the right stage.
+    """Wall-clock seconds per stage, added up across threads (thread-safe).
 
-    Samples that run side by side on CPU threads each add their own time, so the stage
-    times then sum to thread-seconds (about threads × wall time), shares stay meaningful.
+    With a CUDA ``device`` each stage starts and ends with a synchronize, so GPU time lands on
+    the stage that queued it.  Without one (``device=None``, or a CPU device) it never waits
+    for the GPU: host-side stages timed in helper threads must not stall behind GPU work.
+    Stages that run side by side on threads each add their own time, so stage times then sum
+    to thread-seconds (about threads × wall time); the shares stay meaningful.  A stage whose
+    body raises adds nothing.
     """
 
-    def __init__(self, enabled: bool, device: torch.device) -> None:
+    def __init__(self, enabled: bool = True, device: torch.device | str | None = None) -> None:
         self.enabled = enabled
-        self.device = device
+        self.device = torch.device(device) if device is not None else None
         self.times: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -54,7 +58,7 @@ class StageTimer:
             self.times[name] = self.times.get(name, 0.0) + elapsed
 
     def _sync(self) -> None:
-        if self.device.type == "cuda":
+        if self.device is not None and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
 

@@ -2,21 +2,27 @@
 
 Public API::
 
-    from pairforge.pipeline import synth, read_pairs, load_manifest
-    res = synth("bundled", "out/")            # -> SynthResult(url=..., status=..., manifest=...)
+    from pairforge.pipeline import SynthConfig, synth, read_pairs, load_manifest
+    cfg = SynthConfig.from_dict({"dataset": {"seed": 1}, "run": {"executor": "inline"}})
+    res = synth("bundled", "out/", cfg)       # -> SynthResult(url=..., status=..., manifest=...)
     for s in read_pairs(res.url): s["key"], s["hr"], s["lr"], s["params"]
 
-Module map (one job each): ``sources`` (listing), ``decode`` (bytes → RGB or a skip reason),
-``patching`` (albumentations crops), ``worker`` (one shard end to end), ``execution`` (Ray /
-inline), ``shards`` (format: writer + safe reader), ``manifest`` (ids, commit markers,
-manifest), ``storage`` (fsspec/s3fs), ``inspect`` (reports), ``job`` (orchestration).
+Module map (one job each): ``synth_config`` (the job's settings), ``sources`` (listing),
+``decode`` (bytes → RGB or a skip reason), ``patching`` (albumentations crops), ``worker`` (one
+shard end to end), ``execution`` (Ray / inline), ``shards`` (the format: layout, codec, writer,
+commit markers, manifest, safe reader), ``identity`` (dataset ids), ``storage`` (fsspec/s3fs),
+``inspect`` (reports), ``job`` (orchestration).
 """
 from __future__ import annotations
 
 from .job import JobError, SynthResult, synth
-from .shards import ShardIntegrityError, UnsafeMemberError, load_manifest, read_pairs, shard_urls, verify_shard
+from .patching import PatchConfig
+from .shards import (EncodeConfig, ShardIntegrityError, UnsafeMemberError, load_manifest, read_pairs, shard_urls,
+                     verify_shard)
 from .sources import SourceError
 from .storage import StorageConfig, StorageError
+from .synth_config import DatasetConfig, RunConfig, SynthConfig
 
-__all__ = ["synth", "SynthResult", "JobError", "SourceError", "read_pairs", "load_manifest", "shard_urls",
-           "UnsafeMemberError", "ShardIntegrityError", "verify_shard", "StorageConfig", "StorageError"]
+__all__ = ["synth", "SynthConfig", "DatasetConfig", "RunConfig", "PatchConfig", "EncodeConfig", "SynthResult",
+           "JobError", "SourceError", "read_pairs", "load_manifest", "shard_urls", "UnsafeMemberError",
+           "ShardIntegrityError", "verify_shard", "StorageConfig", "StorageError"]

@@ -25,17 +25,17 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
 
 from . import storage
-from .decode import DEFAULT_MAX_PIXELS
-from .execution import InlineExecutor, RayExecutor, init_ray, shutdown_ray
+from .execution import InlineExecutor, RayExecutor, RunReport, init_ray, shutdown_ray
 from .identity import config_hash, dataset_id
 from .patching import PatchConfig
-from .shards import (MANIFEST_NAME, PIPELINE_VERSION, EncodeConfig, build_manifest, committed_shards, pretty_json,
-                     read_json, shard_name, unconfirmed_shards)
-from .sources import SourceError, list_source
+from .shards import (MANIFEST_NAME, PIPELINE_VERSION, build_manifest, committed_shards, pretty_json, read_json,
+                     shard_name, unconfirmed_shards)
+from .sources import Listing, SourceError, list_source
+from .synth_config import DEFAULT_PRESET, DatasetConfig, RunConfig, SynthConfig
 from .worker import JobSpec, ShardTask
 
 log = logging.getLogger(__name__)
@@ -62,17 +62,56 @@ class SynthResult:
         return self.status != "failed"
 
 
-def resolve_degradation(preset: str | None = None, config: Any = None):
-    """A DegradationConfig from an object, a YAML path, or a preset name."""
+@dataclass(frozen=True)
+class _Store:
+    """How this job reaches its output: the fsspec options and the bounded-retry policy."""
+
+    options: dict | None
+    config: storage.StorageConfig
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """Everything decided before any work: the dataset's identity, its folder and its shards."""
+
+    out_url: str                # OUT, normalized
+    url: str                    # OUT/<dataset id>
+    job: dict                   # job.json: identity, shard names, degradation, source summary
+    degradation: Any            # the resolved DegradationConfig
+    patch: PatchConfig          # with the patch size resolved
+    listing: Listing
+    listing_seconds: float
+
+    @property
+    def dataset_id(self) -> str:
+        return self.job["dataset_id"]
+
+    @property
+    def config_hash(self) -> str:
+        return self.job["config_hash"]
+
+    @property
+    def shard_names(self) -> list[str]:
+        return self.job["shards"]
+
+    def tasks(self, images_per_shard: int, done: dict[str, dict]) -> list[ShardTask]:
+        """One task per shard not in ``done``, each with its slice of the listing."""
+        items = list(enumerate(self.listing.items))
+        return [ShardTask(i, name, items[i * images_per_shard:(i + 1) * images_per_shard])
+                for i, name in enumerate(self.shard_names) if name not in done]
+
+
+def resolve_degradation(degradation: Any = None):
+    """A DegradationConfig from an object, a YAML path, or a preset name (default: the default preset)."""
     from pairforge.degradations import load_preset
 
-    if config is not None and not isinstance(config, (str, os.PathLike)):
-        return config
-    name = str(config) if config is not None else (preset or "realesrgan-x4plus")
+    if degradation is not None and not isinstance(degradation, (str, os.PathLike)):
+        return degradation
+    name = str(degradation or DEFAULT_PRESET)
     try:
         return load_preset(name)
     except (KeyError, FileNotFoundError, ValueError) as exc:
-        raise JobError(f"unknown degradation preset/config {name!r}: {exc}") from None
+        raise JobError(f"dataset.degradation: unknown degradation preset/config {name!r}: {exc}") from None
 
 
 def code_version() -> dict:
@@ -82,149 +121,191 @@ def code_version() -> dict:
 
 
 def default_workers() -> int:
-    """One CPU worker per core (each degrades single-threaded; see worker.CPU_TORCH_THREADS)."""
+    """One CPU worker per core: each degrades on one torch thread (worker.CPU_TORCH_THREADS), so the
+    worker count is the job's parallelism and the cores are not oversubscribed."""
     return max(1, os.cpu_count() or 1)
 
 
-def synth(source: str, out: str, *, preset: str | None = "realesrgan-x4plus", config: Any = None,
-          seed: int = 0, patches_per_image: int = 4, views: int = 1, workers: int | None = None,
-          ray_address: str | None = None, resume: bool = False, images_per_shard: int = 64,
-          patch_size: int | None = None, min_size_policy: str = "skip", min_side: int = 32,
-          flips: bool = True, hr_format: str = "png", lr_format: str = "png", jpg_quality: int = 95,
-          batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS, device: str = "auto",
-          executor: str = "ray", cpus_per_worker: float | None = None, max_retries: int = 2,
-          storage_options: dict | None = None, storage_config: storage.StorageConfig | None = None,
-          progress: bool = True) -> SynthResult:
+def synth(source: str, out: str, config: SynthConfig | None = None, *, storage_options: dict | None = None,
+          storage_config: storage.StorageConfig | None = None) -> SynthResult:
     """Synthesize LR/HR pair shards from ``source`` into ``out/<dataset-id>/``.
 
-    Returns a :class:`SynthResult`; ``result.ok`` is True iff every shard is committed, confirmed
-    in the store, and the manifest is written.  Raises :class:`SourceError`/:class:`JobError` for
-    unusable inputs (including an output that cannot be reached before any work starts).
-    ``storage_config`` (timeouts, retries, deadline) defaults to ``StorageConfig.from_env()``.
+    ``config`` (default ``SynthConfig()``) says what dataset to make (``config.dataset``, which
+    decides its id) and how to run the job (``config.run``).  Returns a :class:`SynthResult`;
+    ``result.ok`` is True iff every shard is committed, confirmed in the store, and the manifest
+    is written.  Raises :class:`SourceError`/:class:`JobError` for unusable inputs (including an
+    output that cannot be reached before any work starts).  ``storage_config`` (timeouts, retries,
+    deadline) defaults to ``StorageConfig.from_env()``.
     """
-    scfg = storage_config or storage.StorageConfig.from_env()
-    cfg = resolve_degradation(preset, config)
-    scale = int(cfg.scale)
-    size = int(patch_size or cfg.hr_size)
-    if size % scale:
-        raise JobError(f"patch size {size} is not divisible by the degradation scale {scale}")
-    if views < 1:
-        raise JobError("--views must be >= 1")
-    if images_per_shard < 1:
-        raise JobError("images per shard must be >= 1")
-    pcfg = PatchConfig(size=size, per_image=patches_per_image, min_size_policy=min_size_policy,
-                       min_side=min_side, flips=flips)
-    enc = EncodeConfig(hr_format=hr_format, lr_format=lr_format, jpg_quality=jpg_quality)
+    config = config or SynthConfig()
+    store = _Store(storage_options, storage_config or storage.StorageConfig.from_env())
+    plan = plan_job(source, out, config.dataset, storage_options)
+    manifest = _read(storage.join(plan.url, MANIFEST_NAME), store)
+    if manifest is not None:
+        return _reuse(plan, manifest)
+    resumed = _claim_folder(plan, config.run.resume, store)
+    done = _committed(plan, store) if resumed else {}
+    tasks = plan.tasks(config.dataset.images_per_shard, done)
+    progress = _Progress(tasks, config.run.progress)
+    try:
+        report = _run(_job_spec(plan, config, store), tasks, config.run, progress.on_done)
+    finally:
+        progress.close()
+    return _finish(plan, {**done, **progress.stats}, report, resumed, store)
+
+
+def plan_job(source: str, out: str, dataset: DatasetConfig, storage_options: dict | None = None) -> JobPlan:
+    """List the source and compute the dataset id from everything that determines the output bytes."""
+    degradation = resolve_degradation(dataset.degradation)
+    patch = _resolved_patch(dataset.patch, degradation)
     t_list = time.perf_counter()
-    listing = list_source(source, storage_options, min_side=size)
+    listing = list_source(source, storage_options, min_side=patch.size)
     t_list = time.perf_counter() - t_list
-
-    identity = {
-        "listing_sha256": listing.digest(), "inputs": len(listing.items),
-        "degradation": {"name": cfg.name, "fingerprint": cfg.fingerprint()},
-        "patch": pcfg.to_dict(), "encode": enc.to_dict(), "seed": int(seed), "views": int(views),
-        "images_per_shard": int(images_per_shard), "max_pixels": int(max_pixels),
-        "code_version": code_version(),
-    }
-    ds_id = dataset_id(identity, cfg.name)
-    chash = config_hash(identity)
+    identity = _identity(dataset, degradation, patch, listing)
+    ds_id = dataset_id(identity, degradation.name)
+    n_shards = (len(listing.items) + dataset.images_per_shard - 1) // dataset.images_per_shard
+    job = {"dataset_id": ds_id, "config_hash": config_hash(identity), "identity": identity,
+           "shards": [shard_name(i) for i in range(n_shards)], "scale": int(degradation.scale),
+           "hr_size": patch.size, "degradation_name": degradation.name,
+           "degradation_config": degradation.to_dict(), "source": listing.summary()}
     out_url = storage.normalize(out)
-    ds_url = storage.join(out_url, ds_id)
-    n_shards = (len(listing.items) + images_per_shard - 1) // images_per_shard
-    names = [shard_name(i) for i in range(n_shards)]
-    job = {"dataset_id": ds_id, "config_hash": chash, "identity": identity, "shards": names,
-           "scale": scale, "hr_size": size, "degradation_name": cfg.name,
-           "degradation_config": cfg.to_dict(), "source": listing.summary()}
+    return JobPlan(out_url, storage.join(out_url, ds_id), job, degradation, patch, listing, t_list)
 
-    # 3. already there?
-    man = _read(storage.join(ds_url, MANIFEST_NAME), storage_options, scfg)
-    if man is not None:
-        if man.get("config_hash") != chash:
-            raise JobError(f"{storage.redact(ds_url)} holds a different dataset (config hash mismatch); "
-                           "refusing to touch it")
-        log.info("synth: dataset %s already complete; nothing to do", ds_id)
-        return SynthResult(ds_url, ds_id, "reused", n_shards, manifest=man)
 
-    # 4. plan / resume
-    existing = _read(storage.join(ds_url, "job.json"), storage_options, scfg)
+def _resolved_patch(patch: PatchConfig, degradation: Any) -> PatchConfig:
+    """``patch`` with its size filled in (the degradation's ``hr_size`` when unset) and checked."""
+    size = int(patch.size or degradation.hr_size)
+    scale = int(degradation.scale)
+    if size % scale:
+        raise JobError(f"dataset.patch.size: patch size {size} is not divisible by the degradation scale {scale}")
+    return replace(patch, size=size)
+
+
+def _identity(dataset: DatasetConfig, degradation: Any, patch: PatchConfig, listing: Listing) -> dict:
+    """What the dataset id hashes.  Frozen: any change here changes every dataset id."""
+    return {
+        "listing_sha256": listing.digest(), "inputs": len(listing.items),
+        "degradation": {"name": degradation.name, "fingerprint": degradation.fingerprint()},
+        "patch": patch.to_dict(), "encode": dataset.encode.to_dict(), "seed": int(dataset.seed),
+        "views": int(dataset.views), "images_per_shard": int(dataset.images_per_shard),
+        "max_pixels": int(dataset.max_pixels), "code_version": code_version(),
+    }
+
+
+def _reuse(plan: JobPlan, manifest: dict) -> SynthResult:
+    """The dataset is already complete: return it, after checking it is this job's."""
+    if manifest.get("config_hash") != plan.config_hash:
+        raise JobError(f"{storage.redact(plan.url)} holds a different dataset (config hash mismatch); "
+                       "refusing to touch it")
+    log.info("synth: dataset %s already complete; nothing to do", plan.dataset_id)
+    return SynthResult(plan.url, plan.dataset_id, "reused", len(plan.shard_names), manifest=manifest)
+
+
+def _claim_folder(plan: JobPlan, resume: bool, store: _Store) -> bool:
+    """Write ``job.json`` into a new dataset folder, or accept an unfinished run of this job when
+    ``resume``.  Returns True when resuming."""
+    job_url = storage.join(plan.url, "job.json")
+    existing = _read(job_url, store)
     if existing is not None:
-        if existing.get("config_hash") != chash:
-            raise JobError(f"{storage.redact(ds_url)} belongs to another job (config hash mismatch); refusing "
+        if existing.get("config_hash") != plan.config_hash:
+            raise JobError(f"{storage.redact(plan.url)} belongs to another job (config hash mismatch); refusing "
                            "to overwrite it")
         if not resume:
-            raise JobError(f"an unfinished run of this job exists at {storage.redact(ds_url)}; pass --resume "
-                           "(resume=True) to continue it")
+            raise JobError(f"an unfinished run of this job exists at {storage.redact(plan.url)}; pass --resume "
+                           "(run.resume) to continue it")
     else:
         try:
-            storage.makedirs(ds_url, storage_options)
-            storage.write_bytes(storage.join(ds_url, "job.json"), pretty_json(job), storage_options, config=scfg)
+            storage.makedirs(plan.url, store.options)
+            storage.write_bytes(job_url, pretty_json(plan.job), store.options, config=store.config)
         except (OSError, ValueError) as exc:
-            raise JobError(f"cannot write to output {storage.redact(out_url)}: {type(exc).__name__}: "
+            raise JobError(f"cannot write to output {storage.redact(plan.out_url)}: {type(exc).__name__}: "
                            f"{storage.redact(str(exc))}") from None
-    if not storage.is_s3(ds_url):
-        storage.remove_stale_tmp(ds_url, storage_options)
-    done = _committed(ds_url, names, storage_options, scfg) if existing is not None else {}
-    items = list(enumerate(listing.items))
-    tasks = [ShardTask(i, names[i], items[i * images_per_shard:(i + 1) * images_per_shard])
-             for i in range(n_shards) if names[i] not in done]
+    if not storage.is_s3(plan.url):
+        storage.remove_stale_tmp(plan.url, store.options)
+    return existing is not None
 
-    spec = JobSpec(dataset_url=ds_url, degradation=cfg, patch=pcfg, patch_size=size, encode=enc, seed=int(seed),
-                   views=int(views), code_version=identity["code_version"], batch_size=batch_size,
-                   max_pixels=max_pixels, storage_options=storage_options, storage_config=scfg)
-    fresh: dict[str, dict] = {}
-    report = _run(spec, tasks, fresh, executor=executor, workers=workers, ray_address=ray_address, device=device,
-                  cpus_per_worker=cpus_per_worker, max_retries=max_retries, progress=progress)
 
-    # 5. commit the dataset: stats of shards done before this run + those just returned by workers
-    stats = {**done, **fresh}
-    missing = [n for n in names if n not in stats]
+def _job_spec(plan: JobPlan, config: SynthConfig, store: _Store) -> JobSpec:
+    """What every worker needs, from the plan (resolved degradation and patch size) and the config."""
+    dataset = config.dataset
+    return JobSpec(dataset_url=plan.url, degradation=plan.degradation, patch=plan.patch, encode=dataset.encode,
+                   seed=int(dataset.seed), views=int(dataset.views),
+                   code_version=plan.job["identity"]["code_version"], batch_size=config.run.batch_size,
+                   max_pixels=dataset.max_pixels, storage_options=store.options, storage_config=store.config)
+
+
+def _finish(plan: JobPlan, stats: dict[str, dict], report: RunReport, resumed: bool, store: _Store) -> SynthResult:
+    """Commit the dataset when every shard is: stats of shards done before this run + those just made."""
+    missing = [n for n in plan.shard_names if n not in stats]
+    n_shards = len(plan.shard_names)
     if missing:
         failed = dict(report.failed)
         for n in missing:
             failed.setdefault(n, "not committed")
-        return SynthResult(ds_url, ds_id, "failed", n_shards, report.done, failed)
-    manifest, problems = _commit_dataset(ds_url, job, stats, storage_options, scfg)
+        return SynthResult(plan.url, plan.dataset_id, "failed", n_shards, report.done, failed)
+    manifest, problems = _commit_dataset(plan.url, plan.job, stats, store)
     if manifest is None:
-        return SynthResult(ds_url, ds_id, "failed", n_shards, report.done, problems)
-    timings = {"listing": t_list, "startup": report.startup_s, "run": report.run_s}
-    return SynthResult(ds_url, ds_id, "resumed" if existing is not None else "created", n_shards,
+        return SynthResult(plan.url, plan.dataset_id, "failed", n_shards, report.done, problems)
+    timings = {"listing": plan.listing_seconds, "startup": report.startup_s, "run": report.run_s}
+    return SynthResult(plan.url, plan.dataset_id, "resumed" if resumed else "created", n_shards,
                        report.done, {}, manifest, timings)
 
 
-def _commit_dataset(ds_url: str, job: dict, stats: dict[str, dict], storage_options: dict | None,
-                    scfg: storage.StorageConfig) -> tuple[dict | None, dict[str, str]]:
+def _commit_dataset(ds_url: str, job: dict, stats: dict[str, dict],
+                    store: _Store) -> tuple[dict | None, dict[str, str]]:
     """Write ``manifest.json`` once the store reports every shard with its recorded size.
 
     Returns ``(manifest, {})``, or ``(None, {object: problem})`` with no manifest written.
     """
     try:
-        problems = unconfirmed_shards(ds_url, stats, storage_options, config=scfg)
+        problems = unconfirmed_shards(ds_url, stats, store.options, config=store.config)
         if problems:
             return None, problems
         manifest = build_manifest(job, stats)
-        storage.write_bytes(storage.join(ds_url, MANIFEST_NAME), pretty_json(manifest), storage_options,
-                            config=scfg)
+        storage.write_bytes(storage.join(ds_url, MANIFEST_NAME), pretty_json(manifest), store.options,
+                            config=store.config)
     except storage.StorageError as exc:
         return None, {"manifest.json": str(exc)}
     return manifest, {}
 
 
-def _committed(ds_url: str, names: list[str], storage_options: dict | None,
-               scfg: storage.StorageConfig) -> dict[str, dict]:
+def _committed(plan: JobPlan, store: _Store) -> dict[str, dict]:
     """:func:`committed_shards`, with a store that cannot be read turned into a :class:`JobError`."""
     try:
-        return committed_shards(ds_url, names, storage_options, config=scfg)
+        return committed_shards(plan.url, plan.shard_names, store.options, config=store.config)
     except storage.StorageError as exc:
         raise JobError(f"cannot read the shards already written: {exc}") from None
 
 
-def _read(url: str, storage_options: dict | None, scfg: storage.StorageConfig) -> dict | None:
+def _read(url: str, store: _Store) -> dict | None:
     try:
-        return read_json(url, storage_options, config=scfg)
+        return read_json(url, store.options, config=store.config)
     except PermissionError as exc:
         raise JobError(f"cannot read {storage.redact(url)}: access denied ({exc})") from None
     except OSError as exc:
         raise JobError(f"cannot reach {storage.redact(url)}: {type(exc).__name__}: {storage.redact(str(exc))}") from None
+
+
+class _Progress:
+    """Collects the stats of each shard committed in this run, and shows a progress bar."""
+
+    def __init__(self, tasks: list[ShardTask], enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self.stats: dict[str, dict] = {}
+        self._shards = len(tasks)
+        self._samples = 0
+        self._bar = tqdm(total=sum(len(t.items) for t in tasks), unit="img", desc="synth",
+                         disable=not (enabled and tasks), file=sys.stderr, dynamic_ncols=True)
+
+    def on_done(self, task: ShardTask, stats: dict) -> None:
+        self._samples += stats["count"]
+        self.stats[task.name] = stats
+        self._bar.set_postfix(pairs=self._samples, shards=f"{len(self.stats)}/{self._shards}", refresh=False)
+        self._bar.update(len(task.items))
+
+    def close(self) -> None:
+        self._bar.close()
 
 
 def _cluster_default_workers(device: str) -> int:
@@ -235,42 +316,22 @@ def _cluster_default_workers(device: str) -> int:
     return gpus if gpus >= 1 and device != "cpu" else default_workers()
 
 
-def _run(spec: JobSpec, tasks: list[ShardTask], fresh: dict[str, dict], *, executor: str, workers: int | None, ray_address: str | None,
-         device: str, cpus_per_worker: float | None, max_retries: int, progress: bool):
-    from tqdm import tqdm
-
-    from .execution import RunReport
-
+def _run(spec: JobSpec, tasks: list[ShardTask], run: RunConfig,
+         on_done: Callable[[ShardTask, dict], None]) -> RunReport:
+    """Run ``tasks`` on the chosen executor; an embedded Ray started here is stopped here."""
     if not tasks:
         return RunReport([], {}, [])
-    total_inputs = sum(len(t.items) for t in tasks)
-    bar = tqdm(total=total_inputs, unit="img", desc="synth", disable=not progress, file=sys.stderr,
-               dynamic_ncols=True)
-    samples = [0]
-
-    def on_done(task: ShardTask, stats: dict) -> None:
-        samples[0] += stats["count"]
-        fresh[task.name] = stats
-        done.append(task.name)
-        bar.set_postfix(pairs=samples[0], shards=f"{len(done)}/{len(tasks)}", refresh=False)
-        bar.update(len(task.items))
-
-    done: list[str] = []
+    if run.executor == "inline":
+        return InlineExecutor(spec, device=run.device, max_retries=run.max_retries).run(tasks, on_done)
+    started = init_ray(run.ray_address,
+                       num_cpus=None if run.ray_address else max((os.cpu_count() or 1), run.workers or 1) + 1)
     try:
-        if executor == "inline":
-            return InlineExecutor(spec, device=device, max_retries=max_retries).run(tasks, on_done)
-        if executor != "ray":
-            raise JobError(f"unknown executor {executor!r} (ray or inline)")
-        started = init_ray(ray_address, num_cpus=None if ray_address else max((os.cpu_count() or 1), workers or 1) + 1)
-        n = workers or _cluster_default_workers(device)
-        try:
-            return RayExecutor(spec, n, device=device, cpus_per_worker=cpus_per_worker,
-                               max_retries=max_retries).run(tasks, on_done)
-        finally:
-            if started:
-                shutdown_ray()
+        return RayExecutor(spec, run.workers or _cluster_default_workers(run.device), device=run.device,
+                           cpus_per_worker=run.cpus_per_worker, max_retries=run.max_retries).run(tasks, on_done)
     finally:
-        bar.close()
+        if started:
+            shutdown_ray()
 
 
-__all__ = ["synth", "SynthResult", "JobError", "SourceError", "resolve_degradation"]
+__all__ = ["synth", "SynthResult", "SynthConfig", "JobError", "SourceError", "JobPlan", "plan_job",
+           "resolve_degradation"]

@@ -12,9 +12,11 @@ import math
 import os
 import threading
 from dataclasses import asdict, dataclass
+from typing import Literal, NamedTuple, get_args
 
 import numpy as np
 
+from pairforge.config import ConfigError
 from pairforge.degradations.rng import crop_seed
 
 from .decode import SkipInput
@@ -22,25 +24,45 @@ from .decode import SkipInput
 # albumentations otherwise tries to reach PyPI for a version check on import (offline clusters)
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+Policy = Literal["skip", "upscale"]
+POLICIES = get_args(Policy)
+
 
 @dataclass(frozen=True)
 class PatchConfig:
-    """How HR patches are cut.  ``size=None`` means "the degradation preset's ``hr_size``"."""
+    """How HR patches are cut.  ``size=None`` means "the degradation preset's ``hr_size``".
+
+    Checked by :meth:`validate`, which its users call with the path that names it in errors
+    (``dataset.patch`` in a synth config).  ``to_dict()``, with the size resolved, is part of the
+    dataset identity: renaming or adding a field changes every dataset id.
+    """
 
     size: int | None = None
     per_image: int = 4
-    min_size_policy: str = "skip"     # "skip" images smaller than a patch, or "upscale" them
+    min_size_policy: Policy = "skip"  # skip images smaller than a patch, or upscale them
     min_side: int = 32                # absolute floor: smaller images are always skipped
     flips: bool = True                # random horizontal flip + rot90 (the 8 dihedral symmetries)
 
-    def __post_init__(self) -> None:
-        if self.min_size_policy not in ("skip", "upscale"):
-            raise ValueError(f"min_size_policy must be 'skip' or 'upscale', not {self.min_size_policy!r}")
+    def validate(self, path: str = "patch") -> None:
+        """Raise :class:`ConfigError` naming ``path.<field>`` for a value no patch can be cut with."""
+        if self.size is not None and self.size < 1:
+            raise ConfigError(f"{path}.size: expected null or an integer >= 1, got {self.size!r}")
         if self.per_image < 1:
-            raise ValueError("patches per image must be >= 1")
+            raise ConfigError(f"{path}.per_image: expected an integer >= 1, got {self.per_image!r}")
+        if self.min_size_policy not in POLICIES:
+            raise ConfigError(f"{path}.min_size_policy: {self.min_size_policy!r} is not allowed; "
+                              f"choose one of {list(POLICIES)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class Patch(NamedTuple):
+    """One HR patch as cut: its sample key, its pixels (HxWx3 uint8) and how it was cut."""
+
+    key: str
+    pixels: np.ndarray
+    meta: dict
 
 
 def patch_key(image_key: str, j: int) -> str:
@@ -48,11 +70,17 @@ def patch_key(image_key: str, j: int) -> str:
 
 
 class Patcher:
-    """Thread-safe patch cutter (one albumentations pipeline per thread)."""
+    """Thread-safe patch cutter (one albumentations pipeline per thread).
 
-    def __init__(self, cfg: PatchConfig, size: int):
+    ``size`` overrides ``cfg.size``; one of them must be given.
+    """
+
+    def __init__(self, cfg: PatchConfig, size: int | None = None):
+        cfg.validate()
+        if (size or cfg.size) is None:
+            raise ConfigError("patch.size: the patch size is not resolved (give a size)")
         self.cfg = cfg
-        self.size = int(size)
+        self.size = int(size or cfg.size)
         self._local = threading.local()
 
     def warm_up(self) -> None:
@@ -85,8 +113,8 @@ class Patcher:
         nw, nh = max(self.size, math.ceil(w * s)), max(self.size, math.ceil(h * s))
         return cv2.resize(img, (nw, nh), interpolation=cv2.INTER_CUBIC), s
 
-    def patches(self, img: np.ndarray, image_key: str, seed: int) -> list[tuple[str, np.ndarray, dict]]:
-        """``[(sample key, HxWx3 uint8 patch, meta)]`` for one decoded image."""
+    def patches(self, img: np.ndarray, image_key: str, seed: int) -> list[Patch]:
+        """The image's ``cfg.per_image`` patches, each with its own key and random stream."""
         img, upscale = self._fit(img)
         comp = self._compose()
         out = []
@@ -103,5 +131,5 @@ class Patcher:
                     meta["hflip"] = True
                 elif name == "RandomRotate90":
                     meta["rot90"] = int(params.get("factor", 0))
-            out.append((key, np.ascontiguousarray(res["image"]), meta))
+            out.append(Patch(key, np.ascontiguousarray(res["image"]), meta))
         return out

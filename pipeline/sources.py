@@ -67,10 +67,6 @@ class SourceItem:
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
-    @staticmethod
-    def from_dict(d: dict) -> "SourceItem":
-        return SourceItem(**d)
-
 
 @dataclass
 class Listing:
@@ -164,17 +160,20 @@ def _skipped_note(skipped: list[dict], show: int = 3) -> str:
 
 
 # ---------------------------------------------------------------- individual source kinds
-def list_bundled(min_side: int = 0) -> Listing:
-    """scikit-image's bundled photos whose short side is at least ``min_side``."""
+def bundled_photos() -> list[tuple[str, str]]:
+    """``(name, path)`` of each :data:`BUNDLED` photo this scikit-image install ships, in order."""
     import skimage
-    from PIL import Image
 
     root = os.path.join(os.path.dirname(skimage.__file__), "data")
+    return [(name, os.path.join(root, name)) for name in BUNDLED if os.path.exists(os.path.join(root, name))]
+
+
+def list_bundled(min_side: int = 0) -> Listing:
+    """scikit-image's bundled photos whose short side is at least ``min_side``."""
+    from PIL import Image
+
     candidates, skipped = [], []
-    for name in BUNDLED:
-        p = os.path.join(root, name)
-        if not os.path.exists(p):
-            continue
+    for name, p in bundled_photos():
         try:
             with Image.open(p) as im:
                 big_enough = min(im.size) >= min_side

@@ -24,14 +24,16 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
+from pairforge.degradations import StageTimer
+
 from . import storage
 from .decode import DEFAULT_MAX_PIXELS, SkipInput, decode_image
-from .patching import PatchConfig, Patcher
-from .shards import EncodeConfig, encode_sample, write_shard, write_stats
+from .patching import Patch, PatchConfig, Patcher
+from .shards import EncodeConfig, ShardResult, encode_sample, write_shard, write_stats
 from .sources import SourceItem, image_key
 
 log = logging.getLogger(__name__)
@@ -43,8 +45,7 @@ class JobSpec:
 
     dataset_url: str
     degradation: Any                # degradations.DegradationConfig
-    patch: PatchConfig
-    patch_size: int
+    patch: PatchConfig              # with the patch size resolved
     encode: EncodeConfig
     seed: int
     views: int
@@ -65,10 +66,10 @@ class ShardTask:
     items: list[tuple[int, SourceItem]] = field(default_factory=list)  # (image index, item)
 
 
-#: torch intra-op threads on CPU.  Fixed (not "cores / workers") on purpose: the degradation
-#: engine's float results can differ in the last bit with the thread count, which a JPEG step
-#: can amplify into different bytes — and shards must not depend on the worker count.
-#: Parallelism comes from more workers (one per core) instead.
+#: torch intra-op threads per CPU worker.  One, because the job's parallelism comes from running
+#: one worker per core (:func:`job.default_workers`): more threads per worker would only make
+#: the workers compete for the same cores.  The pixels do not depend on this number (the
+#: degradation engine gives the same values with any thread count; see degradations/parallel.py).
 CPU_TORCH_THREADS = 1
 
 
@@ -85,19 +86,121 @@ def resolve_device(requested: str) -> str:
     return "cuda" if has_cuda else "cpu"
 
 
-class _Timer:
-    """Thread-safe accumulation of per-stage seconds."""
+# ------------------------------------------------------------------ records passed between stages
+@dataclass(frozen=True)
+class LoadedImage:
+    """An input that was read, decoded and cut into patches (a decode thread's result)."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.t: dict[str, float] = {}
+    index: int             # position in the listing (its image key)
+    item: SourceItem
+    decode_info: dict      # the original format/mode/size and the conversions made; in each sample's JSON
+    patches: list[Patch]
 
-    def add(self, stage: str, seconds: float) -> None:
-        with self._lock:
-            self.t[stage] = self.t.get(stage, 0.0) + seconds
+
+@dataclass(frozen=True)
+class SkippedImage:
+    """An input that gives no samples, and why (listed in the shard's stats)."""
+
+    index: int
+    name: str
+    reason: str
+    detail: str
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "name": self.name, "reason": self.reason, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class BatchEntry:
+    """One patch waiting for degradation, with the image it was cut from."""
+
+    patch: Patch
+    image: LoadedImage
+
+
+@dataclass(frozen=True)
+class DegradedBatch:
+    """A batch after degradation: HR patches (N,H,W,3), LR views (N*views,h,w,3), their records."""
+
+    hr: np.ndarray
+    lr: np.ndarray
+    records: list[dict]
+    views: int
+
+    def lrs(self, i: int) -> list[np.ndarray]:
+        return [self.lr[i * self.views + v] for v in range(self.views)]
+
+    def records_of(self, i: int) -> list[dict]:
+        return self.records[i * self.views:(i + 1) * self.views]
+
+
+@dataclass
+class _Tally:
+    """What one shard made of its inputs."""
+
+    images_ok: int = 0
+    skipped: list[SkippedImage] = field(default_factory=list)
 
 
 _END = object()
+
+
+class _OrderedShardWriter:
+    """Encode futures in → one writer thread → the shard's tar, in the order they were put.
+
+    The writer consumes the futures in submission order, so the tar's bytes do not depend on
+    thread timing; the queue is bounded, so encoding cannot run ahead of writing without limit.
+    On :meth:`abort` the writer raises on its next item, which discards the partial tar: an
+    aborted shard never ends as a complete-looking tar.
+    """
+
+    def __init__(self, url: str, spec: JobSpec) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=max(2, 2 * spec.batch_size))
+        self._aborted = threading.Event()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="pf-write")
+        self._writer: Future = self._pool.submit(write_shard, url, self._samples(), spec.storage_options,
+                                                 config=spec.storage_config)
+
+    def __enter__(self) -> "_OrderedShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        self._pool.shutdown(wait=False)
+
+    def _samples(self) -> Iterator[dict]:
+        while True:
+            fut = self._queue.get()
+            if self._aborted.is_set():
+                raise RuntimeError("shard aborted")
+            if fut is _END:
+                return
+            yield fut.result()
+
+    def put(self, fut: Future | object) -> None:
+        """Queue one encode future; a writer that already failed raises its error here."""
+        while True:
+            if self._writer.done():  # failed early: surface its error instead of blocking
+                self._writer.result()
+                raise RuntimeError("writer stopped")
+            try:
+                self._queue.put(fut, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self) -> ShardResult:
+        """No more samples: wait for the store to confirm the tar."""
+        self.put(_END)
+        return self._writer.result()
+
+    def abort(self) -> None:
+        self._aborted.set()
+        with contextlib.suppress(Exception):
+            self._queue.put_nowait(_END)  # wake a writer waiting for the next item
+        with contextlib.suppress(Exception):
+            self._writer.result(timeout=30)
 
 
 class ShardProcessor:
@@ -110,12 +213,12 @@ class ShardProcessor:
 
         self.spec = spec
         self.device = resolve_device(device)
-        self._torch_threads = int(torch_threads or CPU_TORCH_THREADS) if (torch_threads or self.device == "cpu") else None
+        self._torch_threads = _cpu_threads(torch_threads, self.device)
         if self._torch_threads:
             torch.set_num_threads(self._torch_threads)
         self.degrader = Degrader(spec.degradation, device=self.device)
-        self.patcher = Patcher(spec.patch, spec.patch_size)
-        self.patcher.warm_up()  # import albumentations (~3 s) now, not inside the first shard's timings
+        self.patcher = Patcher(spec.patch)
+        self.patcher.warm_up()  # import albumentations now, so the first shard's timings measure shard work
         # process() may run for two shards at once (a threaded actor), so the tail of one shard
         # (encode/write/upload) overlaps the next shard's degradation; the degrader is shared
         # and used by one batch at a time
@@ -133,188 +236,156 @@ class ShardProcessor:
         return {"device": self.device, "host": socket.gethostname(), "pid": os.getpid(),
                 "torch_threads": torch.get_num_threads()}
 
+    # -------------------------------------------------------------- the shard
+    def process(self, task: ShardTask) -> dict:
+        """Write ``task``'s tar, then its stats file (the commit marker); return the stats."""
+        spec = self.spec
+        timer = StageTimer()  # host-side: the degrade stage ends in .cpu(), which waits for the GPU
+        started = time.perf_counter()
+        tally = _Tally()
+        with _OrderedShardWriter(storage.join(spec.dataset_url, task.name), spec) as writer:
+            for batch in self._batches(task, timer, tally):
+                self._degrade_and_encode(batch, timer, writer)
+            result = writer.finish()
+        stats = self._stats(task, tally, result, timer, time.perf_counter() - started)
+        # the commit marker: only now, after write_shard returned with the tar confirmed in the store
+        write_stats(spec.dataset_url, task.name, stats, spec.storage_options, config=spec.storage_config)
+        return stats
+
+    def _batches(self, task: ShardTask, timer: StageTimer, tally: _Tally) -> Iterator[list[BatchEntry]]:
+        """The shard's patches in listing order, ``batch_size`` at a time; counts ok and skipped inputs."""
+        batch: list[BatchEntry] = []
+        for image in self._loaded(task, timer):
+            if isinstance(image, SkippedImage):
+                tally.skipped.append(image)
+                continue
+            tally.images_ok += 1
+            for patch in image.patches:
+                batch.append(BatchEntry(patch, image))
+                if len(batch) >= self.spec.batch_size:
+                    yield batch
+                    batch = []
+        if batch:
+            yield batch
+
+    def _loaded(self, task: ShardTask, timer: StageTimer) -> Iterator[LoadedImage | SkippedImage]:
+        """Each input loaded on the decode threads, in listing order, a bounded number ahead."""
+        lookahead = max(2, self.spec.decode_threads * 2)
+        pending: deque[Future] = deque()
+        try:
+            for idx, item in task.items:
+                pending.append(self.decode_pool.submit(self._load, idx, item, timer))
+                if len(pending) > lookahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for fut in pending:  # an aborted shard stops loading what it will not use
+                fut.cancel()
+
+    def _degrade_and_encode(self, batch: list[BatchEntry], timer: StageTimer,
+                            writer: _OrderedShardWriter) -> None:
+        degraded = self._degrade(batch, timer)
+        for i, entry in enumerate(batch):
+            writer.put(self.encode_pool.submit(self._encode, entry, degraded, i, timer))
+
     # -------------------------------------------------------------- stage functions
-    def _load(self, idx: int, item: SourceItem, timer: _Timer) -> tuple[list, dict] | SkipInput:
+    def _load(self, idx: int, item: SourceItem, timer: StageTimer) -> LoadedImage | SkippedImage:
         """Read + decode + patch one image (runs in a decode thread).
 
         A read that still fails when the storage retries run out (:class:`storage.StorageError`)
         fails the shard instead of skipping the input: skipping it would make the shard's bytes
         depend on the network, and a store that is down must stop the job, not empty it.
         """
-        spec = self.spec
         try:
-            t0 = time.perf_counter()
-            try:
-                data = storage.read_bytes(item.url, spec.storage_options, offset=item.offset, size=item.size,
-                                          config=spec.storage_config)
-            except FileNotFoundError:
-                raise SkipInput("missing", "file not found") from None
-            except storage.StorageError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - refused for good (e.g. access denied): skip the input
-                raise SkipInput("read_error", f"{type(exc).__name__}: {storage.redact(str(exc))}"[:160]) from None
-            t1 = time.perf_counter()
-            img, info = decode_image(data, spec.max_pixels)
+            with timer.stage("read"):
+                data = self._read(item)
+            with timer.stage("decode"):
+                img, info = decode_image(data, self.spec.max_pixels)
             del data
-            t2 = time.perf_counter()
-            patches = self.patcher.patches(img, image_key(idx), spec.seed)
-            t3 = time.perf_counter()
-            timer.add("read", t1 - t0)
-            timer.add("decode", t2 - t1)
-            timer.add("patch", t3 - t2)
-            return patches, info
+            with timer.stage("patch"):
+                patches = self.patcher.patches(img, image_key(idx), self.spec.seed)
+            return LoadedImage(idx, item, info, patches)
         except SkipInput as skip:
-            return skip
+            return SkippedImage(idx, item.name, skip.reason, skip.detail)
         except storage.StorageError:
             raise
         except Exception as exc:  # noqa: BLE001 - one file never kills the shard
-            return SkipInput("error", f"{type(exc).__name__}: {exc}"[:160])
+            return SkippedImage(idx, item.name, "error", f"{type(exc).__name__}: {exc}"[:160])
 
-    def _degrade(self, batch: list[tuple[str, np.ndarray, dict, SourceItem, int, dict]], timer: _Timer):
+    def _read(self, item: SourceItem) -> bytes:
+        """The item's bytes; an input the store refuses for good becomes a :class:`SkipInput`."""
+        try:
+            return storage.read_bytes(item.url, self.spec.storage_options, offset=item.offset, size=item.size,
+                                      config=self.spec.storage_config)
+        except FileNotFoundError:
+            raise SkipInput("missing", "file not found") from None
+        except storage.StorageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - refused for good (e.g. access denied): skip the input
+            raise SkipInput("read_error", f"{type(exc).__name__}: {storage.redact(str(exc))}"[:160]) from None
+
+    def _degrade(self, batch: list[BatchEntry], timer: StageTimer) -> DegradedBatch:
         import torch
 
-        spec = self.spec
-        k = spec.views
-        hr = np.stack([b[1] for b in batch])
-        keys = [f"{b[0]}_v{v}" for b in batch for v in range(k)]
+        views = self.spec.views
+        hr = np.stack([entry.patch.pixels for entry in batch])
+        keys = [f"{entry.patch.key}_v{v}" for entry in batch for v in range(views)]
         hr_t = torch.from_numpy(hr).permute(0, 3, 1, 2)
-        if k > 1:
-            hr_t = hr_t.repeat_interleave(k, dim=0)
+        if views > 1:
+            hr_t = hr_t.repeat_interleave(views, dim=0)
         hr_t = hr_t.contiguous()
         with self._degrade_lock:
             if self._torch_threads and torch.get_num_threads() != self._torch_threads:
                 torch.set_num_threads(self._torch_threads)  # OpenMP settings can be per calling thread
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                lr_t, records = self.degrader(hr_t.to(self.device), keys=keys, seed=spec.seed)
-            lr = lr_t.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-            timer.add("degrade", time.perf_counter() - t0)
-        return hr, lr, records
+            with timer.stage("degrade"), torch.inference_mode():
+                lr_t, records = self.degrader(hr_t.to(self.device), keys=keys, seed=self.spec.seed)
+                lr = lr_t.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+        return DegradedBatch(hr, lr, records, views)
 
-    def _encode(self, entry, hr: np.ndarray, lrs: list[np.ndarray], records: list[dict], timer: _Timer) -> dict:
-        key, _, pmeta, item, idx, dinfo = entry
-        spec = self.spec
-        t0 = time.perf_counter()
-        meta = {
-            "key": key,
+    def _encode(self, entry: BatchEntry, degraded: DegradedBatch, i: int, timer: StageTimer) -> dict:
+        """The tar members of the batch's ``i``-th sample (runs in an encode thread)."""
+        with timer.stage("encode"):
+            meta = self._sample_meta(entry, degraded.records_of(i))
+            return encode_sample(entry.patch.key, degraded.hr[i], degraded.lrs(i), meta, self.spec.encode)
+
+    def _sample_meta(self, entry: BatchEntry, records: list[dict]) -> dict:
+        """The sample's JSON: where it came from, how it was cut and how each view was degraded."""
+        spec, image = self.spec, entry.image
+        return {
+            "key": entry.patch.key,
             "seed": spec.seed,
             "code_version": spec.code_version,
             "degradation": getattr(spec.degradation, "name", None),
             "scale": int(spec.degradation.scale),
-            "source": {"name": item.name, "content": item.content, "index": idx, "decode": dinfo},
-            "patch": pmeta,
+            "source": {"name": image.item.name, "content": image.item.content, "index": image.index,
+                       "decode": image.decode_info},
+            "patch": entry.patch.meta,
             "views": records,
         }
-        sample = encode_sample(key, hr, lrs, meta, spec.encode)
-        timer.add("encode", time.perf_counter() - t0)
-        return sample
 
-    # -------------------------------------------------------------- the shard
-    def process(self, task: ShardTask) -> dict:
-        """Write ``task``'s tar, then its stats file (the commit marker); return the stats."""
-        spec = self.spec
-        timer = _Timer()
-        t_start = time.perf_counter()
-        skipped: list[dict] = []
-        images_ok = 0
-        k = spec.views
-
-        encoded: queue.Queue = queue.Queue(maxsize=max(2, 2 * spec.batch_size))
-        abort = threading.Event()
-
-        def samples():
-            while True:
-                fut = encoded.get()
-                if abort.is_set():  # never let an aborted shard end as a complete-looking tar
-                    raise RuntimeError("shard aborted")
-                if fut is _END:
-                    return
-                yield fut.result()
-
-        url = storage.join(spec.dataset_url, task.name)
-        writer_pool = ThreadPoolExecutor(1, thread_name_prefix="pf-write")
-        writer: Future = writer_pool.submit(write_shard, url, samples(), spec.storage_options,
-                                            config=spec.storage_config)
-
-        def put(fut: Future) -> None:
-            while True:
-                if writer.done():  # writer failed early: surface its error instead of blocking
-                    writer.result()
-                    raise RuntimeError("writer stopped")
-                try:
-                    encoded.put(fut, timeout=0.5)
-                    return
-                except queue.Full:
-                    continue
-
-        def flush(batch):
-            hr, lr, records = self._degrade(batch, timer)
-            for i, entry in enumerate(batch):
-                lrs = [lr[i * k + v] for v in range(k)]
-                recs = records[i * k:(i + 1) * k]
-                put(self.encode_pool.submit(self._encode, entry, hr[i], lrs, recs, timer))
-
-        try:
-            lookahead = max(2, spec.decode_threads * 2)
-            pending: deque = deque()
-            items = iter(task.items)
-            batch: list = []
-
-            def refill() -> None:
-                while len(pending) < lookahead:
-                    nxt = next(items, None)
-                    if nxt is None:
-                        return
-                    idx, item = nxt
-                    pending.append((idx, item, self.decode_pool.submit(self._load, idx, item, timer)))
-
-            refill()
-            while pending:
-                idx, item, fut = pending.popleft()
-                res = fut.result()
-                refill()
-                if isinstance(res, SkipInput):
-                    skipped.append({"index": idx, "name": item.name, "reason": res.reason, "detail": res.detail})
-                    continue
-                patches, dinfo = res
-                images_ok += 1
-                for key, arr, pmeta in patches:
-                    batch.append((key, arr, pmeta, item, idx, dinfo))
-                    if len(batch) >= spec.batch_size:
-                        flush(batch)
-                        batch = []
-            if batch:
-                flush(batch)
-            put(_END)  # type: ignore[arg-type]
-            result = writer.result()
-        except BaseException:
-            abort.set()  # the writer raises on its next item, which discards the partial tar
-            with contextlib.suppress(Exception):
-                encoded.put_nowait(_END)
-            with contextlib.suppress(Exception):
-                writer.result(timeout=30)
-            raise
-        finally:
-            writer_pool.shutdown(wait=False)
-
-        wall = time.perf_counter() - t_start
-        stats = {
+    def _stats(self, task: ShardTask, tally: _Tally, result: ShardResult, timer: StageTimer, wall: float) -> dict:
+        """The shard's stats file: what went in, what came out, where the time went."""
+        return {
             "status": "committed",
             "shard": task.name,
             "index": task.index,
             "count": result.count,
             "inputs": len(task.items),
-            "images_ok": images_ok,
-            "skipped": skipped,
+            "images_ok": tally.images_ok,
+            "skipped": [s.to_dict() for s in tally.skipped],
             "bytes": result.bytes,
             "sha256": result.sha256,
-            "views": k,
-            "timings": {**{s: round(v, 4) for s, v in sorted(timer.t.items())},
+            "views": self.spec.views,
+            "timings": {**{s: round(v, 4) for s, v in sorted(timer.times.items())},
                         "write": round(result.write_seconds, 4), "upload": round(result.upload_seconds, 4),
                         "wall": round(wall, 4)},
             "worker": self.info(),
         }
-        # the commit marker: only now, after write_shard returned with the tar confirmed in the store
-        write_stats(spec.dataset_url, task.name, stats, spec.storage_options, config=spec.storage_config)
-        return stats
 
+
+def _cpu_threads(requested: int | None, device: str) -> int | None:
+    """torch threads to pin: the requested count, else :data:`CPU_TORCH_THREADS` on CPU; None on GPU."""
+    if requested:
+        return int(requested)
+    return CPU_TORCH_THREADS if device == "cpu" else None

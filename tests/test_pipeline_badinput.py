@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from pairforge.pipeline import synth
+from pairforge.pipeline import SynthConfig, synth
 from pairforge.pipeline.decode import SkipInput, decode_image
 
 
@@ -110,8 +110,10 @@ def test_conversions_are_faithful(bad_dir):
 @pytest.mark.parametrize("policy", ["skip", "upscale"])
 def test_synth_survives_bad_inputs(bad_dir, tmp_path, policy):
     d, expected = bad_dir
-    res = synth(str(d), str(tmp_path), executor="inline", patch_size=64, patches_per_image=1, images_per_shard=5,
-                min_size_policy=policy, progress=False)
+    cfg = SynthConfig.from_dict({"dataset": {"images_per_shard": 5,
+                                             "patch": {"size": 64, "per_image": 1, "min_size_policy": policy}},
+                                 "run": {"executor": "inline", "progress": False}})
+    res = synth(str(d), str(tmp_path), cfg)
     assert res.ok
     man = res.manifest
     want = {}

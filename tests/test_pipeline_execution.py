@@ -37,11 +37,12 @@ def test_fake_gpu_cluster_falls_back_to_cpu(tmp_path, photo_dir):
     script = textwrap.dedent(f"""
         import json, sys
         from pairforge.pipeline.execution import init_ray, shutdown_ray
-        from pairforge.pipeline import synth
+        from pairforge.pipeline import SynthConfig, synth
         init_ray(num_cpus=3, num_gpus=1, object_store_mb=256)
         try:
-            r = synth({str(photo_dir)!r}, {str(tmp_path)!r}, workers=1, patch_size=64, patches_per_image=1,
-                      images_per_shard=6, progress=False)
+            cfg = SynthConfig.from_dict({{"dataset": {{"images_per_shard": 6, "patch": {{"size": 64, "per_image": 1}}}},
+                                         "run": {{"workers": 1, "progress": False}}}})
+            r = synth({str(photo_dir)!r}, {str(tmp_path)!r}, cfg)
         finally:
             shutdown_ray()
         print(json.dumps({{"ok": r.ok, "url": r.url}}))

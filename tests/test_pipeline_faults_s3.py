@@ -19,10 +19,13 @@ import time
 import pytest
 
 from faultproxy import FaultProxy
-from pairforge.pipeline import synth
+from pairforge.pipeline import SynthConfig, synth
 from pairforge.pipeline.storage import ENV_VARS, StorageConfig, s3_options
 
-SMALL = dict(patch_size=64, patches_per_image=2, images_per_shard=4, progress=False)  # 12 photos → 3 shards
+# 12 photos → 3 shards
+SMALL = SynthConfig.from_dict({"dataset": {"images_per_shard": 4, "patch": {"size": 64, "per_image": 2}},
+                               "run": {"progress": False}})
+INLINE = SMALL.replace(**{"run.executor": "inline"})
 SHARD1_PUT = r"/shard-000001\.tar(\?|$)"
 
 #: short but not twitchy: moto answers in milliseconds, the job shares 2 cores with the servers
@@ -105,7 +108,7 @@ def test_persistent_slowdown_fails_the_job_and_resume_redoes_only_that_shard(s3_
                                                                              photo_dir):
     out = f"{s3_server.make_bucket()}/pairs"
     fault_proxy.slow_down(SHARD1_PUT)
-    res = synth(str(photo_dir), out, executor="inline", storage_options=via(fault_proxy.url), **SMALL)
+    res = synth(str(photo_dir), out, INLINE, storage_options=via(fault_proxy.url))
 
     assert not res.ok and res.manifest is None
     assert list(res.failed) == ["shard-000001.tar"]
@@ -124,13 +127,13 @@ def test_persistent_slowdown_fails_the_job_and_resume_redoes_only_that_shard(s3_
 
     fault_proxy.clear()
     seen = len(fault_proxy.log)
-    again = synth(str(photo_dir), out, executor="inline", resume=True, storage_options=via(fault_proxy.url), **SMALL)
+    again = synth(str(photo_dir), out, INLINE.replace(**{"run.resume": True}), storage_options=via(fault_proxy.url))
     assert again.ok and again.status == "resumed" and again.shards_written == ["shard-000001.tar"]
     tar_puts = {p.path.rsplit("/", 1)[-1].split("?")[0] for p in fault_proxy.log[seen:]
                 if p.method == "PUT" and ".tar" in p.path}
     assert tar_puts == {"shard-000001.tar"}
 
-    clean = synth(str(photo_dir), f"{s3_server.make_bucket()}/pairs", executor="inline", **SMALL)
+    clean = synth(str(photo_dir), f"{s3_server.make_bucket()}/pairs", INLINE)
     assert clean.dataset_id == again.dataset_id
     assert sha256s(objects(s3_server, again.url)) == sha256s(objects(s3_server, clean.url))
 
@@ -141,8 +144,7 @@ def test_slowdown_burst_longer_than_the_client_retries_is_outlasted(s3_server, f
     # the old writer gave up on the upload yet reported the shard written
     fault_proxy.slow_down(SHARD1_PUT, times=30)
     monkeypatch.setenv(ENV_VARS["attempts"], "25")
-    res = synth(str(photo_dir), f"{s3_server.make_bucket()}/pairs", executor="inline",
-                storage_options=via(fault_proxy.url), **SMALL)
+    res = synth(str(photo_dir), f"{s3_server.make_bucket()}/pairs", INLINE, storage_options=via(fault_proxy.url))
 
     assert res.ok, res.failed
     found = objects(s3_server, res.url)
@@ -199,8 +201,8 @@ def test_s3_server_stopped_mid_job_fails_without_manifest(s3_server, fast_storag
 
     def job() -> None:
         try:
-            result["res"] = synth(str(photo_dir), out, executor="inline",
-                                  storage_options=via(f"http://{host}:{port}"), **{**SMALL, "images_per_shard": 2})
+            result["res"] = synth(str(photo_dir), out, INLINE.replace(**{"dataset.images_per_shard": 2}),
+                                  storage_options=via(f"http://{host}:{port}"))
         except BaseException as exc:  # noqa: BLE001 - reported by the test below
             result["error"] = exc
 
@@ -241,8 +243,9 @@ def test_ray_workers_follow_the_drivers_storage_config(ray_local, s3_server, fau
     cfg = StorageConfig(connect_timeout=2, read_timeout=5, attempts=3, deadline_s=20, backoff_base_s=0.05,
                         backoff_max_s=0.2)
     fault_proxy.slow_down(SHARD1_PUT)
-    res = synth(str(photo_dir), f"{s3_server.make_bucket()}/pairs", workers=2, max_retries=2,
-                storage_options=via(fault_proxy.url), storage_config=cfg, **SMALL)
+    two_workers = SMALL.replace(**{"run.workers": 2, "run.max_retries": 2})
+    res = synth(str(photo_dir), f"{s3_server.make_bucket()}/pairs", two_workers, storage_options=via(fault_proxy.url),
+                storage_config=cfg)
 
     assert not res.ok and list(res.failed) == ["shard-000001.tar"]
     assert "gave up after 3 attempt(s)" in res.failed["shard-000001.tar"]

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from PIL import Image
 
-from pairforge.pipeline import synth
+from pairforge.pipeline import SynthConfig, synth
 from pairforge.pipeline.inspect import format_report, inspect_dataset
 
 
 def test_inspect_outputs(tmp_path, photo_dir, capsys):
-    res = synth(str(photo_dir), str(tmp_path / "ds"), executor="inline", patch_size=64, patches_per_image=1,
-                images_per_shard=5, views=2, progress=False)
+    cfg = SynthConfig.from_dict({"dataset": {"images_per_shard": 5, "views": 2, "patch": {"size": 64, "per_image": 1}},
+                                 "run": {"executor": "inline", "progress": False}})
+    res = synth(str(photo_dir), str(tmp_path / "ds"), cfg)
     rep = inspect_dataset(res.url, str(tmp_path / "rep"), samples=4)
     assert rep["totals"]["samples"] == 12 and len(rep["shards"]) == 3
     assert rep["records_read"] == 24 and rep["parameters_plotted"] >= 3

@@ -12,10 +12,11 @@ import time
 
 import pytest
 
-from pairforge.pipeline import JobError, synth
+from pairforge.pipeline import JobError, SynthConfig, synth
 from pairforge.pipeline.shards import read_pairs
 
-SMALL = dict(patch_size=64, patches_per_image=2, images_per_shard=2, progress=False)
+INLINE = SynthConfig.from_dict({"dataset": {"images_per_shard": 2, "patch": {"size": 64, "per_image": 2}},
+                                "run": {"executor": "inline", "progress": False}})
 
 
 def sha(path) -> str:
@@ -28,8 +29,8 @@ def outputs(url: str) -> dict[str, str]:
 
 
 def test_resume_after_lost_commits_partial_tmp_and_truncated_tar(tmp_path, photo_dir):
-    ref = synth(str(photo_dir), str(tmp_path / "ref"), executor="inline", **SMALL)
-    run = synth(str(photo_dir), str(tmp_path / "run"), executor="inline", **SMALL)
+    ref = synth(str(photo_dir), str(tmp_path / "ref"), INLINE)
+    run = synth(str(photo_dir), str(tmp_path / "run"), INLINE)
     expected = outputs(ref.url)
     assert outputs(run.url) == expected and len(ref.manifest["shards"]) == 6
     # simulate a crash mid-job: manifest not yet written, two commits lost, one tar truncated by
@@ -47,8 +48,8 @@ def test_resume_after_lost_commits_partial_tmp_and_truncated_tar(tmp_path, photo
     with pytest.raises(FileNotFoundError, match="--resume"):
         list(read_pairs(d))  # no manifest: not a usable dataset yet
     with pytest.raises(JobError, match="--resume"):
-        synth(str(photo_dir), str(tmp_path / "run"), executor="inline", **SMALL)
-    res = synth(str(photo_dir), str(tmp_path / "run"), executor="inline", resume=True, **SMALL)
+        synth(str(photo_dir), str(tmp_path / "run"), INLINE)
+    res = synth(str(photo_dir), str(tmp_path / "run"), INLINE.replace(**{"run.resume": True}))
     assert res.status == "resumed"
     assert sorted(res.shards_written) == ["shard-000001.tar", "shard-000002.tar", "shard-000003.tar",
                                           "shard-000004.tar"]
@@ -99,7 +100,7 @@ def test_killed_cli_job_resumes_byte_identical(tmp_path, photo_dir):
     assert resumed.stdout.strip().splitlines()[-1] == str(ds)
     assert not [n for n in os.listdir(ds) if ".tmp-" in n]
 
-    ref = synth(str(photo_dir), str(tmp_path / "ref"), executor="inline", patch_size=128, patches_per_image=6,
-                images_per_shard=1, progress=False)
+    big = INLINE.replace(**{"dataset.patch.size": 128, "dataset.patch.per_image": 6, "dataset.images_per_shard": 1})
+    ref = synth(str(photo_dir), str(tmp_path / "ref"), big)
     assert os.path.basename(ref.url) == ds.name
     assert outputs(str(ds)) == outputs(ref.url)

@@ -19,11 +19,12 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from pairforge.pipeline import synth
+from pairforge.pipeline import SynthConfig, synth
 from pairforge.pipeline.sources import list_local_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = dict(patch_size=64, patches_per_image=2, images_per_shard=4, progress=False)
+INLINE = SynthConfig.from_dict({"dataset": {"images_per_shard": 4, "patch": {"size": 64, "per_image": 2}},
+                                "run": {"executor": "inline", "progress": False}})
 
 
 def _photo(path, seed: int) -> None:
@@ -51,7 +52,7 @@ def test_symlink_loop_gives_each_image_once(tmp_path):
     assert [it.name for it in listing.items] == ["loop/img.png"]
     assert listing.skipped == [{"name": "loop/self", "reason": "duplicate_folder", "detail": "same folder as 'loop'"}]
 
-    res = synth(str(src), str(tmp_path / "out"), executor="inline", **SMALL)
+    res = synth(str(src), str(tmp_path / "out"), INLINE)
     assert res.ok
     assert res.manifest["totals"]["inputs"] == 1 and res.manifest["totals"]["samples"] == 2
     assert res.manifest["source"]["skipped_by_reason"] == {"duplicate_folder": 1}

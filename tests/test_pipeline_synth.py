@@ -9,9 +9,12 @@ import tarfile
 import numpy as np
 import pytest
 
-from pairforge.pipeline import JobError, SourceError, load_manifest, read_pairs, synth
+from pairforge.pipeline import JobError, SourceError, SynthConfig, load_manifest, read_pairs, synth
 
-SMALL = dict(patch_size=64, patches_per_image=2, images_per_shard=3, progress=False)
+SMALL = SynthConfig.from_dict({"dataset": {"images_per_shard": 3, "patch": {"size": 64, "per_image": 2}},
+                               "run": {"progress": False}})
+INLINE = SMALL.replace(**{"run.executor": "inline"})
+QUIET = SynthConfig.from_dict({"run": {"progress": False}})
 
 
 def sha(path) -> str:
@@ -27,7 +30,7 @@ def shard_bytes(url: str) -> dict[str, str]:
 
 
 def test_bundled_end_to_end_on_ray(ray_local, tmp_path):
-    res = synth("bundled", str(tmp_path), workers=2, **SMALL)
+    res = synth("bundled", str(tmp_path), SMALL.replace(**{"run.workers": 2}))
     assert res.ok and res.status == "created"
     assert res.url.startswith(str(tmp_path)) and os.path.basename(res.url) == res.dataset_id
     man = load_manifest(res.url)
@@ -57,9 +60,9 @@ def test_bundled_end_to_end_on_ray(ray_local, tmp_path):
 
 def test_same_bytes_for_any_worker_count_and_executor(ray_local, tmp_path, photo_dir):
     runs = {
-        "inline": synth(str(photo_dir), str(tmp_path / "a"), executor="inline", **SMALL),
-        "ray1": synth(str(photo_dir), str(tmp_path / "b"), workers=1, **SMALL),
-        "ray2": synth(str(photo_dir), str(tmp_path / "c"), workers=2, batch_size=5, **SMALL),
+        "inline": synth(str(photo_dir), str(tmp_path / "a"), INLINE),
+        "ray1": synth(str(photo_dir), str(tmp_path / "b"), SMALL.replace(**{"run.workers": 1})),
+        "ray2": synth(str(photo_dir), str(tmp_path / "c"), SMALL.replace(**{"run.workers": 2, "run.batch_size": 5})),
     }
     ids = {r.dataset_id for r in runs.values()}
     assert len(ids) == 1, "the dataset id must not depend on how the job runs"
@@ -70,11 +73,11 @@ def test_same_bytes_for_any_worker_count_and_executor(ray_local, tmp_path, photo
 
 
 def test_rerun_is_a_noop_and_other_config_never_overwrites(tmp_path, photo_dir):
-    first = synth(str(photo_dir), str(tmp_path), executor="inline", **SMALL)
+    first = synth(str(photo_dir), str(tmp_path), INLINE)
     before = {n: (h, os.stat(os.path.join(first.url, n)).st_mtime_ns) for n, h in files(first.url).items()}
-    again = synth(str(photo_dir), str(tmp_path), executor="inline", **SMALL)
+    again = synth(str(photo_dir), str(tmp_path), INLINE)
     assert again.status == "reused" and again.url == first.url and again.shards_written == []
-    other = synth(str(photo_dir), str(tmp_path), executor="inline", seed=1, **SMALL)
+    other = synth(str(photo_dir), str(tmp_path), INLINE.replace(**{"dataset.seed": 1}))
     assert other.ok and other.url != first.url
     after = {n: (h, os.stat(os.path.join(first.url, n)).st_mtime_ns) for n, h in files(first.url).items()}
     assert after == before
@@ -82,8 +85,9 @@ def test_rerun_is_a_noop_and_other_config_never_overwrites(tmp_path, photo_dir):
 
 
 def test_views_formats_and_view0_stability(tmp_path, photo_dir):
-    one = synth(str(photo_dir), str(tmp_path), executor="inline", **SMALL)
-    three = synth(str(photo_dir), str(tmp_path), executor="inline", views=3, hr_format="webp", **SMALL)
+    one = synth(str(photo_dir), str(tmp_path), INLINE)
+    three = synth(str(photo_dir), str(tmp_path),
+                  INLINE.replace(**{"dataset.views": 3, "dataset.encode.hr_format": "webp"}))
     with tarfile.open(os.path.join(three.url, "shard-000000.tar")) as tf:
         names = tf.getnames()
     assert "00000000_000.hr.webp" in names and "00000000_000.lr.2.png" in names
@@ -100,19 +104,19 @@ def test_list_file_and_webdataset_sources(tmp_path, photo_dir):
     names = sorted(p for p in os.listdir(photo_dir) if p.endswith((".png", ".jpg")))
     lst = tmp_path / "inputs.txt"
     lst.write_text("# my inputs\n" + "\n".join(names[:3]) + f"\n{photo_dir / 'sub'}/{os.listdir(photo_dir / 'sub')[0]}\n")
-    res = synth(str(lst), str(tmp_path / "o1"), executor="inline", **SMALL)
+    res = synth(str(lst), str(tmp_path / "o1"), INLINE)
     assert res.manifest["totals"]["inputs"] == 4 and res.manifest["source"]["kind"] == "list"
     # a pairforge dataset is itself a source: its HR patches become the new inputs
-    res2 = synth(res.url, str(tmp_path / "o2"), executor="inline", patch_size=32, patches_per_image=1, progress=False)
+    tiny = INLINE.replace(**{"dataset.images_per_shard": 64, "dataset.patch.size": 32, "dataset.patch.per_image": 1})
+    res2 = synth(res.url, str(tmp_path / "o2"), tiny)
     assert res2.manifest["source"]["kind"] == "webdataset"
     assert res2.manifest["totals"]["samples"] == res.manifest["totals"]["samples"]
-    res3 = synth(os.path.join(res.url, "shard-000000.tar"), str(tmp_path / "o3"), executor="inline",
-                 patch_size=32, patches_per_image=1, progress=False)
+    res3 = synth(os.path.join(res.url, "shard-000000.tar"), str(tmp_path / "o3"), tiny)
     assert res3.manifest["totals"]["inputs"] == res.manifest["shards"][0]["count"]
 
 
 def test_reader_reads_shard_subsets(tmp_path, photo_dir):
-    res = synth(str(photo_dir), str(tmp_path), executor="inline", **SMALL)
+    res = synth(str(photo_dir), str(tmp_path), INLINE)
     man = res.manifest
     sub = list(read_pairs(res.url, shards=[1, "shard-000003.tar"]))
     assert len(sub) == man["shards"][1]["count"] + man["shards"][3]["count"]
@@ -125,11 +129,69 @@ def test_clear_errors(tmp_path, capsys):
     from pairforge.clusters.cli import main
 
     with pytest.raises(SourceError, match="does not exist"):
-        synth(str(tmp_path / "nope"), str(tmp_path / "out"), progress=False)
+        synth(str(tmp_path / "nope"), str(tmp_path / "out"), QUIET)
     (tmp_path / "empty").mkdir()
     with pytest.raises(SourceError, match="no images"):
-        synth(str(tmp_path / "empty"), str(tmp_path / "out"), progress=False)
+        synth(str(tmp_path / "empty"), str(tmp_path / "out"), QUIET)
     with pytest.raises(JobError, match="not divisible"):
-        synth("bundled", str(tmp_path / "out"), patch_size=66, progress=False)
+        synth("bundled", str(tmp_path / "out"), QUIET.replace(**{"dataset.patch.size": 66}))
     assert main(["synth", "--source", "gs://bucket/x", "--out", str(tmp_path / "o")]) == 2
     assert "unsupported source URL scheme" in capsys.readouterr().err
+
+
+def test_config_errors_name_the_field(tmp_path, capsys):
+    from pairforge.clusters.cli import main
+    from pairforge.config import ConfigError
+
+    for dotted, value, field in [("dataset.views", 0, "dataset.views"),
+                                 ("dataset.images_per_shard", 0, "dataset.images_per_shard"),
+                                 ("dataset.patch.per_image", 0, "dataset.patch.per_image"),
+                                 ("run.executor", "threads", "run.executor")]:
+        with pytest.raises(ConfigError, match=f"^{field}: "):
+            QUIET.replace(**{dotted: value})
+    with pytest.raises(ConfigError, match=r"^dataset\.degradation\.scale: "):
+        SynthConfig.from_dict({"dataset": {"degradation": {"scale": 3}}})
+    with pytest.raises(ConfigError, match=r"^run\.wokers: unknown field"):
+        SynthConfig.from_dict({"run": {"wokers": 2}})
+    with pytest.raises(JobError, match=r"^dataset\.degradation: unknown degradation preset"):
+        synth("bundled", str(tmp_path / "out"), QUIET.replace(**{"dataset.degradation": "no-such-preset"}))
+    assert main(["synth", "--source", "bundled", "--out", str(tmp_path / "o"), "--views", "0"]) == 2
+    assert "dataset.views (--views): expected an integer >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_config_round_trips_through_plain_data():
+    from pairforge.degradations import load_preset
+
+    cfg = INLINE.replace(**{"dataset.views": 2, "run.workers": 3})
+    assert SynthConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.dataset.views == 2 and cfg.run.workers == 3 and cfg.dataset.patch.size == 64
+    assert SynthConfig.from_dict({"run": {"executor": "inline"}}, {"dataset.seed": 7}).dataset.seed == 7
+    inline_deg = SynthConfig.from_dict({"dataset": {"degradation": load_preset("osediff").to_dict()}})
+    assert inline_deg.dataset.degradation.fingerprint() == load_preset("osediff").fingerprint()
+
+
+def test_cli_options_build_the_config():
+    import argparse
+
+    from pairforge.clusters.commands.synth import add_parser, build_config
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+
+    def parse(*extra: str) -> SynthConfig:
+        return build_config(parser.parse_args(["synth", "--source", "s", "--out", "o", *extra]))
+
+    assert parse() == SynthConfig()  # the CLI's defaults are the config's defaults
+    cfg = parse("--config", "my.yaml", "--seed", "5", "--patches-per-image", "3", "--views", "2", "--workers", "4",
+                "--ray-address", "ray://head:10001", "--resume", "--images-per-shard", "8", "--patch-size", "96",
+                "--min-size-policy", "upscale", "--hr-format", "webp", "--lr-format", "webp", "--batch-size", "7",
+                "--device", "cpu", "--cpus-per-worker", "1.5", "--executor", "inline", "--no-progress")
+    assert cfg.to_dict() == {
+        "dataset": {"degradation": "my.yaml", "seed": 5, "views": 2, "images_per_shard": 8,
+                    "max_pixels": SynthConfig().dataset.max_pixels,
+                    "patch": {"size": 96, "per_image": 3, "min_size_policy": "upscale", "min_side": 32, "flips": True},
+                    "encode": {"hr_format": "webp", "lr_format": "webp", "jpg_quality": 95}},
+        "run": {"executor": "inline", "workers": 4, "ray_address": "ray://head:10001", "device": "cpu",
+                "batch_size": 7, "cpus_per_worker": 1.5, "max_retries": 2, "resume": True, "progress": False}}
+    assert parse("--preset", "osediff").dataset.degradation == "osediff"

@@ -12,7 +12,7 @@ import tarfile
 
 import pytest
 
-from pairforge.pipeline import ShardIntegrityError, load_manifest, read_pairs, synth
+from pairforge.pipeline import ShardIntegrityError, SynthConfig, load_manifest, read_pairs, synth
 from pairforge.training.data import ShardStream, make_train_loader, part_order
 
 pytestmark = pytest.mark.timeout(240)
@@ -23,8 +23,9 @@ DAMAGED = "shard-000001.tar"
 @pytest.fixture(scope="module")
 def template(tmp_path_factory):
     """A real dataset, made once: 3 shards of 4 pairs (bundled photos, 64 px patches, 1 view)."""
-    res = synth("bundled", str(tmp_path_factory.mktemp("ds")), executor="inline", images_per_shard=2,
-                patches_per_image=2, patch_size=64, views=1, progress=False, device="cpu")
+    cfg = SynthConfig.from_dict({"dataset": {"images_per_shard": 2, "views": 1, "patch": {"size": 64, "per_image": 2}},
+                                 "run": {"executor": "inline", "progress": False, "device": "cpu"}})
+    res = synth("bundled", str(tmp_path_factory.mktemp("ds")), cfg)
     assert res.ok and [s["count"] for s in res.manifest["shards"]] == [4, 4, 4]
     return res.url
 

@@ -17,12 +17,14 @@ pytestmark = pytest.mark.timeout(240)
 
 @pytest.fixture(scope="module")
 def uneven_dataset(tmp_path_factory):
-    from pairforge.pipeline import synth
+    from pairforge.pipeline import SynthConfig, synth
 
     out = tmp_path_factory.mktemp("ds")
     # 6 bundled photos × 3 patches, 4 photos per shard → shards of 12 and 6 samples, 2 LR views
-    res = synth("bundled", str(out), preset="realesrgan-x4plus", executor="inline", images_per_shard=4,
-                patches_per_image=3, patch_size=64, views=2, progress=False, device="cpu", seed=3)
+    cfg = SynthConfig.from_dict({"dataset": {"degradation": "realesrgan-x4plus", "seed": 3, "views": 2,
+                                             "images_per_shard": 4, "patch": {"size": 64, "per_image": 3}},
+                                 "run": {"executor": "inline", "progress": False, "device": "cpu"}})
+    res = synth("bundled", str(out), cfg)
     assert res.ok
     counts = [s["count"] for s in res.manifest["shards"]]
     assert len(set(counts)) > 1, counts  # really uneven

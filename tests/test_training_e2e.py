@@ -8,13 +8,14 @@ environment variable (``PAIRFORGE_TEST_KILL_AT_STEP``), never a config field.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from pairforge.training import ConfigError, TrainConfig, from_dict, train
+from pairforge.training import TrainConfig, from_dict, train
 from pairforge.training.trainer import TEST_KILL_AT_STEP_ENV, kill_step_from_env
 
 MECHANICS = {"loss.perceptual_backbone": "random", "loss.adv_start_step": 0, "data.batch_size": 2,
@@ -28,12 +29,13 @@ def _metrics(out: Path) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_rank_zero2_tiny_from_s3(s3_server, tmp_path):
-    from pairforge.pipeline import synth
+    from pairforge.pipeline import SynthConfig, synth
 
     bucket = s3_server.make_bucket()
-    res = synth("bundled", f"{bucket}/pairs", preset="realesrgan-x4plus", executor="inline",
-                images_per_shard=2, patches_per_image=2, patch_size=64, views=2, progress=False,
-                device="cpu", seed=11)
+    cfg = SynthConfig.from_dict({"dataset": {"degradation": "realesrgan-x4plus", "seed": 11, "views": 2,
+                                             "images_per_shard": 2, "patch": {"size": 64, "per_image": 2}},
+                                 "run": {"executor": "inline", "progress": False, "device": "cpu"}})
+    res = synth("bundled", f"{bucket}/pairs", cfg)
     assert res.ok and res.url.startswith("s3://") and len(res.manifest["shards"]) == 3
     out = tmp_path / "run"
     r = train("tiny", data=res.url, out=out, steps=4, ranks=2, zero_stage=2,
@@ -62,11 +64,12 @@ def test_two_rank_zero2_tiny_from_s3(s3_server, tmp_path):
 
 @pytest.fixture(scope="module")
 def local_dataset(tmp_path_factory):
-    from pairforge.pipeline import synth
+    from pairforge.pipeline import SynthConfig, synth
 
-    res = synth("bundled", str(tmp_path_factory.mktemp("pairs")), preset="realesrgan-x4plus", executor="inline",
-                images_per_shard=3, patches_per_image=2, patch_size=64, views=2, progress=False,
-                device="cpu", seed=5)
+    cfg = SynthConfig.from_dict({"dataset": {"degradation": "realesrgan-x4plus", "seed": 5, "views": 2,
+                                             "images_per_shard": 3, "patch": {"size": 64, "per_image": 2}},
+                                 "run": {"executor": "inline", "progress": False, "device": "cpu"}})
+    res = synth("bundled", str(tmp_path_factory.mktemp("pairs")), cfg)
     assert res.ok
     return res.url
 
@@ -101,11 +104,13 @@ def test_checkpoint_kill_resume_equals_uninterrupted(local_dataset, tmp_path):
         assert xa["loss_g"] == pytest.approx(xb["loss_g"], abs=1e-6)  # same samples, same order
 
 
-def test_the_kill_hook_is_no_config_field():
-    """A test hook has no place in the user's config: a YAML that names it is refused."""
+def test_the_kill_hook_is_no_config_field(caplog):
+    """A test hook has no place in the user's config: it is no field, and a YAML that still names
+    the retired key loads without it, with a warning that points to the environment variable."""
     assert "debug_kill_at_step" not in TrainConfig().to_dict()
-    with pytest.raises(ConfigError, match="debug_kill_at_step"):
-        from_dict({"base": "tiny", "debug_kill_at_step": 4})
+    with caplog.at_level(logging.WARNING, logger="pairforge.training.config"):
+        cfg = from_dict({"base": "tiny", "debug_kill_at_step": 4})
+    assert "debug_kill_at_step" not in cfg.to_dict() and TEST_KILL_AT_STEP_ENV in caplog.text
 
 
 def test_the_kill_hook_is_read_from_the_environment(monkeypatch):

@@ -156,11 +156,12 @@ def _rank_env() -> dict[str, str]:
 # ------------------------------------------------------------------------------ the scenario
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> str:
-    from pairforge.pipeline import synth
+    from pairforge.pipeline import SynthConfig, synth
 
-    res = synth("bundled", str(tmp_path_factory.mktemp("pairs")), preset="realesrgan-x4plus", executor="inline",
-                images_per_shard=2, patches_per_image=2, patch_size=64, views=1, progress=False,
-                device="cpu", seed=5)
+    cfg = SynthConfig.from_dict({"dataset": {"degradation": "realesrgan-x4plus", "seed": 5, "views": 1,
+                                             "images_per_shard": 2, "patch": {"size": 64, "per_image": 2}},
+                                 "run": {"executor": "inline", "progress": False, "device": "cpu"}})
+    res = synth("bundled", str(tmp_path_factory.mktemp("pairs")), cfg)
     assert res.ok
     return res.url
 

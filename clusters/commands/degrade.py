@@ -25,26 +25,33 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _images(source: str, limit: int) -> list[tuple[str, np.ndarray]]:
-    from PIL import Image
+#: smaller images are left out of the preview (their crop would be too small to show the chain)
+MIN_PREVIEW_SIDE = 128
+
+
+def _candidates(source: str) -> list[tuple[str, str]]:
+    """``(name, path)`` of the images to preview: the pipeline's bundled photos, or a folder's images."""
+    from pairforge.pipeline.sources import IMAGE_EXTS, bundled_photos
 
     if source == "bundled":
-        import skimage
+        return bundled_photos()
+    folder = Path(source)
+    if not folder.is_dir():
+        raise SystemExit(f"pairforge degrade: --source {source!r} is not a folder (or 'bundled')")
+    return [(p.name, str(p)) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS]
 
-        folder = Path(skimage.__file__).parent / "data"
-    else:
-        folder = Path(source)
-        if not folder.is_dir():
-            raise SystemExit(f"pairforge degrade: --source {source!r} is not a folder (or 'bundled')")
+
+def _images(source: str, limit: int) -> list[tuple[str, np.ndarray]]:
+    """Up to ``limit`` readable images of at least :data:`MIN_PREVIEW_SIDE` px, as RGB arrays."""
+    from PIL import Image
+
     out = []
-    for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"):
-            continue
+    for name, path in _candidates(source):
         try:
             with Image.open(path) as im:
-                if im.mode not in ("RGB", "RGBA", "L", "P") or min(im.size) < 128:
+                if im.mode not in ("RGB", "RGBA", "L", "P") or min(im.size) < MIN_PREVIEW_SIDE:
                     continue
-                out.append((path.stem, np.asarray(im.convert("RGB"))))
+                out.append((Path(name).stem, np.asarray(im.convert("RGB"))))
         except OSError:
             continue
         if len(out) >= limit:
@@ -61,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_preset(args.preset)
     images = _images(args.source, args.limit)
     if not images:
-        raise SystemExit(f"pairforge degrade: no usable images (RGB, ≥128 px) in {args.source!r}")
+        raise SystemExit(f"pairforge degrade: no usable images (RGB, ≥{MIN_PREVIEW_SIDE} px) in {args.source!r}")
     size = min(cfg.hr_size, *(min(img.shape[:2]) for _, img in images))
     size -= size % cfg.scale
     crops = [img[(img.shape[0] - size) // 2 :][:size, (img.shape[1] - size) // 2 :][:, :size] for _, img in images]

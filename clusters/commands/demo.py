@@ -27,7 +27,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--patch-size", type=int, default=128, help="HR patch side (default 128)")
     p.add_argument("--patches-per-image", type=int, default=8)
     p.add_argument("--images-per-shard", type=int, default=2)
-    p.add_argument("--steps", type=int, default=200, help="training steps (default 200, 4–7 min on 2 cores)")
+    p.add_argument("--steps", type=int, default=200, help="training steps (default %(default)s)")
     p.add_argument("--workers", type=int, default=None, help="Ray degradation workers (default: by CPU count)")
     p.add_argument("--executor", choices=["ray", "inline"], default="ray",
                    help="ray (embedded local Ray, the default) or inline (no Ray; for debugging)")
@@ -64,7 +64,7 @@ def _prepare_weights(backbone: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pairforge.pipeline import synth
+    from pairforge.pipeline import SynthConfig, synth
     from pairforge.pipeline.inspect import format_report, inspect_dataset
     from pairforge.training import train
 
@@ -80,9 +80,11 @@ def run(args: argparse.Namespace) -> int:
 
     t = _stage(2, f"synth: bundled photos → {args.preset} LR/HR shards in {out / 'pairs'} "
                   f"({args.executor}{' embedded local Ray' if args.executor == 'ray' else ''})")
-    ds = synth("bundled", str(out / "pairs"), preset=args.preset, executor=args.executor, workers=args.workers,
-               images_per_shard=args.images_per_shard, patches_per_image=args.patches_per_image,
-               patch_size=args.patch_size, views=1, progress=True)
+    pairs = SynthConfig.from_dict({
+        "dataset": {"degradation": args.preset, "images_per_shard": args.images_per_shard, "views": 1,
+                    "patch": {"size": args.patch_size, "per_image": args.patches_per_image}},
+        "run": {"executor": args.executor, "workers": args.workers, "progress": True}})
+    ds = synth("bundled", str(out / "pairs"), pairs)
     if not ds.ok:
         print(f"pairforge demo: {len(ds.failed)} shard(s) failed: {ds.failed}", file=sys.stderr)
         return 1

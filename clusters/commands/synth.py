@@ -1,9 +1,31 @@
-"""``pairforge synth``: parse arguments, call :func:`pipeline.synth`, print the dataset URL last."""
+"""``pairforge synth``: parse arguments into a :class:`SynthConfig`, call :func:`pipeline.synth`,
+print the dataset URL last."""
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from typing import Any
+
+#: each option's field in :class:`pipeline.SynthConfig` (argparse dest → dotted path); the one
+#: place the CLI and the config meet, also used to name the option in a config error
+FIELDS = {
+    "seed": "dataset.seed",
+    "views": "dataset.views",
+    "images_per_shard": "dataset.images_per_shard",
+    "patch_size": "dataset.patch.size",
+    "patches_per_image": "dataset.patch.per_image",
+    "min_size_policy": "dataset.patch.min_size_policy",
+    "hr_format": "dataset.encode.hr_format",
+    "lr_format": "dataset.encode.lr_format",
+    "executor": "run.executor",
+    "workers": "run.workers",
+    "ray_address": "run.ray_address",
+    "device": "run.device",
+    "batch_size": "run.batch_size",
+    "cpus_per_worker": "run.cpus_per_worker",
+    "resume": "run.resume",
+}
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -54,14 +76,9 @@ def run(args: argparse.Namespace) -> int:
     from pairforge.pipeline.storage import StorageError
 
     try:
-        res = synth(args.source, args.out, preset=args.preset, config=args.config, seed=args.seed,
-                    patches_per_image=args.patches_per_image, views=args.views, workers=args.workers,
-                    ray_address=args.ray_address, resume=args.resume, images_per_shard=args.images_per_shard,
-                    patch_size=args.patch_size, min_size_policy=args.min_size_policy, hr_format=args.hr_format,
-                    lr_format=args.lr_format, batch_size=args.batch_size, device=args.device,
-                    executor=args.executor, cpus_per_worker=args.cpus_per_worker, progress=not args.no_progress)
+        res = synth(args.source, args.out, build_config(args))
     except (SourceError, JobError, ValueError) as exc:
-        print(f"pairforge synth: error: {exc}", file=sys.stderr)
+        print(f"pairforge synth: error: {with_option(str(exc))}", file=sys.stderr)
         return 2
     except StorageError as exc:
         print(f"pairforge synth: error: {exc}", file=sys.stderr)
@@ -76,6 +93,29 @@ def run(args: argparse.Namespace) -> int:
     print(res.url)
     sys.stdout.flush()
     return 0 if res.ok else 1
+
+
+def build_config(args: argparse.Namespace):
+    """The :class:`SynthConfig` the parsed options ask for (loaded and checked like a config file)."""
+    from pairforge.config import set_dotted
+    from pairforge.pipeline import SynthConfig
+
+    plain: dict[str, Any] = {}
+    for dest, path in FIELDS.items():
+        set_dotted(plain, path, getattr(args, dest))
+    set_dotted(plain, "dataset.degradation", args.config or args.preset)
+    set_dotted(plain, "run.progress", not args.no_progress)
+    return SynthConfig.from_dict(plain)
+
+
+def with_option(message: str) -> str:
+    """``dataset.views: …`` → ``dataset.views (--views): …``, so a config error names the option too."""
+    path, sep, rest = message.partition(":")
+    if path == "dataset.degradation" or path.startswith("dataset.degradation."):
+        option = "--preset/--config"
+    else:
+        option = next(("--" + dest.replace("_", "-") for dest, p in FIELDS.items() if p == path), None)
+    return f"{path} ({option}){sep}{rest}" if sep and option else message
 
 
 def _print_listing_skips(source: dict) -> None:
