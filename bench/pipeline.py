@@ -75,10 +75,11 @@ def ceiling(preset: str, patches: list, workers: int, batch: int = 32) -> float:
 
 
 def e2e(out: str, preset: str, per_image: int, workers: int) -> dict:
-    from pairforge.pipeline import synth
+    from pairforge.pipeline import SynthConfig, synth
 
-    res = synth("bundled", out, preset=preset, patches_per_image=per_image, images_per_shard=1,
-                workers=workers, progress=False)
+    cfg = SynthConfig.from_dict({"dataset": {"degradation": preset, "images_per_shard": 1, "patch": {"per_image": per_image}},
+                                 "run": {"workers": workers, "progress": False}})
+    res = synth("bundled", out, cfg)
     assert res.ok, res.failed
     stages: dict[str, float] = {}
     from pairforge.pipeline import storage

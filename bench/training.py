@@ -281,10 +281,13 @@ def main() -> int:
                ["loop", "step s (median)", "samples/s", "overhead %"], rows)
 
         # 2. loader throughput vs consumption
-        from pairforge.pipeline import synth
+        from pairforge.pipeline import SynthConfig, synth
+        cfg = SynthConfig.from_dict({
+            "dataset": {"degradation": "realesrgan-x4plus", "seed": 0, "views": 2, "images_per_shard": 2,
+                        "patch": {"size": 128, "per_image": 8}},
+            "run": {"executor": "inline", "progress": False, "device": "cpu"}})
         with tempfile.TemporaryDirectory() as tmp:
-            res = synth("bundled", tmp, preset="realesrgan-x4plus", executor="inline", images_per_shard=2,
-                        patches_per_image=8, patch_size=128, views=2, progress=False, device="cpu", seed=0)
+            res = synth("bundled", tmp, cfg)
             rows = []
             for w in (0, 1, 2):
                 r = time_loader(res.url, res.manifest["shards"], a.batch, w, a.crop, 40)

@@ -263,7 +263,7 @@ class RayExecutor:
             cpw = max(0.25, cpus / workers) if cpus else cpw
             log.warning("execution: %d workers x %.2f CPU does not fit %g CPUs; using %.2f CPU each",
                         workers, float(self.cpus_per_worker or 1), cpus, cpw)
-        threads = self.torch_threads  # None: the worker's deterministic default
+        threads = self.torch_threads  # None: the worker's default (one thread per worker on CPU)
         # "cuda" on a GPU actor: the worker warns and uses CPU if CUDA cannot see the GPU it got
         return workers, cpw, num_gpus, ("cuda" if use_gpu else "cpu"), threads
 
