@@ -169,9 +169,13 @@ def test_pretrained_presets_load_local_diffusers_folders(tmp_path):
     bb.tiny_unet().save_pretrained(sd / "unet")
     bb.default_scheduler().save_pretrained(sd / "scheduler")
     bb.tiny_unet(cross_attention_dim=48, sdxl_like=True).save_pretrained(xl / "unet")
+    xl_vae = bb.tiny_vae()  # the preset re-encodes with SDXL's VAE, whose latents scale by 0.13025
+    xl_vae.register_to_config(scaling_factor=SDXL_LATENT_SCALE)
+    xl_vae.save_pretrained(xl / "vae")
     cfg = load_config(preset="d3sr-sdxl", overrides={
         "generator": {"pretrained_path": str(sd), "text_embedding": "zeros"},
         "discriminator": {"pretrained_path": str(xl)}})
+    assert cfg.discriminator.latent_adapter == "reencode"
     g = build_generator(cfg.generator)
     assert [n for n, p in g.named_parameters() if p.requires_grad and not ("lora_" in n or n == "prompt_embeds")] == []
     assert g.prompt_embeds.shape == (1, 77, 32)
@@ -179,5 +183,8 @@ def test_pretrained_presets_load_local_diffusers_folders(tmp_path):
     assert d.sdxl and d.disc_latent_scale == SDXL_LATENT_SCALE and d.gen_latent_scale == g.latent_scale
     x = torch.rand(1, 3, 32, 32)
     out = g(x, hr=x)
-    logits = d(out["z_fake"], torch.tensor([500]), torch.randn_like(out["z_fake"]))
+    logits = d(out["z_fake"], torch.tensor([500]), torch.randn_like(out["z_fake"]), image01=out["sr"])
     assert logits.shape[:2] == (1, 1)
+    rescale = build_discriminator(load_config(preset="d3sr-sdxl", overrides={
+        "discriminator": {"pretrained_path": str(xl), "latent_adapter": "rescale"}}).discriminator, g.latent_scale)
+    assert rescale(out["z_fake"], torch.tensor([500]), torch.randn_like(out["z_fake"])).shape[:2] == (1, 1)
