@@ -48,6 +48,7 @@ from pairforge.training.engines import build_engines, frozen, init_distributed
 from pairforge.training.launch import launched_by_pairforge, watch_launcher
 from pairforge.training.logging_utils import RunLogger, image_grid
 from pairforge.training.preflight import check_dataset
+from pairforge.training.quiet import prints_to_log, settle_rank_environment
 from pairforge.training.losses import GeneratorLoss, backbone_sources, build_perceptual, d_loss
 from pairforge.training.models import build_discriminator, build_generator
 from pairforge.training.runlock import RunDirLocked, RunLock
@@ -201,7 +202,8 @@ def claim_run_dir(out: Path, rank: int, device: torch.device) -> RunLock | None:
 
 def join_process_group() -> tuple[int, int, torch.device]:
     """(rank, world size, device) of this process, once the process group is up."""
-    init_distributed()
+    with prints_to_log("deepspeed.init_distributed"):
+        init_distributed()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     return dist.get_rank(), dist.get_world_size(), device
@@ -439,6 +441,7 @@ def run(cfg: TrainConfig, data: str, out: str | os.PathLike, resume: str | None 
 
 def run_job(job_path: str | os.PathLike) -> int:
     watch_launcher()  # a rank spawned by training.launch never outlives its launcher
+    settle_rank_environment(torch.cuda.is_available())  # before DeepSpeed is imported
     job = json.loads(Path(job_path).read_text())
     cfg = from_dict(job["config"])
     run(cfg, job["data"], job["out"], job.get("resume"), job.get("val_data"))
