@@ -24,14 +24,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("pairforge.clusters.commands.synth", "synthesize LR/HR pairs into WebDataset shards"),
     "inspect": ("pairforge.clusters.commands.inspect", "summarize a pairforge dataset (tables, histograms, contact sheet)"),
     "train": ("pairforge.clusters.commands.train", "train a one-step diffusion SR model on pairforge shards"),
+    "upscale": ("pairforge.clusters.commands.upscale", "super-resolve images with an exported generator (tiled, any size)"),
     "weights": ("pairforge.clusters.commands.weights", "prepare perceptual-network weights (VGG16/AlexNet) offline"),
+    "presets": ("pairforge.clusters.commands.presets", "list degradation and training presets, or print one resolved"),
+    "ls": ("pairforge.clusters.commands.ls", "list the datasets under an output root (complete or unfinished)"),
+    "eval": ("pairforge.clusters.commands.eval", "score SR results (PSNR/SSIM-Y, LPIPS, DISTS) beside bicubic and the papers' numbers"),
     "demo": ("pairforge.clusters.commands.demo", "run the end-to-end demo on the bundled sample photos"),
 }
 
 
 def build_parser(argv: Sequence[str] | None = None) -> tuple[argparse.ArgumentParser, str | None]:
     """Build the top-level parser; only the chosen subcommand's module is imported."""
-    parser = argparse.ArgumentParser(prog="pairforge", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="pairforge", description=__doc__.splitlines()[0], epilog=_epilog())
+    parser.add_argument("--version", action="version", version=f"pairforge {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
@@ -41,6 +46,26 @@ def build_parser(argv: Sequence[str] | None = None) -> tuple[argparse.ArgumentPa
         else:
             sub.add_parser(name, help=help_text, add_help=False)
     return parser, chosen if chosen in COMMANDS else None
+
+
+def _epilog() -> str:
+    """Presets and exit statuses, shown under ``pairforge --help``."""
+    from pairforge.clusters.commands.presets import names_help
+
+    return (f"degradation presets (synth, degrade): {names_help('degradation')}. training presets (train): "
+            f"{names_help('training')}. `pairforge presets NAME` prints one resolved; `pairforge COMMAND --help` "
+            "explains every flag. Exit status: 0 success; 1 the work failed; 2 bad usage or environment "
+            "(found before any work starts); 3 (train) the run directory is in use.")
+
+
+def package_version() -> str:
+    """The installed distribution's version (pyproject's ``version``), without importing torch."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pairforge")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def setup_process(command: str, args: argparse.Namespace | None = None) -> None:
@@ -71,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser, chosen = build_parser(argv)
     args = parser.parse_args(argv)
     if chosen is None:
-        parser.print_help()
+        parser.print_help(sys.stderr)  # no command is a usage error: the help is a diagnostic
         return 2
     setup_process(chosen, args)
     return int(importlib.import_module(COMMANDS[chosen][0]).run(args) or 0)

@@ -33,7 +33,7 @@ from .execution import InlineExecutor, RayExecutor, RunReport, init_ray, shutdow
 from .identity import config_hash, dataset_id
 from .patching import PatchConfig
 from .shards import (MANIFEST_NAME, PIPELINE_VERSION, build_manifest, committed_shards, pretty_json, read_json,
-                     shard_name, unconfirmed_shards)
+                     shard_name, stats_name, unconfirmed_shards)
 from .sources import Listing, SourceError, list_source
 from .synth_config import DEFAULT_PRESET, DatasetConfig, RunConfig, SynthConfig
 from .worker import JobSpec, ShardTask
@@ -140,6 +140,9 @@ def synth(source: str, out: str, config: SynthConfig | None = None, *, storage_o
     config = config or SynthConfig()
     store = _Store(storage_options, storage_config or storage.StorageConfig.from_env())
     plan = plan_job(source, out, config.dataset, storage_options)
+    if not plan.shard_names:  # nothing to make: write nothing either, so nothing blocks the next run
+        raise SourceError(f"source {plan.listing.spec!r} has no usable inputs "
+                          f"(left out: {plan.listing.skipped_by_reason() or 'none'})")
     manifest = _read(storage.join(plan.url, MANIFEST_NAME), store)
     if manifest is not None:
         return _reuse(plan, manifest)
@@ -203,14 +206,18 @@ def _reuse(plan: JobPlan, manifest: dict) -> SynthResult:
 
 def _claim_folder(plan: JobPlan, resume: bool, store: _Store) -> bool:
     """Write ``job.json`` into a new dataset folder, or accept an unfinished run of this job when
-    ``resume``.  Returns True when resuming."""
+    ``resume``.  Returns True when resuming.  A run of this job that stopped before committing
+    any shard (Ray did not start, the store refused every tar) left nothing to lose: it is
+    started again without ``resume``."""
     job_url = storage.join(plan.url, "job.json")
     existing = _read(job_url, store)
+    started = False
     if existing is not None:
         if existing.get("config_hash") != plan.config_hash:
             raise JobError(f"{storage.redact(plan.url)} belongs to another job (config hash mismatch); refusing "
                            "to overwrite it")
-        if not resume:
+        started = _any_commit(plan, store)
+        if started and not resume:
             raise JobError(f"an unfinished run of this job exists at {storage.redact(plan.url)}; pass --resume "
                            "(run.resume) to continue it")
     else:
@@ -222,7 +229,20 @@ def _claim_folder(plan: JobPlan, resume: bool, store: _Store) -> bool:
                            f"{storage.redact(str(exc))}") from None
     if not storage.is_s3(plan.url):
         storage.remove_stale_tmp(plan.url, store.options)
-    return existing is not None
+    return started
+
+
+def _any_commit(plan: JobPlan, store: _Store) -> bool:
+    """Whether the dataset folder holds a shard's commit marker (its stats file)."""
+    names = set(_listdir(plan.url, store))
+    return any(stats_name(n) in names for n in plan.shard_names)
+
+
+def _listdir(url: str, store: _Store) -> list[str]:
+    try:
+        return storage.listdir(url, store.options, config=store.config)
+    except storage.StorageError as exc:
+        raise JobError(f"cannot list {storage.redact(url)}: {exc}") from None
 
 
 def _job_spec(plan: JobPlan, config: SynthConfig, store: _Store) -> JobSpec:

@@ -23,19 +23,77 @@ from .config import ConfigError, TrainConfig, available_presets, from_dict, load
 from .runlock import RunDirLocked
 from .runlock import acquire as acquire_run_dir
 
-__all__ = ["train", "load_config", "TrainConfig", "ConfigError", "RunDirLocked", "available_presets", "from_dict",
-           "set_dotted"]
+__all__ = ["train", "load_config", "TrainConfig", "ConfigError", "RunDirLocked", "RunDirNotEmpty", "available_presets",
+           "from_dict", "set_dotted", "previous_run", "check_run_dir", "clear_run_dir"]
+
+#: what a run writes into its directory; ``overwrite=True`` deletes these and nothing else
+RUN_FILES = ("job.json", "config.yaml", "run.json", "metrics.jsonl", "validation.jsonl", "loss_curves.png",
+             "image_grid.png", "report.md", "report.html")
+RUN_DIRS = ("checkpoints", "export", "samples", "tensorboard")
+
+
+class RunDirNotEmpty(FileExistsError):
+    """The run directory holds another run's progress and neither resume nor overwrite was asked for."""
+
+
+def previous_run(out: str | os.PathLike) -> str | None:
+    """What a fresh start in ``out`` would destroy (a checkpoint, logged steps), or None.
+
+    A run that failed before its first logged step or checkpoint leaves nothing here, so it
+    never blocks the next one.
+    """
+    from .checkpoint import latest
+
+    outp = Path(out)
+    found = []
+    try:
+        ckpt = latest(outp / "checkpoints") if (outp / "checkpoints").is_dir() else None
+    except ValueError:  # a torn latest.json still marks a run that wrote checkpoints
+        ckpt = {"step": "?"}
+    if ckpt is not None:
+        found.append(f"a checkpoint at step {ckpt.get('step')}")
+    metrics = outp / "metrics.jsonl"
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        found.append(f"{sum(1 for line in metrics.read_text().splitlines() if line.strip())} logged step(s)")
+    return " and ".join(found) or None
+
+
+def check_run_dir(out: Path, resume: str | None, overwrite: bool) -> None:
+    """Refuse to start afresh over a previous run unless asked to (RunDirNotEmpty)."""
+    if overwrite and resume not in (None, "", "none"):
+        raise ValueError("resume='auto' continues the run in the directory and overwrite=True deletes it: "
+                         "pass one of them")
+    if overwrite or resume not in (None, "", "none"):
+        return
+    found = previous_run(out)
+    if found:
+        raise RunDirNotEmpty(f"{out} holds a previous run ({found}); continue it with --resume auto, or delete "
+                             "it and start afresh with --overwrite")
+
+
+def clear_run_dir(out: Path) -> None:
+    """Delete a previous run's files (only those a run writes; the lock file stays)."""
+    import shutil
+
+    for name in RUN_DIRS:
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
 
 
 def train(config: str | os.PathLike | TrainConfig, data: str, out: str | os.PathLike, *,
           steps: int | None = None, ranks: int = 1, zero_stage: int | None = None,
           resume: str | None = None, overrides: dict[str, Any] | None = None,
-          val_data: str | None = None, extra_env: dict[str, str] | None = None) -> dict:
+          val_data: str | None = None, extra_env: dict[str, str] | None = None, overwrite: bool = False) -> dict:
     """Train on ``ranks`` local processes (gloo on CPU, nccl on GPU) and wait.
 
     ``config``: a preset name (``tiny``, ``d3sr-sd21``, ``d3sr-sdxl``), a YAML path or a
     TrainConfig. ``overrides`` is a nested dict or {"dotted.key": value}. Returns
     {"rc", "out", "report", "metrics", "export"}; rc != 0 if a rank failed.
+
+    A directory holding a previous run (a checkpoint or logged steps) is continued with
+    ``resume="auto"``, deleted first with ``overwrite=True``, and otherwise refused
+    (``RunDirNotEmpty``) before anything starts.
 
     ``out`` is locked for the whole run (``out/run.lock``, see training/runlock.py): raises
     ``RunDirLocked`` naming the owner while another train on it is alive; a dead owner's lock is
@@ -60,9 +118,12 @@ def train(config: str | os.PathLike | TrainConfig, data: str, out: str | os.Path
         cfg = load_config(config, overrides=ov)
     check_dataset(cfg, str(data))  # before a rank starts or anything is written
     outp = Path(out)
+    check_run_dir(outp, resume, overwrite)
     with acquire_run_dir(outp) as lock:  # before anything is written into the run directory
         if lock.previous is not None:
             print(f"[pairforge] {lock.takeover_note()}", flush=True)
+        if overwrite:
+            clear_run_dir(outp)  # under the lock: never a live run's files
         job = {"config": cfg.to_dict(), "data": str(data), "out": str(outp), "resume": resume, "val_data": val_data}
         job_path = outp / "job.json"
         job_path.write_text(json.dumps(job, indent=2))

@@ -120,6 +120,24 @@ def latest(ckpt_dir: str | os.PathLike) -> dict | None:
     return json.loads(p.read_text()) if p.exists() else None
 
 
+def recorded_world_size(ckpt_dir: str | os.PathLike) -> tuple[int, int] | None:
+    """``(world size, step)`` of the latest complete checkpoint, or None when there is none.
+
+    Read before any rank starts: a ZeRO checkpoint is partitioned per rank, so resuming it
+    needs the rank count it was written with.
+    """
+    info = latest(ckpt_dir)
+    if info is None:
+        return None
+    state_file = Path(ckpt_dir) / "state" / info["tag"] / "state.json"
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        return None
+    world = state.get("world")
+    return (int(world), int(info.get("step", state.get("step", 0)))) if world is not None else None
+
+
 # --------------------------------------------------------------------------- save / load
 def save(ckpt_dir: str | os.PathLike, engine_g, engine_d, step: int, state: dict,
          noise_gen: torch.Generator, keep: int = 2) -> str:

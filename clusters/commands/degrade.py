@@ -1,15 +1,26 @@
-"""``pairforge degrade``: preview a degradation preset on a few images, as a contact sheet."""
+"""``pairforge degrade``: preview a degradation preset on a few images, as a contact sheet.
+
+Bad arguments (an unknown preset, a source that is not a folder, no usable image, ``--device
+cuda`` without CUDA) are found before anything is degraded: one line on stderr, exit 2.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
 
+class UsageError(ValueError):
+    """An argument this command cannot work with (exit 2)."""
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    from pairforge.clusters.commands.presets import names_help
+
     p = subparsers.add_parser(
         "degrade",
         help="degrade a few images with a preset and write a contact sheet (HR | LR + parameters)",
@@ -17,11 +28,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "contact_sheet.png and records.jsonl. For whole datasets use `pairforge synth`.",
     )
     p.add_argument("--source", default="bundled", help="a folder of images, or 'bundled' (default)")
-    p.add_argument("--preset", default="realesrgan-x4plus", help="preset name or YAML file")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, default=6, help="at most this many images")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="degrade-out", help="output folder")
+    p.add_argument("--preset", default="realesrgan-x4plus",
+                   help=f"degradation preset ({names_help('degradation')}) or YAML file (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the degradations (default %(default)s)")
+    p.add_argument("--limit", type=int, default=6, help="at most this many images (default %(default)s)")
+    p.add_argument("--device", default="cpu",
+                   help="torch device to degrade on: cpu, cuda or cuda:N (default %(default)s)")
+    p.add_argument("--out", default="degrade-out", help="output folder (default %(default)s)")
     return p
 
 
@@ -37,7 +50,7 @@ def _candidates(source: str) -> list[tuple[str, str]]:
         return bundled_photos()
     folder = Path(source)
     if not folder.is_dir():
-        raise SystemExit(f"pairforge degrade: --source {source!r} is not a folder (or 'bundled')")
+        raise UsageError(f"--source {source!r} is not a folder (or 'bundled')")
     return [(p.name, str(p)) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS]
 
 
@@ -60,15 +73,43 @@ def _images(source: str, limit: int) -> list[tuple[str, np.ndarray]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        cfg, images = _inputs(args)
+    except UsageError as exc:
+        print(f"pairforge degrade: error: {exc}", file=sys.stderr)
+        return 2
+    return _preview(cfg, images, args)
+
+
+def _inputs(args: argparse.Namespace) -> tuple:
+    """The preset and the images, checked before any degradation; raises :class:`UsageError`."""
     import torch
 
-    from pairforge.degradations import Degrader, load_preset
-    from pairforge.pipeline.inspect import contact_sheet
+    from pairforge.config import ConfigError
+    from pairforge.degradations import load_preset
 
-    cfg = load_preset(args.preset)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device} asked for, but CUDA is not available on this machine; "
+                         "use --device cpu")
+    if args.limit < 1:
+        raise UsageError(f"--limit {args.limit}: expected at least 1")
+    try:
+        cfg = load_preset(args.preset)
+    except (ConfigError, KeyError, FileNotFoundError, ValueError) as exc:
+        raise UsageError(f"--preset {args.preset!r}: {exc}") from None
     images = _images(args.source, args.limit)
     if not images:
-        raise SystemExit(f"pairforge degrade: no usable images (RGB, ≥{MIN_PREVIEW_SIDE} px) in {args.source!r}")
+        raise UsageError(f"no usable images (RGB, ≥{MIN_PREVIEW_SIDE} px) in {args.source!r}")
+    return cfg, images
+
+
+def _preview(cfg, images: list[tuple[str, np.ndarray]], args: argparse.Namespace) -> int:
+    """Degrade the images' centre crops and write the contact sheet and the records."""
+    import torch
+
+    from pairforge.degradations import Degrader
+    from pairforge.pipeline.inspect import contact_sheet
+
     size = min(cfg.hr_size, *(min(img.shape[:2]) for _, img in images))
     size -= size % cfg.scale
     crops = [img[(img.shape[0] - size) // 2 :][:size, (img.shape[1] - size) // 2 :][:, :size] for _, img in images]

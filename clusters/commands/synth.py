@@ -1,9 +1,17 @@
 """``pairforge synth``: parse arguments into a :class:`SynthConfig`, call :func:`pipeline.synth`,
-print the dataset URL last."""
+print the dataset URL last (or with ``--json``, one JSON object).
+
+Before anything is listed or started: a ``--ray-address`` must answer a TCP connect within
+:data:`RAY_CONNECT_TIMEOUT_S`, and ``--device cuda`` needs CUDA here (embedded Ray or inline).
+``--dry-run`` lists the source and prints the plan (dataset id, usable and skipped inputs,
+pairs, shards, estimated bytes) without writing anything or starting Ray.
+"""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import socket
 import sys
 from typing import Any
 
@@ -26,40 +34,60 @@ FIELDS = {
     "cpus_per_worker": "run.cpus_per_worker",
     "resume": "run.resume",
 }
+#: a Ray cluster that does not accept a TCP connection within this many seconds is unreachable
+RAY_CONNECT_TIMEOUT_S = 5.0
+#: ports Ray listens on when an address names none: the client server (ray://) and the GCS
+RAY_CLIENT_PORT, RAY_GCS_PORT = 10001, 6379
+EXIT_CODES = ("exit status: 0 the dataset is complete; 1 the work failed (objects not stored, or no pairs "
+              "produced); 2 bad arguments or environment (found before any work starts)")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    from pairforge.clusters.commands.presets import names_help
+
     p = subparsers.add_parser("synth", help="synthesize LR/HR pairs into WebDataset shards",
                               description="Synthesize degraded LR/HR pairs into WebDataset shards at "
-                                          "OUT/<dataset-id>/. The dataset URL is the last line of stdout.")
+                                          "OUT/<dataset-id>/. The dataset URL is the last line of stdout.",
+                              epilog=EXIT_CODES)
     p.add_argument("--source", required=True,
                    help="'bundled', a folder, s3://bucket/prefix, a .txt list of paths/URLs, or a WebDataset "
                         "(.tar, brace pattern, folder of tars, pairforge dataset)")
     p.add_argument("--out", required=True, help="output root (local path, file:// or s3://)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--preset", default="realesrgan-x4plus", help="degradation preset name (default %(default)s)")
-    g.add_argument("--config", help="degradation config YAML file")
-    p.add_argument("--seed", type=int, default=0)
+    g.add_argument("--preset", default="realesrgan-x4plus",
+                   help=f"degradation preset: {names_help('degradation')} (default %(default)s; "
+                        "`pairforge presets NAME` prints one)")
+    g.add_argument("--config", help="degradation config YAML file (may start from `base: PRESET`)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of crops and degradations (default %(default)s)")
     p.add_argument("--patches-per-image", type=int, default=4, help="HR patches per source image (N)")
     p.add_argument("--views", type=int, default=1, help="degraded LR views per HR patch (K)")
     p.add_argument("--workers", type=int, default=None,
                    help="degradation workers (Ray actors); default: one per GPU, else one per core")
-    p.add_argument("--ray-address", default=None, help="join an existing Ray cluster (default: embedded local Ray)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run of the same job")
-    p.add_argument("--images-per-shard", type=int, default=64)
+    p.add_argument("--ray-address", default=None,
+                   help="join an existing Ray cluster: HOST:PORT, ray://HOST:PORT or auto "
+                        "(default: embedded local Ray); checked with a TCP connect first")
+    p.add_argument("--resume", nargs="?", const="auto", choices=["auto", "none"], default="none",
+                   help="continue an interrupted run of the same job (`--resume` alone means auto)")
+    p.add_argument("--images-per-shard", type=int, default=64, help="source images per shard (default %(default)s)")
     p.add_argument("--patch-size", type=int, default=None, help="HR patch side (default: the preset's hr_size)")
     p.add_argument("--min-size-policy", choices=["skip", "upscale"], default="skip",
                    help="images smaller than a patch: skip them or upscale them (default %(default)s)")
     p.add_argument("--hr-format", choices=["png", "webp", "jpg"], default="png",
                    help="HR encoding (png/webp lossless; jpg is lossy)")
-    p.add_argument("--lr-format", choices=["png", "webp"], default="png")
+    p.add_argument("--lr-format", choices=["png", "webp"], default="png", help="LR encoding (both lossless)")
     p.add_argument("--batch-size", type=int, default=32, help="patches per degradation call")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--cpus-per-worker", type=float, default=None)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where workers degrade (auto: a GPU when the node has one)")
+    p.add_argument("--cpus-per-worker", type=float, default=None, help="Ray CPUs reserved per worker")
     p.add_argument("--executor", choices=["ray", "inline"], default="ray",
                    help="'inline' runs in this process without Ray (debugging)")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the source and print the plan (dataset id, usable and skipped inputs with "
+                        "reasons, pairs, shards, estimated bytes); write nothing, start nothing")
+    p.add_argument("--json", action="store_true",
+                   help="print the result (or with --dry-run the plan) as one JSON object on stdout")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("-v", "--verbose", action="store_true", help="log the pipeline's steps on stderr")
     return p
 
 
@@ -68,31 +96,260 @@ MAX_FAILURE_LINES = 20
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the job; exit 0 only once the manifest is written (every shard confirmed in the store),
-    1 when objects could not be stored (each named with its last error), 2 for unusable arguments."""
+    """Run the job; exit 0 only once the manifest is written (every shard confirmed in the store)
+    and it holds pairs, 1 when objects could not be stored (each named with its last error) or
+    no pairs came out, 2 for unusable arguments or environment (before any work)."""
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     from pairforge.pipeline import JobError, SourceError, synth
     from pairforge.pipeline.storage import StorageError
 
     try:
-        res = synth(args.source, args.out, build_config(args))
+        config = build_config(args)
+        check_environment(config.run)
+        if args.dry_run:
+            return dry_run(args.source, args.out, config, as_json=args.json)
+        res = synth(args.source, args.out, config)
     except (SourceError, JobError, ValueError) as exc:
         print(f"pairforge synth: error: {with_option(str(exc))}", file=sys.stderr)
         return 2
     except StorageError as exc:
         print(f"pairforge synth: error: {exc}", file=sys.stderr)
         return 1
+    except ConnectionError as exc:  # the Ray cluster accepted the TCP connect but not the session
+        if not config.run.ray_address:
+            raise
+        print(f"pairforge synth: error: run.ray_address (--ray-address): cannot connect to the Ray cluster at "
+              f"{config.run.ray_address}: {exc}", file=sys.stderr)
+        return 2
+    return report(res, as_json=args.json)
+
+
+def report(res, *, as_json: bool = False) -> int:
+    """The result on stdout (a summary and the dataset URL last, or one JSON object), what went
+    wrong on stderr; the exit status."""
+    empty = res.ok and not res.manifest["totals"]["samples"]
+    if empty:
+        print(f"pairforge synth: error: {no_pairs_reason(res.manifest)}", file=sys.stderr)
+    if not res.ok:
+        _print_failure(res)
+    if as_json:
+        print(json.dumps(result_json(res, empty)))
+    else:
+        if res.ok:
+            t = res.manifest["totals"]
+            print(f"{res.status}: {t['samples']} pairs in {t['shards']} shards from {t['inputs']} inputs "
+                  f"({t['skipped_inputs']} skipped{': ' + str(t['skipped_by_reason']) if t['skipped_inputs'] else ''})")
+            _print_listing_skips(res.manifest.get("source", {}))
+        print(res.url)
+    sys.stdout.flush()
+    return 0 if res.ok and not empty else 1
+
+
+# --------------------------------------------------------------------------- checks before any work
+def check_environment(run) -> None:
+    """What the run needs from this machine and the network, checked in seconds; ValueError names
+    the option."""
+    if run.executor == "ray":
+        endpoint = ray_endpoint(run.ray_address)
+        if endpoint is not None:
+            _check_reachable(run.ray_address, *endpoint)
+    local_devices = run.executor == "inline" or not run.ray_address
+    if run.device == "cuda" and local_devices:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("run.device: --device cuda asked for, but CUDA is not available on this machine "
+                             f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use "
+                             "--device auto or cpu, or run on a GPU node")
+
+
+def ray_endpoint(address: str | None) -> tuple[str, int] | None:
+    """``(host, port)`` that a Ray address connects to; None for the embedded Ray and ``auto``
+    (a cluster found on this machine) and schemes Ray resolves itself."""
+    if not address or address == "auto":
+        return None
+    if address.startswith("ray://"):
+        rest, default = address[len("ray://"):], RAY_CLIENT_PORT
+    elif "://" in address:
+        return None
+    else:
+        rest, default = address, RAY_GCS_PORT
+    rest = rest.split("/", 1)[0]
+    host, sep, port = rest.rpartition(":")
+    if not sep or host.endswith(":") or (host.startswith("[") and not host.endswith("]")):
+        host, port = rest, str(default)  # no port, or a bare IPv6 address
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        raise ValueError(f"run.ray_address: {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
+    return host, int(port)
+
+
+def _check_reachable(address: str, host: str, port: int) -> None:
+    try:
+        with socket.create_connection((host, port), timeout=RAY_CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
+        raise ValueError(f"run.ray_address: cannot reach the Ray cluster at {address} ({host}:{port}: {why} "
+                         f"within {RAY_CONNECT_TIMEOUT_S:.0f} s); check the address, or start the cluster "
+                         "(`ray start --head`), or leave --ray-address out for an embedded local Ray") from None
+
+
+# --------------------------------------------------------------------------- results
+def no_pairs_reason(manifest: dict) -> str:
+    """Why a finished job holds no pairs, and what would change that."""
+    t = manifest["totals"]
+    reasons = ", ".join(f"{r} {n}" for r, n in sorted(t.get("skipped_by_reason", {}).items())) or "no inputs"
+    hint = ""
+    small = t.get("skipped_by_reason", {}).get("too_small", 0)
+    if small:
+        hint = (f"; {small} input(s) are smaller than the {manifest['hr_size']}px patch: pass a smaller "
+                "--patch-size or --min-size-policy upscale")
+    return (f"the job produced no pairs: all {t['inputs']} inputs were skipped ({reasons}){hint}; "
+            "`pairforge synth --dry-run` lists each input's reason")
+
+
+def result_json(res, empty: bool) -> dict:
+    """The machine-readable result: where the dataset is and what it holds, or what failed."""
+    out: dict[str, Any] = {"ok": res.ok and not empty, "status": res.status, "url": res.url,
+                           "dataset_id": res.dataset_id, "shards_total": res.shards_total}
     if res.ok:
         t = res.manifest["totals"]
-        print(f"{res.status}: {t['samples']} pairs in {t['shards']} shards from {t['inputs']} inputs "
-              f"({t['skipped_inputs']} skipped{': ' + str(t['skipped_by_reason']) if t['skipped_inputs'] else ''})")
-        _print_listing_skips(res.manifest.get("source", {}))
+        out.update(pairs=t["samples"], shards=t["shards"], inputs=t["inputs"], skipped_inputs=t["skipped_inputs"],
+                   skipped_by_reason=t["skipped_by_reason"], bytes=t["bytes"],
+                   listing_skipped_by_reason=res.manifest.get("source", {}).get("skipped_by_reason", {}))
     else:
-        _print_failure(res)
-    print(res.url)
-    sys.stdout.flush()
-    return 0 if res.ok else 1
+        out["failed"] = res.failed
+    if empty:
+        out["error"] = "no pairs produced"
+    return out
+
+
+# --------------------------------------------------------------------------- --dry-run
+#: encoded bytes per raw pixel byte, measured on photos (HR; LR views are noisier and compress less)
+ENCODED_RATIO = {"png": (0.55, 0.75), "webp": (0.45, 0.65), "jpg": (0.15, 0.75)}
+#: per pair: its JSON record and the tar headers/padding of its members
+PAIR_OVERHEAD_BYTES = 4300
+#: skipped inputs listed one per line (the rest counted)
+MAX_SKIP_LINES = 20
+
+
+def dry_run(source: str, out: str, config, *, as_json: bool = False) -> int:
+    """Print what ``synth`` would do: exit 0, or 1 when it would produce no pairs."""
+    from pairforge.pipeline.job import plan_job
+
+    plan = plan_job(source, out, config.dataset)
+    skipped = {item.name: why for item in plan.listing.items if (why := probe_input(item, plan.patch, config.dataset))}
+    usable = len(plan.listing.items) - len(skipped)
+    d = config.dataset
+    pairs = usable * d.patch.per_image
+    report = {
+        "dry_run": True, "dataset_id": plan.dataset_id, "url": plan.url, "state": dataset_state(plan),
+        "preset": plan.degradation.name, "scale": int(plan.degradation.scale), "hr_size": plan.patch.size,
+        "inputs": len(plan.listing.items), "usable_inputs": usable,
+        "skipped_inputs": [{"name": n, "reason": r, "detail": det} for n, (r, det) in sorted(skipped.items())],
+        "listing_skipped": plan.listing.skipped, "ignored_files": plan.listing.ignored,
+        "pairs": pairs, "lr_images": pairs * d.views, "shards": len(plan.shard_names),
+        "images_per_shard": d.images_per_shard, "estimated_bytes": estimate_bytes(pairs, plan, d),
+    }
+    if as_json:
+        print(json.dumps(report, default=str))
+    else:
+        print(format_plan(report, d))
+    if not pairs:
+        print("pairforge synth: error: this job would produce no pairs (every input skipped; reasons above)",
+              file=sys.stderr)
+    return 0 if pairs else 1
+
+
+def probe_input(item, patch, dataset) -> tuple[str, str] | None:
+    """``(reason, detail)`` a worker would skip a local input for, read from its header only
+    (None: usable, or not a local file). The reasons are the workers' (see pipeline/decode.py
+    and pipeline/patching.py)."""
+    import os
+    import warnings
+
+    from PIL import Image
+
+    if item.offset is not None or "://" in item.url or not os.path.isfile(item.url):
+        return None
+    if os.path.getsize(item.url) == 0:
+        return "empty_file", ""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(item.url) as im:
+                w, h = im.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        return "too_large", str(exc)[:120]
+    except Image.UnidentifiedImageError:
+        return "not_an_image", ""
+    except Exception as exc:  # noqa: BLE001 - any parser failure is a bad file
+        return "corrupt", f"{type(exc).__name__}: {exc}"[:160]
+    if w * h > dataset.max_pixels:
+        return "too_large", f"{w}x{h} > {dataset.max_pixels} pixels"
+    if min(w, h) < patch.min_side:
+        return "too_small", f"{w}x{h} below min_side {patch.min_side}"
+    if min(w, h) < patch.size and patch.min_size_policy == "skip":
+        return "too_small", f"{w}x{h} < patch {patch.size}"
+    return None
+
+
+def dataset_state(plan) -> str:
+    """new / unfinished (how far) / complete, for the dataset folder this job maps to."""
+    from pairforge.pipeline import storage
+    from pairforge.pipeline.shards import stats_name
+
+    names = set(storage.listdir(plan.url))
+    if "manifest.json" in names:
+        return "complete (synth would reuse it and do nothing)"
+    if "job.json" in names:
+        done = sum(stats_name(n) in names for n in plan.shard_names)
+        return f"unfinished ({done} of {len(plan.shard_names)} shards committed; --resume continues it)"
+    return "new"
+
+
+def estimate_bytes(pairs: int, plan, dataset) -> int:
+    """Shard bytes for ``pairs`` pairs, from the measured compression ratios of each format."""
+    hr_ratio = ENCODED_RATIO[dataset.encode.hr_format][0]
+    lr_ratio = ENCODED_RATIO[dataset.encode.lr_format][1]
+    hr = plan.patch.size ** 2 * 3
+    lr = (plan.patch.size // int(plan.degradation.scale)) ** 2 * 3
+    return int(pairs * (hr * hr_ratio + dataset.views * lr * lr_ratio + PAIR_OVERHEAD_BYTES))
+
+
+def format_plan(r: dict, dataset) -> str:
+    """The plan as text; the dataset URL is the last line, as after a real run."""
+    from pairforge.clusters.commands.ls import human_bytes
+
+    lines = [f"dataset:  {r['dataset_id']} — {r['state']}",
+             f"preset:   {r['preset']} (×{r['scale']}, HR {r['hr_size']}px)",
+             f"inputs:   {r['inputs']} listed, {r['usable_inputs']} usable, {len(r['skipped_inputs'])} would be "
+             f"skipped{_by_reason(r['skipped_inputs'])}"]
+    for s in r["skipped_inputs"][:MAX_SKIP_LINES]:
+        lines.append(f"  skip {s['name']}: {s['reason']}{' (' + s['detail'] + ')' if s['detail'] else ''}")
+    if len(r["skipped_inputs"]) > MAX_SKIP_LINES:
+        lines.append(f"  ... and {len(r['skipped_inputs']) - MAX_SKIP_LINES} more (--json lists all)")
+    if r["listing_skipped"] or r["ignored_files"]:
+        lines.append(f"listing:  {len(r['listing_skipped'])} left out{_by_reason(r['listing_skipped'])}, "
+                     f"{r['ignored_files']} non-image files ignored")
+        for s in r["listing_skipped"][:MAX_SKIP_LINES]:
+            lines.append(f"  left out {s['name']}: {s['reason']}")
+    lines += [f"pairs:    {r['pairs']} ({r['usable_inputs']} inputs × {dataset.patch.per_image} patches; "
+              f"{r['lr_images']} LR images at {dataset.views} view(s) each)",
+              f"shards:   {r['shards']} ({r['images_per_shard']} inputs per shard)",
+              f"bytes:    ~{human_bytes(r['estimated_bytes'])} (estimate: {dataset.encode.hr_format} HR, "
+              f"{dataset.encode.lr_format} LR)",
+              r["url"]]
+    return "\n".join(lines)
+
+
+def _by_reason(skips: list[dict]) -> str:
+    counts: dict[str, int] = {}
+    for s in skips:
+        counts[s["reason"]] = counts.get(s["reason"], 0) + 1
+    return f" ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})" if counts else ""
 
 
 def build_config(args: argparse.Namespace):
@@ -103,6 +360,7 @@ def build_config(args: argparse.Namespace):
     plain: dict[str, Any] = {}
     for dest, path in FIELDS.items():
         set_dotted(plain, path, getattr(args, dest))
+    set_dotted(plain, "run.resume", args.resume in (True, "auto"))  # `--resume` alone means auto
     set_dotted(plain, "dataset.degradation", args.config or args.preset)
     set_dotted(plain, "run.progress", not args.no_progress)
     return SynthConfig.from_dict(plain)

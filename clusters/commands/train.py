@@ -4,37 +4,63 @@ Embedded default: ``--ranks N`` local processes (gloo on CPU, nccl on GPUs). Und
 DeepSpeed launcher or torchrun (RANK/WORLD_SIZE already set) the trainer runs in-process;
 ``--print-launch hostfile|torchrun`` prints those cluster command lines.
 
+Before any rank starts (seconds, one message, exit 2): the dataset exists, holds pairs and
+suits the crop; ``--out`` holds no previous run unless ``--resume``/``--overwrite``; a resumed
+ZeRO checkpoint gets the rank count it was written with; the pretrained folders and the
+perceptual weights the config needs are present.
+
 ``--out`` has one owner at a time (``DIR/run.lock``): a second train on it exits with status 3
 and names the owner while the first is alive; a dead owner's lock is taken over.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
+import shlex
 import sys
+from pathlib import Path
+from typing import Iterator
 
 #: exit status when --out belongs to another live `pairforge train` (see training/runlock.py)
 EXIT_RUN_DIR_IN_USE = 3
+EXIT_CODES = ("exit status: 0 trained; 1 a rank failed; 2 bad arguments or environment (found before any "
+              f"rank starts); {EXIT_RUN_DIR_IN_USE} the run directory is in use by another live train")
+
+
+class Refusal(Exception):
+    """A check before any rank starts failed: the message says what and how to fix it (exit 2)."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    from pairforge.clusters.commands.presets import names_help
+
     p = subparsers.add_parser("train", help="train a one-step diffusion SR model on pairforge shards",
-                              description=__doc__.splitlines()[0])
+                              description=__doc__.split("\n\n")[0] + " Everything that can be checked "
+                              "(dataset, run directory, checkpoint rank count, pretrained and perceptual "
+                              "weights) is checked before any rank starts.",
+                              epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--preset", help="tiny | d3sr-sd21 | d3sr-sdxl")
+    src.add_argument("--preset", help=f"training preset: {names_help('training')} (see `pairforge presets`)")
     src.add_argument("--config", help="YAML config file (may start from `base: PRESET`)")
     p.add_argument("--data", required=True, help="dataset URL (local path, file:// or s3://) with manifest.json")
     p.add_argument("--out", required=True, help="run directory (metrics.jsonl, checkpoints/, export/, report)")
     p.add_argument("--steps", type=int, help="optimisation steps (overrides the config)")
-    p.add_argument("--ranks", type=int, default=1, help="local ranks to spawn (default 1)")
+    p.add_argument("--ranks", type=int, default=None,
+                   help="local ranks to spawn (default 1; with --resume, the rank count of the checkpoint)")
     p.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], help="ZeRO stage for both engines")
-    p.add_argument("--resume", choices=["auto", "none"], default="none",
-                   help="auto: continue from DIR/checkpoints/latest.json if present")
+    p.add_argument("--resume", nargs="?", const="auto", choices=["auto", "none"], default="none",
+                   help="continue from DIR/checkpoints/latest.json if present (`--resume` alone means auto; "
+                        "none, the default, starts afresh and refuses a directory that holds a previous run)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a directory that holds a previous run, deleting its checkpoints, "
+                        "metrics and export first")
     p.add_argument("--batch-size", type=int, help="micro-batch per rank")
     p.add_argument("--grad-accum", type=int, help="gradient accumulation steps")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="engine precision (overrides the config)")
     p.add_argument("--workers", type=int, help="dataloader workers per rank")
-    p.add_argument("--crop-size", type=int, help="HR crop side")
+    p.add_argument("--crop-size", type=int, help="HR crop side (at most the dataset's patch size)")
     p.add_argument("--val-every", type=int, help="validate every N steps (0 = off)")
     p.add_argument("--val-data", help="separate validation dataset URL (else the last data.val_shards shards are held out, or the last samples of a dataset with too few shards)")
     p.add_argument("--ckpt-every", type=int, help="checkpoint every N steps")
@@ -42,12 +68,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--perceptual-backbone", choices=["imagenet", "random"],
                    help="random only for smoke tests; reports then say so")
     p.add_argument("--weights-dir", help="perceptual weights folder (default $PAIRFORGE_WEIGHTS or ~/.cache/pairforge/weights)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="random seed (overrides the config)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set generator.timestep=299 (YAML value)")
     p.add_argument("--print-launch", choices=["hostfile", "torchrun"],
                    help="print the cluster launch command for these arguments and exit")
-    p.add_argument("--hostfile", default="clusters/templates/hostfile.example")
+    p.add_argument("--hostfile", default="clusters/templates/hostfile.example",
+                   help="DeepSpeed hostfile for --print-launch hostfile (default %(default)s)")
+    p.add_argument("--json", action="store_true",
+                   help="print the result as one JSON object, the last line of stdout (rank logs go to stderr)")
     p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
     return p
 
@@ -69,7 +98,9 @@ def _overrides(args) -> dict:
             set_dotted(ov, key, v)
     for item in args.set:
         if "=" not in item:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+            from pairforge.training.config import ConfigError
+
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
         k, v = item.split("=", 1)
         set_dotted(ov, k.strip(), yaml.safe_load(v))
     return ov
@@ -101,49 +132,212 @@ def run(args) -> int:
         print(f"pairforge train: invalid config: {exc}", file=sys.stderr)
         return 2
     if args.print_launch:
-        from pairforge.training.launch import deepspeed_command, torchrun_command
-
-        targs = _cluster_args(sys.argv[1:])
-        if args.print_launch == "hostfile":
-            print(deepspeed_command(args.hostfile, targs))
-        else:
-            print(torchrun_command(targs, nnodes=int(os.environ.get("NNODES", 1)),
-                                   nproc_per_node=int(os.environ.get("GPUS_PER_NODE", 1))))
-        return 0
-    from pairforge.training import RunDirLocked
+        return _print_launch(args)
+    from pairforge.training import RunDirLocked, RunDirNotEmpty
     from pairforge.training.preflight import DatasetMismatch
 
-    resume = None if args.resume == "none" else args.resume
+    cluster = "RANK" in os.environ and "WORLD_SIZE" in os.environ and args.ranks in (None, 1)
     try:
-        if "RANK" in os.environ and "WORLD_SIZE" in os.environ and args.ranks == 1:
-            return _run_as_rank(cfg, args, resume)
-        return _run_local_ranks(cfg, args, resume)
+        ranks = preflight(cfg, args, cluster)
+    except Refusal as exc:
+        print(f"pairforge train: {exc}", file=sys.stderr)
+        return 2
+    resume = "auto" if args.resume == "auto" else None
+    try:
+        with _stdout_to_stderr(args.json):  # --json: stdout carries only the result
+            res = _run_as_rank(cfg, args, resume) if cluster else _run_local_ranks(cfg, args, resume, ranks)
     except RunDirLocked as exc:
         print(f"pairforge train: {exc}", file=sys.stderr)
         return EXIT_RUN_DIR_IN_USE
-    except (DatasetMismatch, FileNotFoundError) as exc:
+    except (DatasetMismatch, FileNotFoundError, RunDirNotEmpty) as exc:  # changed since the checks above
         print(f"pairforge train: {exc}", file=sys.stderr)
         return 2
+    if cluster and os.environ.get("RANK") != "0":
+        return 0 if res["ok"] else 1  # rank 0 reports for the run
+    return _report(res, args)
 
 
-def _run_as_rank(cfg, args, resume: str | None) -> int:
+def _print_launch(args) -> int:
+    from pairforge.training.launch import deepspeed_command, torchrun_command
+
+    targs = _cluster_args(sys.argv[1:])
+    if args.print_launch == "hostfile":
+        print(deepspeed_command(args.hostfile, targs))
+    else:
+        print(torchrun_command(targs, nnodes=int(os.environ.get("NNODES", 1)),
+                               nproc_per_node=int(os.environ.get("GPUS_PER_NODE", 1))))
+    return 0
+
+
+# --------------------------------------------------------------------------- checks before any rank
+def preflight(cfg, args, cluster: bool) -> int:
+    """Every check that needs no rank, cheapest first; the number of local ranks to start.
+    Raises :class:`Refusal`."""
+    from pairforge.training import RunDirNotEmpty, check_run_dir
+    from pairforge.training.preflight import DatasetMismatch, check_dataset
+
+    if args.overwrite and args.resume == "auto":
+        raise Refusal("--resume continues the run in --out and --overwrite deletes it: pass one of them")
+    try:
+        check_dataset(cfg, args.data)
+        check_run_dir(Path(args.out), args.resume, args.overwrite)
+    except (DatasetMismatch, FileNotFoundError, ValueError, RunDirNotEmpty) as exc:
+        raise Refusal(str(exc)) from None
+    ranks = (args.ranks or 1) if cluster else resume_ranks(cfg, args)
+    check_pretrained(cfg)
+    check_perceptual_weights(cfg)
+    return ranks
+
+
+def resume_ranks(cfg, args) -> int:
+    """The local rank count: ``--ranks``, or when resuming, the checkpoint's. A ZeRO checkpoint
+    (optimizer state split per rank) asked to resume on another count is refused, naming the
+    command that resumes it."""
+    from pairforge.training.checkpoint import recorded_world_size
+
+    recorded = recorded_world_size(Path(args.out) / "checkpoints") if args.resume == "auto" else None
+    if recorded is None:
+        return args.ranks or 1
+    world, step = recorded
+    if args.ranks is None:
+        if world != 1:
+            print(f"pairforge train: resuming the checkpoint at step {step} on its {world} ranks", file=sys.stderr)
+        return world
+    if args.ranks != world and cfg.engine.zero_stage >= 1:
+        raise Refusal(f"the checkpoint in {args.out} (step {step}) was written by {world} rank(s) and its "
+                      f"ZeRO-{cfg.engine.zero_stage} optimizer state is split per rank, so it cannot resume on "
+                      f"--ranks {args.ranks}; resume it with: {_command_with_ranks(world)}")
+    return args.ranks
+
+
+def _command_with_ranks(ranks: int) -> str:
+    """This command line with ``--ranks`` set to ``ranks``."""
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--ranks":
+            skip = True
+        elif not a.startswith("--ranks="):
+            argv.append(a)
+    return shlex.join(["pairforge", *argv, "--ranks", str(ranks)])
+
+
+def check_pretrained(cfg) -> None:
+    """The diffusers folders a pretrained generator/discriminator loads (nothing is downloaded at
+    train time)."""
+    if cfg.generator.arch != "pretrained" and cfg.discriminator.arch not in ("sd21", "sdxl"):
+        return
+    from pairforge.training.models.backbones import PretrainedMissing, require_folder
+
+    try:
+        if cfg.generator.arch == "pretrained":
+            require_folder(cfg.generator.pretrained_path, ["vae", "unet"], cfg.generator.hub_id,
+                           "generator.pretrained_path")
+        d = cfg.discriminator
+        if d.arch in ("sd21", "sdxl"):
+            subs = ["unet"] + (["vae"] if d.latent_adapter == "reencode" else [])
+            require_folder(d.pretrained_path, subs, d.hub_id, "discriminator.pretrained_path")
+    except PretrainedMissing as exc:
+        raise Refusal(str(exc)) from None
+
+
+def perceptual_kinds(cfg) -> list[str]:
+    """The ImageNet weight files the loss and the validation networks will load."""
+    loss = cfg.loss
+    if loss.perceptual_backbone != "imagenet":
+        return []
+    kinds = []
+    if loss.dists > 0 or loss.ea_dists > 0 or cfg.log.val_every:
+        kinds += ["vgg16", "dists"]
+    if loss.lpips > 0:
+        kinds += ["alexnet", "lpips_alex"] if loss.lpips_net == "alex" else ["vgg16", "lpips_vgg"]
+    if cfg.log.val_every:
+        kinds += ["alexnet", "lpips_alex"]
+    return list(dict.fromkeys(kinds))
+
+
+def check_perceptual_weights(cfg) -> None:
+    """The perceptual networks' weights are found where the ranks will look (and are intact)."""
+    kinds = perceptual_kinds(cfg)
+    if not kinds:
+        return
+    from pairforge.training.perceptual.weights import PerceptualWeightsMissing, resolve_weights
+
+    for kind in kinds:
+        try:
+            resolve_weights(kind, cfg.loss.weights_dir)
+        except (PerceptualWeightsMissing, ValueError) as exc:
+            raise Refusal(f"{exc}\n(--perceptual-backbone random skips them, for smoke tests only)") from None
+
+
+# --------------------------------------------------------------------------- running
+@contextlib.contextmanager
+def _stdout_to_stderr(enabled: bool) -> Iterator[None]:
+    """Send this process's and its ranks' stdout (file descriptor 1) to stderr while enabled."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _run_as_rank(cfg, args, resume: str | None) -> dict:
     """Launched by deepspeed/torchrun: this process is one rank (rank 0 locks --out)."""
     from pairforge.training.launch import default_env
     from pairforge.training.trainer import run as run_rank
 
     for k, v in default_env().items():
         os.environ.setdefault(k, v)
+    if args.overwrite and os.environ.get("RANK") == "0":
+        _clear_locked(args.out)
     run_rank(cfg, args.data, args.out, resume, args.val_data)
-    return 0
+    return _result(args.out, 0, int(os.environ["WORLD_SIZE"]))
 
 
-def _run_local_ranks(cfg, args, resume: str | None) -> int:
-    """The embedded default: this process is the launcher of ``--ranks`` local ranks."""
+def _clear_locked(out: str) -> None:
+    """--overwrite under a cluster launcher: rank 0 deletes the previous run while holding the
+    run lock (never a live run's files); the trainer then locks the directory for the run."""
+    from pairforge.training import acquire_run_dir, clear_run_dir
+
+    with acquire_run_dir(out):
+        clear_run_dir(Path(out))
+
+
+def _run_local_ranks(cfg, args, resume: str | None, ranks: int) -> dict:
+    """The embedded default: this process is the launcher of ``ranks`` local ranks."""
     from pairforge.training import train
 
-    res = train(cfg, args.data, args.out, ranks=args.ranks, resume=resume, val_data=args.val_data)
+    res = train(cfg, args.data, args.out, ranks=ranks, resume=resume, val_data=args.val_data,
+                overwrite=args.overwrite)
+    return _result(args.out, res["rc"], ranks)
+
+
+def _result(out: str, rc: int, ranks: int) -> dict:
+    """What the run produced: exit code of the ranks, where things are, the last logged step."""
+    outp = Path(out)
+    metrics = outp / "metrics.jsonl"
+    last = None
+    if metrics.is_file():
+        lines = [line for line in metrics.read_text().splitlines() if line.strip()]
+        with contextlib.suppress(ValueError, IndexError):
+            last = json.loads(lines[-1]).get("step")
+    return {"ok": rc == 0, "rc": rc, "out": str(outp), "ranks": ranks, "step": last,
+            "report": str(outp / "report.md"), "metrics": str(metrics), "export": str(outp / "export")}
+
+
+def _report(res: dict, args) -> int:
     if res["rc"] != 0:
         print(f"pairforge train: a rank failed (exit code {res['rc']})", file=sys.stderr)
-        return 1
-    print(f"pairforge train: done → {res['out']} (report: {res['report']}, export: {res['export']})")
-    return 0
+    elif not args.json:
+        print(f"pairforge train: done → {res['out']} (report: {res['report']}, export: {res['export']})")
+    if args.json:
+        print(json.dumps(res))
+    return 0 if res["rc"] == 0 else 1

