@@ -291,11 +291,15 @@ def _stdout_to_stderr(enabled: bool) -> Iterator[None]:
 
 def _run_as_rank(cfg, args, resume: str | None) -> dict:
     """Launched by deepspeed/torchrun: this process is one rank (rank 0 locks --out)."""
+    import torch
+
     from pairforge.training.launch import default_env
+    from pairforge.training.quiet import settle_rank_environment
     from pairforge.training.trainer import run as run_rank
 
     for k, v in default_env().items():
         os.environ.setdefault(k, v)
+    settle_rank_environment(torch.cuda.is_available())  # before DeepSpeed is imported
     if args.overwrite and os.environ.get("RANK") == "0":
         _clear_locked(args.out)
     run_rank(cfg, args.data, args.out, resume, args.val_data)
