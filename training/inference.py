@@ -1,66 +1,399 @@
-"""Tiled upscaling of an image with an exported (or in-memory) one-step generator.
+"""Upscaling images of any size with an exported (or in-memory) one-step generator.
 
-The LR image is upsampled bicubically to the output size (the generator's input), cut into
-overlapping tiles, each tile is restored with one generator call, and the tiles are blended
-with a raised-cosine (Hann) window so seams do not show. Tiles are padded by reflection at the
-borders so every tile has the full size (the VAE needs sides divisible by its down factor).
+The generator is three stages — VAE encode, one UNet call at T_L, VAE decode — and each stage
+runs on overlapping tiles whose results are blended with a smooth weight (MultiDiffusion /
+OSEDiff's tiled latent, here with raised-cosine ramps):
 
-    python -m pairforge.training.inference EXPORT_DIR input.png output.png --scale 4 --tile 512 --overlap 64
+1. the LR image is upsampled bicubically to ``scale ×`` its size (the generator's input) and
+   padded by reflection to a multiple of what the VAE and the UNet need (cropped back at the end,
+   so the output is exactly ``scale ×`` the input);
+2. **encode** in pixel tiles of ``vae_tile`` (one call when the image is smaller), latents blended;
+3. **UNet** in latent tiles of ``tile / f`` (``f`` = the VAE's down factor), the predicted
+   clean latents ẑ_H blended — this is the tiling the ``--tile`` flag sets;
+4. **decode** in latent tiles of ``vae_tile / f``, pixels blended;
+5. an optional colour fix against the bicubic input (:mod:`pairforge.training.colorfix`).
+
+Why this has no seams. (a) Blending: each tile's weight is 1 in its interior and falls to 0
+towards every edge it shares with a neighbour (a raised-cosine ramp, after a short band of exact
+zeros that drops the samples computed next to the tile's zero padding); at the image border it
+stays 1. The result is a continuous, per-position convex combination of tile results: a tile's
+edge contributes nothing, and where tiles disagree the output moves from one to the other across
+the overlap instead of jumping at a line. The blend is linear and ẑ_H is affine in ε̂, so
+blending ẑ_H is blending ε̂. (b) Shared normalisation: tiles disagree mostly because each
+GroupNorm would normalise a tile with that tile's own statistics (its own contrast and
+brightness, seen as a patchwork even when the borders are blended). :class:`SharedGroupNorm`
+pools every norm's statistics over all tiles in one extra pass and normalises every tile with
+them, as Tiled VAE (MultiDiffusion-upscaler) does for the VAE; here for the UNet too. What still
+differs between tiles is context beyond the tile (receptive fields, self-attention within a
+tile), which the overlap hides. ``tests/test_upscale.py`` measures both the seams and the
+distance to the untiled output. An image that fits in one tile of every stage gives exactly the
+untiled generator's output (no extra pass).
+
+Latent tiles (rather than the whole generator on pixel tiles) let the UNet tiles, which carry the
+restoration, be sized to what the UNet was trained on, independently of the VAE's memory-bound
+tiles, and the decoder sees one continuous latent.
+
+On CUDA the stages run under bf16 autocast (weights stay fp32; norms run in fp32); on CPU in fp32.
+
+    pairforge upscale INPUT OUTPUT --model EXPORT_DIR          (see clusters/commands/upscale.py)
+    python -m pairforge.training.inference EXPORT_DIR input.png output.png --scale 4 --tile 512
 """
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
+from contextlib import contextmanager
+from fractions import Fraction
 from pathlib import Path
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from .colorfix import apply_color_fix
+
+#: output-pixel side of a UNet tile (64 latents for an 8× VAE: SD2.1-base's native 512 px)
+DEFAULT_TILE = 512
+#: output pixels two neighbouring UNet tiles share
+DEFAULT_OVERLAP = 128
+#: output-pixel side of a VAE tile (the VAE's full-resolution activations dominate memory)
+DEFAULT_VAE_TILE = 1024
+#: SR scale used when neither the caller nor the export says (D3SR and OSEDiff train ×4)
+DEFAULT_SCALE = 4
+
+Stage = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _window(size: int, overlap: int) -> torch.Tensor:
-    w = torch.ones(size)
-    if overlap > 0:
-        ramp = 0.5 - 0.5 * torch.cos(torch.linspace(0, torch.pi, overlap + 2)[1:-1])
-        w[:overlap], w[-overlap:] = ramp, ramp.flip(0)
+# --------------------------------------------------------------------------- tiling
+def _ramp(n: int) -> torch.Tensor:
+    """A rising raised-cosine of ``n`` samples strictly inside (0, 1); ``r[i] + r[n-1-i] == 1``."""
+    return 0.5 - 0.5 * torch.cos(torch.pi * (torch.arange(n, dtype=torch.float64) + 0.5) / n)
+
+
+def _window(size: int, overlap: int, lead: bool, trail: bool) -> torch.Tensor:
+    """1-D weight of one tile: 1 inside; on each side that has a neighbour (``lead``: one before,
+    ``trail``: one after) a band of zeros (an eighth of the overlap: the samples next to the tile's
+    zero padding) then a raised-cosine ramp over the rest of the overlap; flat at image borders."""
+    w = torch.ones(size, dtype=torch.float64)
+    if overlap <= 0:
+        return w
+    zero = overlap // 8
+    edge = torch.cat([torch.zeros(zero, dtype=torch.float64), _ramp(overlap - 2 * zero)])
+    if lead:
+        w[:len(edge)] = edge
+    if trail:
+        w[size - len(edge):] = torch.minimum(w[size - len(edge):], edge.flip(0))
     return w
 
 
 def _starts(length: int, tile: int, step: int) -> list[int]:
+    """Tile origins covering ``[0, length)``: every ``step``, and the last one flush with the end."""
     if length <= tile:
         return [0]
-    s = list(range(0, length - tile, step)) + [length - tile]
-    return sorted(set(s))
+    return sorted(set(range(0, length - tile, step)) | {length - tile})
 
 
-@torch.no_grad()
-def upscale_tensor(generator, lr: torch.Tensor, scale: int, tile: int = 512, overlap: int = 64,
-                   batch: int = 1) -> torch.Tensor:
-    """lr: (1,3,h,w) in [0,1] → (1,3,h·scale,w·scale) in [0,1]."""
+class Tiling:
+    """Overlapping ``tile``² windows over an h × w map, and their blending weights.
+
+    Sides are in the map's units; ``factor`` scales the weights to a stage's output (a VAE
+    decoder tile of t latents gives t·f pixels); ``tile``, ``overlap`` and every tile origin
+    times ``factor`` must be whole.
+    """
+
+    def __init__(self, h: int, w: int, tile: int, overlap: int):
+        self.h, self.w, self.overlap = h, w, overlap
+        self.th, self.tw = min(tile, h), min(tile, w)
+        if (self.th < h and self.th <= overlap) or (self.tw < w and self.tw <= overlap):
+            raise ValueError(f"tile {tile} must be larger than its overlap {overlap}")
+        self.boxes = [(y, x) for y in _starts(h, self.th, self.th - overlap)
+                      for x in _starts(w, self.tw, self.tw - overlap)]
+
+    def window(self, box: tuple[int, int], factor: Fraction | int = 1) -> torch.Tensor:
+        """The tile's 2-D weight (float64) at ``factor`` × the map's resolution."""
+        y, x = box
+        f = Fraction(factor)
+        wy = _window(_whole(self.th * f), _whole(self.overlap * f), y > 0, y + self.th < self.h)
+        wx = _window(_whole(self.tw * f), _whole(self.overlap * f), x > 0, x + self.tw < self.w)
+        return wy[:, None] * wx[None, :]
+
+    def shares(self) -> list[torch.Tensor]:
+        """Each tile's weight divided by the sum over tiles: a partition of unity (float64)."""
+        total = torch.zeros(self.h, self.w, dtype=torch.float64)
+        windows = [self.window(b) for b in self.boxes]
+        for (y, x), wt in zip(self.boxes, windows):
+            total[y:y + self.th, x:x + self.tw] += wt
+        return [wt / total[y:y + self.th, x:x + self.tw] for (y, x), wt in zip(self.boxes, windows)]
+
+    def crops(self, x: torch.Tensor, boxes: list[tuple[int, int]]) -> torch.Tensor:
+        return torch.cat([x[:, :, y:y + self.th, x0:x0 + self.tw] for y, x0 in boxes])
+
+
+def _whole(v: Fraction) -> int:
+    if v.denominator != 1:
+        raise ValueError(f"tile geometry is not whole at this scale ({v})")
+    return int(v)
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    size = max(1, size)
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def blend_tiles(stage: Stage, x: torch.Tensor, tile: int, overlap: int, factor: Fraction | int = 1,
+                batch: int = 1) -> torch.Tensor:
+    """Run ``stage`` on overlapping ``tile``² windows of ``x`` (1,C,H,W) and blend the results.
+
+    ``stage`` maps a (B,C,t,t) batch to (B,C',t·factor,t·factor); up to ``batch`` tiles go
+    through it at once. One tile (``tile`` ≥ both sides) returns ``stage(x)`` unchanged (float32).
+    """
+    f = Fraction(factor)
+    tiling = Tiling(x.shape[-2], x.shape[-1], tile, overlap)
+    if len(tiling.boxes) == 1:
+        return stage(x).float()
+    out = wsum = None
+    for idx in _chunks(list(range(len(tiling.boxes))), batch):
+        res = stage(tiling.crops(x, [tiling.boxes[i] for i in idx])).float()
+        if out is None:
+            size = (_whole(tiling.h * f), _whole(tiling.w * f))
+            out = torch.zeros(1, res.shape[1], *size, device=res.device)
+            wsum = torch.zeros(1, 1, *size, device=res.device)
+        for i, r in zip(idx, res):
+            y, x0 = (_whole(v * f) for v in tiling.boxes[i])
+            wt = tiling.window(tiling.boxes[i], f).to(res.device, torch.float32)
+            out[:, :, y:y + wt.shape[0], x0:x0 + wt.shape[1]] += r * wt
+            wsum[:, :, y:y + wt.shape[0], x0:x0 + wt.shape[1]] += wt
+    if float(wsum.min()) <= 0:
+        raise AssertionError("tile weights leave pixels uncovered")  # a geometry bug, never data
+    return out / wsum
+
+
+# --------------------------------------------------------------------------- shared GroupNorm statistics
+class SharedGroupNorm:
+    """Makes every GroupNorm in ``module`` normalise all tiles with the same statistics.
+
+    A GroupNorm normalises with its input's mean and variance over the whole spatial extent, so a
+    tile normalised on its own gets its own brightness and contrast, and neighbouring tiles
+    disagree. Tiled VAE (MultiDiffusion-upscaler) shares statistics across tiles; here in two
+    passes. In the first (:meth:`pooling`) each tile is normalised on its own while every norm's
+    input statistics are pooled over all tiles, each tile's samples weighted by its share of the
+    blend (:meth:`Tiling.shares`, resized to the layer's resolution: every position counts once,
+    and samples next to a tile's zero padding count little). In the second (:meth:`sharing`)
+    every tile is normalised with the pooled statistics. The first norm's pooled statistics are
+    the whole image's; deeper norms' are pooled from inputs that were normalised tile by tile, an
+    approximation that is the same for every tile. (Repeating the pooling pass with the pooled
+    statistics makes one more norm exact per pass, but did not bring the output closer to the
+    untiled one in ``tests/test_upscale.py``, so one pass it is.)
+    """
+
+    def __init__(self, module: nn.Module):
+        self.norms = [m for m in module.modules() if isinstance(m, nn.GroupNorm)]
+        #: (B,1,h,w) blend shares of the tiles of the next call; set before each call while pooling
+        self.weights: torch.Tensor | None = None
+        self._moments: list[tuple[float, torch.Tensor, torch.Tensor] | None] = [None] * len(self.norms)
+
+    def _record(self, i: int, norm: nn.GroupNorm, x: torch.Tensor) -> None:
+        """Fold this call's weighted (count, mean, M2) per group into norm ``i``'s (Chan et al.)."""
+        b, c = x.shape[:2]
+        g = norm.num_groups
+        wt = self.weights.to(x.device, torch.float32)
+        if wt.shape[-2:] != x.shape[-2:]:
+            wt = F.interpolate(wt, size=x.shape[-2:], mode="area")
+        wt = wt.reshape(b, 1, 1, -1)
+        v = x.detach().float().reshape(b, g, c // g, -1)
+        n = float(wt.sum()) * (c // g)
+        mean = (v * wt).sum((0, 2, 3)) / n
+        m2 = ((v - mean.view(1, g, 1, 1)).square() * wt).sum((0, 2, 3))
+        mean, m2 = mean.double(), m2.double()
+        if self._moments[i] is not None:
+            n0, mean0, m20 = self._moments[i]
+            delta, total = mean - mean0, n0 + n
+            mean, m2, n = mean0 + delta * (n / total), m20 + m2 + delta.square() * (n0 * n / total), total
+        self._moments[i] = (n, mean, m2)
+
+    @staticmethod
+    def _normalise(norm: nn.GroupNorm, mean: torch.Tensor, var: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        g = norm.num_groups
+        v = x.float().reshape(b, g, -1)
+        y = ((v - mean.view(1, g, 1)) * torch.rsqrt(var.view(1, g, 1) + norm.eps)).reshape(x.shape)
+        if norm.affine:
+            shape = (1, c) + (1,) * (x.dim() - 2)
+            y = y * norm.weight.float().view(shape) + norm.bias.float().view(shape)
+        return y.to(x.dtype)
+
+    @contextmanager
+    def _patched(self, forward: Callable[[int, nn.GroupNorm], Callable[[torch.Tensor], torch.Tensor]]) -> Iterator[None]:
+        for i, n in enumerate(self.norms):
+            n.forward = forward(i, n)
+        try:
+            yield
+        finally:
+            for n in self.norms:
+                del n.forward
+
+    @contextmanager
+    def pooling(self) -> Iterator[None]:
+        """Calls inside the block normalise as usual and pool statistics (set :attr:`weights`)."""
+        def recording(i: int, norm: nn.GroupNorm) -> Callable[[torch.Tensor], torch.Tensor]:
+            original = type(norm).forward
+
+            def forward(x: torch.Tensor) -> torch.Tensor:
+                self._record(i, norm, x)
+                return original(norm, x)
+            return forward
+
+        self._moments = [None] * len(self.norms)
+        with self._patched(recording):
+            yield
+
+    @contextmanager
+    def sharing(self) -> Iterator[None]:
+        """Calls inside the block normalise with the pooled statistics."""
+        if any(m is None for m in self._moments):
+            raise RuntimeError("SharedGroupNorm.sharing(): a norm has no pooled statistics")
+        stats = [(mean.float(), (m2 / n).float()) for n, mean, m2 in self._moments]
+
+        def shared(i: int, norm: nn.GroupNorm) -> Callable[[torch.Tensor], torch.Tensor]:
+            mean, var = stats[i]
+            return lambda x: self._normalise(norm, mean.to(x.device), var.to(x.device), x)
+
+        with self._patched(shared):
+            yield
+
+
+def blend_tiles_shared_norm(stage: Stage, module: nn.Module, x: torch.Tensor, tile: int, overlap: int,
+                            factor: Fraction | int = 1, batch: int = 1, share: bool = True) -> torch.Tensor:
+    """:func:`blend_tiles`, with ``module``'s GroupNorm statistics shared across the tiles when
+    ``share`` and there is more than one (one pooling pass more); one tile is the plain call."""
+    tiling = Tiling(x.shape[-2], x.shape[-1], tile, overlap)
+    if len(tiling.boxes) == 1 or not share:
+        return blend_tiles(stage, x, tile, overlap, factor, batch)
+    shares = torch.stack(tiling.shares())[:, None].float()  # (n,1,th,tw)
+    shared = SharedGroupNorm(module)
+    with shared.pooling():
+        for idx in _chunks(list(range(len(tiling.boxes))), batch):
+            shared.weights = shares[idx]
+            stage(tiling.crops(x, [tiling.boxes[i] for i in idx]))
+    with shared.sharing():
+        return blend_tiles(stage, x, tile, overlap, factor, batch)
+
+
+# --------------------------------------------------------------------------- the generator's stages
+def down_factors(generator) -> tuple[int, int]:
+    """(VAE down factor, UNet down factor): sides must be multiples of their product."""
+    vae = 2 ** (len(generator.vae.config.block_out_channels) - 1)
+    unet = 2 ** (len(generator.unet.config.block_out_channels) - 1)
+    return vae, unet
+
+
+def _encoder(g) -> Stage:
+    return lambda x: g.vae.encode(x.to(g.dtype) * 2 - 1).latent_dist.mode() * g.latent_scale
+
+
+def _denoiser(g) -> Stage:
+    """z_L → ẑ_H = (z_L − √(1−ᾱ)·ε̂) / √ᾱ, as OneStepGenerator.forward."""
+    a = g.alphas_cumprod[g.timestep].float()
+
+    def run(z: torch.Tensor) -> torch.Tensor:
+        t = torch.full((z.shape[0],), g.timestep, device=z.device, dtype=torch.long)
+        context = g.prompt_embeds.to(g.dtype).expand(z.shape[0], -1, -1)
+        eps = g.unet(z.to(g.dtype), t, encoder_hidden_states=context).sample
+        return (z.float() - (1 - a).sqrt() * eps.float()) / a.sqrt()
+    return run
+
+
+def _decoder(g) -> Stage:
+    return lambda z: (g.vae.decode((z / g.latent_scale).to(g.dtype)).sample.float().clamp(-1, 1) + 1) / 2
+
+
+def _round_down(n: int, m: int) -> int:
+    return max(m, n // m * m)
+
+
+def _pad_to(x: torch.Tensor, m: int) -> torch.Tensor:
+    """Pad bottom/right to multiples of ``m`` by reflection (replication when the image is thinner)."""
+    h, w = x.shape[-2:]
+    ph, pw = -h % m, -w % m
+    if not (ph or pw):
+        return x
+    return F.pad(x, (0, pw, 0, ph), mode="reflect" if (ph < h and pw < w) else "replicate")
+
+
+class TileGeometry(NamedTuple):
+    """Tile sides and overlaps of the three stages, each in its stage's input units."""
+    multiple: int      # padded image sides are multiples of this (VAE × UNet down factors)
+    factor: int        # VAE down factor f: pixels per latent
+    vae_tile: int      # encoder tile side, pixels (decoder: vae_tile / f latents)
+    vae_overlap: int   # encoder overlap, pixels (decoder: vae_overlap / f latents)
+    unet_tile: int     # UNet tile side, latents
+    unet_overlap: int  # UNet overlap, latents
+
+    def tilings(self, height: int, width: int) -> list[tuple[Tiling, Fraction]]:
+        """(tiling, output pixels per unit) of encode, UNet and decode for a padded image."""
+        f = self.factor
+        lh, lw = height // f, width // f
+        return [(Tiling(height, width, self.vae_tile, self.vae_overlap), Fraction(1)),
+                (Tiling(lh, lw, self.unet_tile, self.unet_overlap), Fraction(f)),
+                (Tiling(lh, lw, self.vae_tile // f, self.vae_overlap // f), Fraction(f))]
+
+
+#: stands for "no tiling": larger than any image
+_UNTILED = 1 << 30
+
+
+def tile_geometry(generator, tile: int, overlap: int, vae_tile: int) -> TileGeometry:
+    """Aligned tile sides from output-pixel sizes (``tile``/``vae_tile`` ≤ 0: one tile).
+
+    Tiles are rounded down to a multiple of the VAE × UNet down factors, overlaps up to a
+    multiple of the VAE's and capped at half a tile; the VAE tiles overlap by a quarter.
+    """
+    f, fu = down_factors(generator)
+    m = f * fu
+    t = _UNTILED if tile <= 0 else _round_down(tile, m)
+    vt = _UNTILED if vae_tile <= 0 else _round_down(vae_tile, m)
+    ov = min(math.ceil(max(0, overlap) / f) * f, t // 2 // f * f)
+    return TileGeometry(multiple=m, factor=f, vae_tile=vt, vae_overlap=vt // 4 // f * f,
+                        unet_tile=t // f, unet_overlap=ov // f)
+
+
+@torch.inference_mode()
+def upscale_tensor(generator, lr: torch.Tensor, scale: int, tile: int = DEFAULT_TILE,
+                   overlap: int = DEFAULT_OVERLAP, batch: int = 1, vae_tile: int = DEFAULT_VAE_TILE,
+                   color_fix: str = "none", bf16: bool | None = None, share_norms: bool = True) -> torch.Tensor:
+    """lr: (1,3,h,w) in [0,1] → (1,3,h·scale,w·scale) in [0,1], on the CPU.
+
+    ``tile``/``overlap``/``vae_tile`` are in output pixels (≤ 0: untiled); ``batch`` tiles per call;
+    ``bf16``: autocast (default: on CUDA only); ``share_norms``: GroupNorm statistics shared across
+    tiles (:class:`SharedGroupNorm`; one extra pass per tiled stage) rather than per tile.
+    """
     dev = next(generator.parameters()).device
-    dtype = next(generator.parameters()).dtype
-    x = F.interpolate(lr.to(dev).float(), scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
-    _, _, H, W = x.shape
-    th, tw = min(tile, H), min(tile, W)
-    mult = 8
-    th, tw = max(mult, th // mult * mult), max(mult, tw // mult * mult)
-    ph, pw = max(0, th - H), max(0, tw - W)
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), mode="reflect" if (ph < H and pw < W) else "replicate")
-    Hp, Wp = x.shape[-2:]
-    ov_h, ov_w = min(overlap, th // 2), min(overlap, tw // 2)
-    out = torch.zeros(1, 3, Hp, Wp, device=dev)
-    wsum = torch.zeros(1, 1, Hp, Wp, device=dev)
-    win = (_window(th, ov_h)[:, None] * _window(tw, ov_w)[None, :]).to(dev)
-    boxes = [(y, x0) for y in _starts(Hp, th, th - ov_h) for x0 in _starts(Wp, tw, tw - ov_w)]
-    for i in range(0, len(boxes), batch):
-        chunk = boxes[i:i + batch]
-        tiles = torch.cat([x[:, :, y:y + th, x0:x0 + tw] for y, x0 in chunk])
-        sr = generator(tiles.to(dtype))["sr"].float()
-        for (y, x0), s in zip(chunk, sr):
-            out[:, :, y:y + th, x0:x0 + tw] += s * win
-            wsum[:, :, y:y + th, x0:x0 + tw] += win
-    return (out / wsum.clamp_min(1e-8))[:, :, :H, :W].clamp(0, 1).cpu()
+    geo = tile_geometry(generator, tile, overlap, vae_tile)
+    f = geo.factor
+    ref = F.interpolate(lr.to(dev).float(), scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
+    h, w = ref.shape[-2:]
+    x = _pad_to(ref, geo.multiple)
+    use_bf16 = dev.type == "cuda" if bf16 is None else bf16
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+        z = blend_tiles_shared_norm(_encoder(generator), generator.vae.encoder, x, geo.vae_tile,
+                                    geo.vae_overlap, Fraction(1, f), batch, share_norms)
+        z = blend_tiles_shared_norm(_denoiser(generator), generator.unet, z, geo.unet_tile,
+                                    geo.unet_overlap, 1, batch, share_norms)
+        sr = blend_tiles_shared_norm(_decoder(generator), generator.vae.decoder, z, geo.vae_tile // f,
+                                     geo.vae_overlap // f, f, batch, share_norms)
+    sr = apply_color_fix(sr[:, :, :h, :w], ref, color_fix)
+    return sr.clamp(0, 1).cpu()
+
+
+# --------------------------------------------------------------------------- files
+def export_scale(export_dir: str | Path) -> int | None:
+    """The SR scale an export records (``scale`` in pairforge_generator.json), if any."""
+    meta = json.loads((Path(export_dir) / "pairforge_generator.json").read_text())
+    return int(meta["scale"]) if meta.get("scale") else None
 
 
 def load_generator(export_dir: str | Path, device: str | None = None, dtype: torch.dtype = torch.float32):
@@ -70,31 +403,48 @@ def load_generator(export_dir: str | Path, device: str | None = None, dtype: tor
     return OneStepGenerator.from_export(export_dir, torch_dtype=dtype).to(device)
 
 
-def upscale_file(export_dir: str | Path, src: str | Path, dst: str | Path, scale: int = 4, tile: int = 512,
-                 overlap: int = 64, device: str | None = None) -> Path:
+def read_image(path: str | Path) -> torch.Tensor:
+    """(1,3,h,w) float in [0,1]; EXIF orientation applied, alpha dropped. Raises on unreadable files."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im).convert("RGB")  # forces the decode inside the caller's try
+    arr = np.asarray(im)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float() / 255
+
+
+def write_image(image: torch.Tensor, path: str | Path) -> Path:
+    """Save (1,3,H,W) in [0,1] as 8-bit RGB; the format follows the suffix."""
     from PIL import Image
 
+    arr = (image[0].permute(1, 2, 0).float().numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return Path(path)
+
+
+def upscale_file(export_dir: str | Path, src: str | Path, dst: str | Path, scale: int = DEFAULT_SCALE,
+                 tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, device: str | None = None,
+                 color_fix: str = "none") -> Path:
     gen = load_generator(export_dir, device)
-    img = np.asarray(Image.open(src).convert("RGB"))
-    lr = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 255
-    sr = upscale_tensor(gen, lr, scale, tile, overlap)
-    arr = (sr[0].permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
-    Path(dst).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(dst)
-    return Path(dst)
+    return write_image(upscale_tensor(gen, read_image(src), scale, tile, overlap, color_fix=color_fix), dst)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="tiled upscaling with an exported pairforge generator")
+    """The older entry point; ``pairforge upscale`` does folders, globs and bad inputs."""
+    p = argparse.ArgumentParser(description="upscale one image with an exported pairforge generator "
+                                            "(for folders and globs use `pairforge upscale`)")
     p.add_argument("export_dir")
     p.add_argument("input")
     p.add_argument("output")
-    p.add_argument("--scale", type=int, default=4)
-    p.add_argument("--tile", type=int, default=512, help="output-resolution tile side")
-    p.add_argument("--overlap", type=int, default=64)
+    p.add_argument("--scale", type=int, default=None, help=f"default: the export's, else {DEFAULT_SCALE}")
+    p.add_argument("--tile", type=int, default=DEFAULT_TILE, help="UNet tile side in output pixels (0: whole)")
+    p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
+    p.add_argument("--color-fix", default="none", choices=("none", "adain", "wavelet"))
     p.add_argument("--device")
     a = p.parse_args(argv)
-    print(upscale_file(a.export_dir, a.input, a.output, a.scale, a.tile, a.overlap, a.device))
+    scale = a.scale or export_scale(a.export_dir) or DEFAULT_SCALE
+    print(upscale_file(a.export_dir, a.input, a.output, scale, a.tile, a.overlap, a.device, a.color_fix))
     return 0
 
 

@@ -1,0 +1,168 @@
+"""``pairforge upscale``: super-resolve images with a trained generator's ``export/`` folder.
+
+INPUT is an image file, a folder (its images, sorted by name) or a glob. OUTPUT is a file when
+INPUT names one file (unless OUTPUT is a folder or has no suffix), otherwise a folder that
+receives one PNG per input (sub-folders of a glob are kept). An input that cannot be read is named on stderr and skipped, the others are written,
+and the command exits 1; it exits 0 only when every input was written, and 2 on bad arguments
+or an export that does not load (before any image is processed).
+
+How tiling and colour correction work: :mod:`pairforge.training.inference` and
+:mod:`pairforge.training.colorfix`.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+from pathlib import Path
+
+
+class UsageError(ValueError):
+    """Bad arguments or environment, found before any image is processed (exit status 2)."""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from pairforge.training.colorfix import COLOR_FIXES
+    from pairforge.training.inference import DEFAULT_OVERLAP, DEFAULT_SCALE, DEFAULT_TILE, DEFAULT_VAE_TILE
+
+    p = subparsers.add_parser(
+        "upscale", help="super-resolve images with an exported generator (tiled, any size)",
+        description="Super-resolve an image, a folder of images or a glob with a generator exported by "
+        "`pairforge train` (RUN/export). Output size is exactly scale × input size.")
+    p.add_argument("input", help="an image file, a folder of images, or a glob (quote it)")
+    p.add_argument("output", help="output file (when INPUT is one file; its suffix sets the format) or folder")
+    p.add_argument("--model", required=True, metavar="EXPORT_DIR", help="the export/ folder of a training run")
+    p.add_argument("--scale", type=int, default=None,
+                   help=f"SR factor (default: the export's, else {DEFAULT_SCALE})")
+    p.add_argument("--tile", type=int, default=DEFAULT_TILE,
+                   help="UNet tile side in output pixels, run in latent space; 0: the whole image at once "
+                        f"(default {DEFAULT_TILE})")
+    p.add_argument("--tile-overlap", type=int, default=DEFAULT_OVERLAP,
+                   help=f"output pixels neighbouring tiles share and blend over (default {DEFAULT_OVERLAP})")
+    p.add_argument("--vae-tile", type=int, default=DEFAULT_VAE_TILE,
+                   help=f"VAE encode/decode tile side in output pixels; 0: whole (default {DEFAULT_VAE_TILE})")
+    p.add_argument("--color-fix", choices=COLOR_FIXES, default="none",
+                   help="match colours to the bicubic input: adain (global mean/std per channel) or wavelet "
+                        "(low frequencies from the input, detail from the model); default none")
+    p.add_argument("--batch-size", type=int, default=1, help="tiles per model call (default 1)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it is off when stderr is not a tty)")
+    return p
+
+
+def _is_image(path: Path) -> bool:
+    from pairforge.pipeline.sources import IMAGE_EXTS
+
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTS and not path.name.startswith(".")
+
+
+def find_inputs(spec: str) -> tuple[list[Path], Path | None]:
+    """``(images, root)``: one file (``root`` None), a folder's images, or a glob's image files
+    (``root``: the folder output names are taken relative to)."""
+    path = Path(spec)
+    if path.is_file():
+        return [path], None
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if _is_image(p)), path
+    matches = sorted(Path(m) for m in glob.glob(spec, recursive=True) if _is_image(Path(m)))
+    root = Path(os.path.commonpath([str(m.parent) for m in matches])) if matches else None
+    return matches, root
+
+
+def output_paths(inputs: list[Path], root: Path, out_dir: Path) -> list[Path]:
+    """One PNG per input under ``out_dir``, mirroring sub-folders of ``root``; an input whose
+    name without suffix clashes with another's keeps its suffix (``a.jpg`` → ``a.jpg.png``)."""
+    rel = [p.relative_to(root) if p.is_relative_to(root) else Path(p.name) for p in inputs]
+    plain = [r.with_suffix(".png") for r in rel]
+    clash = {p for p in plain if plain.count(p) > 1}
+    return [out_dir / (r.with_name(r.name + ".png") if p in clash else p) for r, p in zip(rel, plain)]
+
+
+def plan(args: argparse.Namespace) -> list[tuple[Path, Path]]:
+    """(input, output) pairs; raises :class:`UsageError` when INPUT matches nothing."""
+    inputs, root = find_inputs(args.input)
+    if not inputs:
+        raise UsageError(f"no images found at {args.input!r}")
+    out = Path(args.output)
+    if root is None:  # one file: OUTPUT is a file, or a folder (existing, or named without a suffix)
+        dst = out / (inputs[0].stem + ".png") if out.is_dir() or not out.suffix else out
+        return [(inputs[0], dst)]
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} is a file; several inputs need an output folder")
+    return list(zip(inputs, output_paths(inputs, root, out)))
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.scale is not None and args.scale < 1:
+        raise UsageError("--scale must be ≥ 1")
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be ≥ 1")
+    if args.tile_overlap < 0 or (args.tile > 0 and 2 * args.tile_overlap > args.tile):
+        raise UsageError("--tile-overlap must be between 0 and half of --tile")
+    if not (Path(args.model) / "pairforge_generator.json").is_file():
+        raise UsageError(f"--model {args.model} is not a generator export "
+                         "(no pairforge_generator.json; use RUN/export of `pairforge train`)")
+    if args.device and args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {args.device} asked for, but CUDA is not available on this machine")
+
+
+def _upscale_one(gen, src: Path, dst: Path, scale: int, args: argparse.Namespace) -> str | None:
+    """Read, upscale, write one image; returns why it failed, or None."""
+    import torch
+    from PIL import Image
+
+    from pairforge.training.inference import read_image, upscale_tensor, write_image
+
+    if dst.resolve() == src.resolve():
+        return f"output {dst} would overwrite the input"
+    try:
+        lr = read_image(src)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        return f"cannot read {src}: {e}"
+    try:
+        sr = upscale_tensor(gen, lr, scale, tile=args.tile, overlap=args.tile_overlap, batch=args.batch_size,
+                            vae_tile=args.vae_tile, color_fix=args.color_fix, bf16=False if args.fp32 else None)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return f"out of memory on {src} ({lr.shape[-1]}×{lr.shape[-2]}); try a smaller --tile / --vae-tile"
+    try:
+        write_image(sr, dst)
+    except (OSError, ValueError, KeyError) as e:  # PIL: KeyError/ValueError for an unknown suffix
+        return f"cannot write {dst}: {e}"
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from pairforge.training.inference import DEFAULT_SCALE, export_scale, load_generator
+
+    try:
+        _check_args(args)
+        pairs = plan(args)
+        scale = args.scale or export_scale(args.model) or DEFAULT_SCALE
+        gen = load_generator(args.model, args.device)
+    except (UsageError, OSError, ValueError) as exc:  # OSError/ValueError: an export that does not load
+        print(f"pairforge upscale: error: {exc}", file=sys.stderr)
+        return 2
+    failed = []
+    bar = tqdm(pairs, unit="img", desc="upscale", file=sys.stderr, disable=True if args.no_progress else None)
+    for src, dst in bar:
+        bar.set_postfix_str(src.name, refresh=False)
+        why = _upscale_one(gen, src, dst, scale, args)
+        if why is None:
+            tqdm.write(str(dst), file=sys.stdout)
+        else:
+            failed.append(src)
+            tqdm.write(f"pairforge upscale: {why} — skipped", file=sys.stderr)
+    bar.close()
+    if failed:
+        print(f"pairforge upscale: {len(failed)} of {len(pairs)} input(s) failed: "
+              + ", ".join(str(p) for p in failed), file=sys.stderr)
+        return 1
+    return 0
