@@ -111,11 +111,12 @@ def _describe(rec: dict) -> list[str]:
         return [_caption(rec)]
 
 
-def contact_sheet(samples: list[dict], path: str, cell: int = 256) -> None:
+def contact_sheet(samples: list[dict], path: str, cell: int = 256, title: str = "") -> None:
     """Rows of ``HR | LR view 0 | LR view 1 …`` (LR upscaled with nearest neighbour).
 
     Captions run under the whole row (one block per view), wrapped rather than cut, so every
-    parameter of the summary stays readable.
+    parameter of the summary stays readable. ``title`` (e.g. preset and seed) heads the sheet, so
+    a picture passed around on its own still says what made it.
     """
     import textwrap
 
@@ -138,9 +139,12 @@ def contact_sheet(samples: list[dict], path: str, cell: int = 256) -> None:
                 lines += textwrap.wrap((head if i == 0 else "    ") + d, chars) or [head]
         rows.append(lines)
     heights = [cell + 6 + line_h * len(lines) for lines in rows]
-    sheet = Image.new("RGB", (width, max(1, sum(heights))), "white")
+    head = 22 if title else 0
+    sheet = Image.new("RGB", (width, max(1, head + sum(heights))), "white")
     draw = ImageDraw.Draw(sheet)
-    y = 0
+    if title:
+        draw.text((4, 4), title, fill="black", font=_font(13))
+    y = head
     for s, lines, h in zip(samples, rows, heights):
         tiles = [s["hr"], *s["lr"]]
         for c, arr in enumerate(tiles):

@@ -22,11 +22,48 @@ def test_bundled_preview_uses_the_pipeline_listing(tmp_path, capsys):
         assert im.format == "PNG"
 
 
-def test_folder_preview_skips_small_images(tmp_path, photo_dir):
+def test_folder_preview_crops_to_the_size_and_names_the_small_images(tmp_path, photo_dir, capsys):
     out = tmp_path / "out"
-    assert main(["degrade", "--source", str(photo_dir), "--out", str(out), "--limit", "3"]) == 0
-    big = sorted(p.stem for p in photo_dir.iterdir() if p.is_file() and min(Image.open(p).size) >= 128)
+    assert main(["degrade", "--source", str(photo_dir), "--out", str(out), "--limit", "3",
+                 "--patch-size", "128"]) == 0
+    files = sorted(p for p in photo_dir.iterdir() if p.is_file())
+    big = [p.stem for p in files if min(Image.open(p).size) >= 128]
     assert keys(out) == big[:3]
+    small = [p.name for p in files if min(Image.open(p).size) < 128 and p.stem < big[2]]
+    err = capsys.readouterr().err
+    assert all(name in err for name in small) and "smaller than 128 px" in err
+    for key in keys(out):
+        with Image.open(out / "hr" / f"{key}.png") as im:
+            assert im.size == (128, 128)  # the preset's scale divides it: LR is 32 px
+        with Image.open(out / "lr" / f"{key}.png") as im:
+            assert im.size == (32, 32)
+
+
+def test_every_record_replays_from_the_saved_hr_crop(tmp_path):
+    import numpy as np
+    import torch
+
+    from pairforge.degradations import replay
+
+    assert main(["degrade", "--out", str(tmp_path), "--limit", "2", "--patch-size", "96", "--seed", "5"]) == 0
+    for line in (tmp_path / "records.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        hr = torch.from_numpy(np.asarray(Image.open(tmp_path / "hr" / f"{record['key']}.png"))).permute(2, 0, 1)
+        lr = np.asarray(Image.open(tmp_path / "lr" / f"{record['key']}.png"))
+        assert np.array_equal(replay(hr[None], record)[0].permute(1, 2, 0).numpy(), lr)
+
+
+def test_the_sheet_is_headed_with_preset_and_seed(tmp_path):
+    """The same call with and without the header differs only in the header band."""
+    from pairforge.pipeline.inspect import contact_sheet
+    import numpy as np
+
+    sample = {"key": "k", "hr": np.zeros((64, 64, 3), np.uint8), "lr": [np.zeros((16, 16, 3), np.uint8)],
+              "params": {}}
+    contact_sheet([sample], str(tmp_path / "a.png"))
+    contact_sheet([sample], str(tmp_path / "b.png"), title="preset realesrgan-x4plus · seed 5")
+    a, b = np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "b.png"))
+    assert b.shape[0] == a.shape[0] + 22 and (b[:22] < 128).any() and np.array_equal(b[22:], a)
 
 
 def _degrade(*args: str):
@@ -45,7 +82,7 @@ def test_bad_arguments_exit_2_with_one_line_and_write_nothing(tmp_path):
     Image.new("RGB", (40, 40)).save(small / "a.png")
     out = tmp_path / "out"
     for args, needle in ((["--preset", "no-such-preset"], "--preset 'no-such-preset'"),
-                         (["--source", str(tmp_path / "nope")], "is not a folder"),
+                         (["--source", str(tmp_path / "nope")], "does not exist"),
                          (["--source", str(small)], "no usable images")):
         res = _degrade(*args, "--out", str(out))
         assert res.returncode == 2, (args, res.stderr[-2000:])

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -24,12 +23,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "degrade",
         help="degrade a few images with a preset and write a contact sheet (HR | LR + parameters)",
-        description="Degrade images (a folder, or the bundled sample photos) with one preset and write "
-        "contact_sheet.png and records.jsonl. For whole datasets use `pairforge synth`.",
+        description="Degrade a few images from any source `pairforge synth` reads (a folder, a list file, "
+        "s3://, shards, or the bundled sample photos) with one preset: centre crops of the preset's HR "
+        "size, written as hr/KEY.png and lr/KEY.png beside records.jsonl (replayable) and contact_sheet.png. "
+        "For whole datasets use `pairforge synth`.",
     )
-    p.add_argument("--source", default="bundled", help="a folder of images, or 'bundled' (default)")
+    p.add_argument("--source", default="bundled",
+                   help="what `pairforge synth --source` takes: a folder, list file, s3:// prefix, shards, "
+                        "or 'bundled' (default)")
     p.add_argument("--preset", default="realesrgan-x4plus",
                    help=f"degradation preset ({names_help('degradation')}) or YAML file (default %(default)s)")
+    p.add_argument("--patch-size", type=int, default=None,
+                   help="HR crop side in px (default: the preset's hr_size, as synth uses)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the degradations (default %(default)s)")
     p.add_argument("--limit", type=int, default=6, help="at most this many images (default %(default)s)")
     p.add_argument("--device", default="cpu",
@@ -38,47 +43,50 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-#: smaller images are left out of the preview (their crop would be too small to show the chain)
-MIN_PREVIEW_SIDE = 128
+def _images(source: str, limit: int, size: int) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
+    """Up to ``limit`` images of ``source`` (listed and decoded as synth does) whose short side is at
+    least ``size``, and the names (with sizes) of the ones left out for being smaller."""
+    from pairforge.pipeline import storage
+    from pairforge.pipeline.decode import SkipInput, decode_image
+    from pairforge.pipeline.sources import SourceError, list_source
 
-
-def _candidates(source: str) -> list[tuple[str, str]]:
-    """``(name, path)`` of the images to preview: the pipeline's bundled photos, or a folder's images."""
-    from pairforge.pipeline.sources import IMAGE_EXTS, bundled_photos
-
-    if source == "bundled":
-        return bundled_photos()
-    folder = Path(source)
-    if not folder.is_dir():
-        raise UsageError(f"--source {source!r} is not a folder (or 'bundled')")
-    return [(p.name, str(p)) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS]
-
-
-def _images(source: str, limit: int) -> list[tuple[str, np.ndarray]]:
-    """Up to ``limit`` readable images of at least :data:`MIN_PREVIEW_SIDE` px, as RGB arrays."""
-    from PIL import Image
-
-    out = []
-    for name, path in _candidates(source):
+    try:
+        listing = list_source(source)
+    except SourceError as exc:
+        raise UsageError(f"--source {source!r}: {exc}") from None
+    usable, too_small = [], []
+    for item in listing.items:
         try:
-            with Image.open(path) as im:
-                if im.mode not in ("RGB", "RGBA", "L", "P") or min(im.size) < MIN_PREVIEW_SIDE:
-                    continue
-                out.append((Path(name).stem, np.asarray(im.convert("RGB"))))
-        except OSError:
+            data = storage.read_bytes(item.url, offset=item.offset, size=item.size)
+            img, _ = decode_image(data)
+        except (SkipInput, OSError):
             continue
-        if len(out) >= limit:
+        if min(img.shape[:2]) < size:
+            too_small.append(f"{item.name} {img.shape[1]}×{img.shape[0]}")
+            continue
+        usable.append((item.name, img))
+        if len(usable) >= limit:
             break
-    return out
+    return usable, too_small
+
+
+def _centre_crop(img: np.ndarray, size: int) -> np.ndarray:
+    y, x = (img.shape[0] - size) // 2, (img.shape[1] - size) // 2
+    return np.ascontiguousarray(img[y:y + size, x:x + size])
+
+
+def _key(name: str) -> str:
+    """A record key (no dots, no separators) from a listing name."""
+    return "".join(c if c.isalnum() else "_" for c in Path(name).stem)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        cfg, images = _inputs(args)
+        cfg, size, images = _inputs(args)
     except UsageError as exc:
         print(f"pairforge degrade: error: {exc}", file=sys.stderr)
         return 2
-    return _preview(cfg, images, args)
+    return _preview(cfg, size, images, args)
 
 
 def _inputs(args: argparse.Namespace) -> tuple:
@@ -97,35 +105,50 @@ def _inputs(args: argparse.Namespace) -> tuple:
         cfg = load_preset(args.preset)
     except (ConfigError, KeyError, FileNotFoundError, ValueError) as exc:
         raise UsageError(f"--preset {args.preset!r}: {exc}") from None
-    images = _images(args.source, args.limit)
+    size = int(args.patch_size or cfg.hr_size)
+    if size < cfg.scale or size % cfg.scale:
+        raise UsageError(f"--patch-size {size}: expected a multiple of the preset's scale ×{cfg.scale}")
+    images, too_small = _images(args.source, args.limit, size)
     if not images:
-        raise UsageError(f"no usable images (RGB, ≥{MIN_PREVIEW_SIDE} px) in {args.source!r}")
-    return cfg, images
+        smaller = f" (smaller: {', '.join(too_small[:5])}{' …' if len(too_small) > 5 else ''})" if too_small else ""
+        raise UsageError(f"no usable images of at least {size} px in {args.source!r}{smaller}; "
+                         "pass a smaller --patch-size")
+    if too_small:
+        print(f"pairforge degrade: left out {len(too_small)} image(s) smaller than {size} px: "
+              f"{', '.join(too_small)}", file=sys.stderr)
+    return cfg, size, images
 
 
-def _preview(cfg, images: list[tuple[str, np.ndarray]], args: argparse.Namespace) -> int:
-    """Degrade the images' centre crops and write the contact sheet and the records."""
+def _preview(cfg, size: int, images: list[tuple[str, np.ndarray]], args: argparse.Namespace) -> int:
+    """Degrade the images' centre crops; write the crops, the LRs, the records and the contact sheet.
+
+    The HR crops are saved beside ``records.jsonl`` so any record can be replayed:
+    ``replay(hr/KEY.png as a tensor, record) == lr/KEY.png``.
+    """
     import torch
+    from PIL import Image
 
     from pairforge.degradations import Degrader
     from pairforge.pipeline.inspect import contact_sheet
 
-    size = min(cfg.hr_size, *(min(img.shape[:2]) for _, img in images))
-    size -= size % cfg.scale
-    crops = [img[(img.shape[0] - size) // 2 :][:size, (img.shape[1] - size) // 2 :][:, :size] for _, img in images]
-    keys = ["".join(c if c.isalnum() else "_" for c in name) for name, _ in images]
+    crops = [_centre_crop(img, size) for _, img in images]
+    keys = [_key(name) for name, _ in images]
     hr = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
     lr, records = Degrader(cfg, device=args.device)(hr, keys=keys, seed=args.seed)
-    os.makedirs(args.out, exist_ok=True)
+    out = Path(args.out)
+    for sub in ("hr", "lr"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
     lr_np = lr.permute(0, 2, 3, 1).cpu().numpy()
-    samples = [
-        {"key": keys[i], "hr": crops[i], "lr": [lr_np[i]], "params": {"views": [records[i]], "source": {"name": images[i][0]}}}
-        for i in range(len(keys))
-    ]
-    sheet_path = Path(args.out) / "contact_sheet.png"
-    contact_sheet(samples, str(sheet_path))
-    with open(Path(args.out) / "records.jsonl", "w") as f:
+    for key, crop, low in zip(keys, crops, lr_np):
+        Image.fromarray(crop).save(out / "hr" / f"{key}.png")
+        Image.fromarray(low).save(out / "lr" / f"{key}.png")
+    samples = [{"key": keys[i], "hr": crops[i], "lr": [lr_np[i]],
+                "params": {"views": [records[i]], "source": {"name": images[i][0]}}} for i in range(len(keys))]
+    sheet_path = out / "contact_sheet.png"
+    contact_sheet(samples, str(sheet_path), title=f"preset {cfg.name} · seed {args.seed} · HR {size} px · "
+                                                 f"×{cfg.scale} · source {args.source}")
+    with open(out / "records.jsonl", "w") as f:
         for r in records:
             f.write(json.dumps(r) + "\n")
-    print(f"wrote {sheet_path} and {Path(args.out) / 'records.jsonl'} ({len(keys)} pairs)")
+    print(f"wrote {sheet_path}, {out / 'records.jsonl'}, hr/ and lr/ ({len(keys)} pairs, HR {size} px)")
     return 0
