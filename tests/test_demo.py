@@ -5,6 +5,7 @@ only smaller than `make demo`.
 """
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -30,10 +31,16 @@ def test_demo_writes_a_report_with_validation_against_bicubic(tmp_path: Path, pe
            "--patches-per-image", "2", "--images-per-shard", "3", "--workers", "1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "[4/4]" in proc.stdout
+    assert "[5/5]" in proc.stdout
     page = out / "report.html"
     assert page.is_file()
     text = page.read_text()
+    # the exported model is scored by `pairforge eval` beside bicubic, and the page shows that table
+    rows = json.loads((out / "eval" / "metrics.json").read_text())["rows"]
+    assert sorted(r["method"] for r in rows) == ["bicubic", "demo (tiny)"]
+    assert all(0 < r["psnr_y"] < 60 and 0 <= r["lpips"] <= 1 and 0 <= r["dists"] <= 1 for r in rows)
+    bicubic = next(r for r in rows if r["method"] == "bicubic")
+    assert f"{bicubic['psnr_y']:.2f}" in text and "pairforge eval" in text
     assert "bicubic" in text.lower() and "PSNR" in text
     # every picture the page shows exists and is a PNG
     images = re.findall(r'<img src="([^"]+)"', text)

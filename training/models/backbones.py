@@ -47,9 +47,103 @@ def tiny_vae() -> AutoencoderKL:
     return AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4,
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=8,
+        block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=4,
         sample_size=64, mid_block_add_attention=False, scaling_factor=SD21_LATENT_SCALE,
     )
+
+
+def init_tiny_vae_as_resampler(vae: AutoencoderKL, k: float = 10.0, sharpen: float = 0.2) -> AutoencoderKL:
+    """Set :func:`tiny_vae`'s weights so that it is a near-lossless resampler from the start:
+    the encoder's mean is the 4×4 box average of the RGB image (latent channel 3 is spare), the
+    decoder two bilinear ×2 upsamplings of it after a mild unsharp mask (``sharpen``).
+
+    A random-init VAE decodes noise, so the tiny generator would start far below its own
+    bicubic input and spend the demo's steps learning to reconstruct. Every resnet's residual
+    branch starts at zero (its last conv), so the blocks are their shortcuts and the network is
+    linear up to the final GroupNorm + SiLU of the encoder and of the decoder. Those stay linear
+    because each colour s rides in one norm group as the four channels (k+s, k−s, −k+s, −k−s):
+    the group mean is exactly 0, the group std is k·const up to a relative ⟨s²⟩/2k², and
+    SiLU(n) − SiLU(−n) = n recovers s exactly from the four. Training starts from there.
+    """
+    enc, dec = vae.encoder, vae.decoder
+    pair = torch.tensor([[0.25, 0.5, 0.25]])
+    bilinear = pair.T @ pair                 # nearest ×2 then this 3×3 = bilinear ×2
+    signs = (1.0, -1.0, 1.0, -1.0)
+    consts = torch.tensor([1.0, 1.0, -1.0, -1.0]) * k
+
+    def center(conv, entries):               # conv.weight[o, i, centre] = w
+        c = conv.weight.shape[-1] // 2
+        for o, i, w in entries:
+            conv.weight[o, i, c, c] = w
+
+    def carry(conv, n):                      # pass the first n channels through
+        center(conv, [(c, c, 1.0) for c in range(n)])
+
+    def fan_out(conv, group):                # colour c → the 4 channels of norm group c
+        center(conv, [(group * c + j, c, signs[j]) for c in range(3) for j in range(4)])
+
+    def split_norm(norm, out_conv, group):   # n_j = (±k ± s)/σ; Σ± SiLU(n_j) = 2s/σ
+        sigma = (4 * k * k / group) ** 0.5
+        for c in range(3):
+            center(out_conv, [(c, group * c + j, signs[j] * sigma / 2) for j in range(4)])
+
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.zero_()
+        for m in vae.modules():
+            if isinstance(m, torch.nn.GroupNorm):
+                m.weight.fill_(1.0)
+        # encoder: x → (box 2×2 ↓) ×2 → fan out → + consts → norm/SiLU → mean = box4(x)
+        eg = enc.conv_norm_out.num_channels // enc.conv_norm_out.num_groups
+        fan = enc.down_blocks[-1].resnets[0]
+        carry(enc.conv_in, 3)
+        for blk in enc.down_blocks:
+            for r in blk.resnets:
+                if r.conv_shortcut is not None and r is not fan:
+                    carry(r.conv_shortcut, 3)
+            for d in blk.downsamplers or []:
+                for c in range(3):
+                    d.conv.weight[c, c, 0:2, 0:2] = 0.25
+        fan_out(fan.conv_shortcut, eg)
+        for c in range(3):
+            enc.mid_block.resnets[-1].conv2.bias[eg * c:eg * c + 4] = consts
+        split_norm(enc.conv_norm_out, enc.conv_out, eg)
+        carry(vae.quant_conv, vae.quant_conv.weight.shape[0])
+        # decoder: z → (nearest ×2 + bilinear 3×3) ×2 → fan out → + consts → norm/SiLU → RGB
+        dg = dec.conv_norm_out.num_channels // dec.conv_norm_out.num_groups
+        fan = dec.up_blocks[-1].resnets[0]
+        carry(vae.post_quant_conv, 4)
+        for c in range(3):  # a mild unsharp mask on the latent: box ↓ + bilinear ↑ blur less
+            dec.conv_in.weight[c, c] = torch.tensor([[0, -sharpen, 0], [-sharpen, 1 + 4 * sharpen, -sharpen],
+                                                     [0, -sharpen, 0]])
+        for blk in dec.up_blocks:
+            for r in blk.resnets:
+                if r.conv_shortcut is not None and r is not fan:
+                    carry(r.conv_shortcut, 3)
+            for u in blk.upsamplers or []:
+                for c in range(3):
+                    u.conv.weight[c, c] = bilinear
+        fan_out(fan.conv_shortcut, dg)
+        for c in range(3):
+            dec.up_blocks[-1].resnets[-1].conv2.bias[dg * c:dg * c + 4] = consts
+        split_norm(dec.conv_norm_out, dec.conv_out, dg)
+    return vae
+
+
+def start_at_identity(vae: AutoencoderKL, unet: UNet2DConditionModel, alpha_bar: float) -> float:
+    """Make a (tiny) generator start at its input: ε̂ = 0 and D(E(x)/√ᾱ) = D_before(E(x)).
+
+    The UNet's output conv is zeroed, so ẑ_H = (z_L − √(1−ᾱ)·ε̂)/√ᾱ = z_L/√ᾱ at step 0; the
+    decoder's first (1×1) conv absorbs that 1/√ᾱ, so the first SR image is the VAE's
+    reconstruction of the bicubic input. Returns the gain 1/√ᾱ that maps encoder latents into
+    the decoder's space (the generator applies it to the real latents the discriminator sees).
+    """
+    gain = float(alpha_bar) ** -0.5
+    with torch.no_grad():
+        torch.nn.init.zeros_(unet.conv_out.weight)
+        torch.nn.init.zeros_(unet.conv_out.bias)
+        vae.post_quant_conv.weight.div_(gain)
+    return gain
 
 
 def tiny_unet(cross_attention_dim: int = 32, sdxl_like: bool = False) -> UNet2DConditionModel:

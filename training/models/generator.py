@@ -6,6 +6,13 @@
     x̂_H = D(ẑ_H / s)                             clamped to [−1, 1], returned in [0, 1]
 
 Only the UNet gets LoRA (peft); which parts train is set by GeneratorConfig.
+
+The ``tiny`` generator starts from a VAE that is a near-lossless resampler (4×4 box down,
+bilinear up: :func:`~.backbones.init_tiny_vae_as_resampler`) and at its input: the UNet's
+output conv is zero (ε̂ = 0, so ẑ_H = z_L/√ᾱ) and the decoder's first conv absorbs the 1/√ᾱ,
+so step 0 is the VAE's reconstruction of the bicubic input
+(:func:`~.backbones.start_at_identity`). Real latents for the discriminator are put in the
+decoder's space the same way: z_real = E(x_H)·s·g with g = 1/√ᾱ (g = 1 for pretrained VAEs).
 """
 from __future__ import annotations
 
@@ -23,8 +30,9 @@ EXPORT_FORMAT = "pairforge-onestep-generator/1"
 
 class OneStepGenerator(nn.Module):
     def __init__(self, vae, unet, scheduler, timestep: int, prompt_embeds: torch.Tensor,
-                 learnable_prompt: bool = True):
+                 learnable_prompt: bool = True, real_latent_gain: float = 1.0):
         super().__init__()
+        self.real_latent_gain = float(real_latent_gain)
         self.vae = vae
         self.unet = unet
         self.timestep = int(timestep)
@@ -49,7 +57,8 @@ class OneStepGenerator(nn.Module):
         """lr_up: LR bicubic-upsampled to HR size, (B,3,H,W) in [0,1].
 
         Returns ``sr`` (B,3,H,W) in [0,1], ``z_fake`` (the predicted HR latent) and, when
-        ``hr`` is given, ``z_real`` = E(hr) without gradient (the discriminator's real input).
+        ``hr`` is given, ``z_real`` = E(hr)·gain without gradient (the discriminator's real input,
+        in the decoder's latent space).
         """
         z_lr = self._encode(lr_up)
         b = z_lr.shape[0]
@@ -62,7 +71,7 @@ class OneStepGenerator(nn.Module):
         out = {"sr": (x_hr + 1) / 2, "z_fake": z_hr}
         if hr is not None:
             with torch.no_grad():
-                out["z_real"] = self._encode(hr)
+                out["z_real"] = self._encode(hr) * self.real_latent_gain
         return out
 
     # ------------------------------------------------------------------ export / import
@@ -136,12 +145,15 @@ def _prompt_embeds(cfg, root: Path | None, cross_dim: int) -> torch.Tensor:
 def build_generator(cfg, seed: int = 0) -> OneStepGenerator:
     """Build from a GeneratorConfig; trainable parts follow the config (everything else frozen)."""
     root = None
+    real_gain = 1.0
     if cfg.arch == "tiny":
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             vae, unet = bb.tiny_vae(), bb.tiny_unet()
+        bb.init_tiny_vae_as_resampler(vae)
         vae.register_to_config(scaling_factor=1.0)
         sched = bb.default_scheduler()
+        real_gain = bb.start_at_identity(vae, unet, float(sched.alphas_cumprod[cfg.timestep]))
     else:
         root = bb.require_folder(cfg.pretrained_path, ["vae", "unet"], cfg.hub_id, "generator.pretrained_path")
         vae, unet, sched = bb.load_vae(root), bb.load_unet(root), bb.load_scheduler(root)
@@ -160,7 +172,8 @@ def build_generator(cfg, seed: int = 0) -> OneStepGenerator:
         if cfg.train_vae:
             vae.enable_gradient_checkpointing()
     pe = _prompt_embeds(cfg, root, unet.config.cross_attention_dim)
-    return OneStepGenerator(vae, unet, sched, cfg.timestep, pe, learnable_prompt=cfg.learnable_text_embedding)
+    return OneStepGenerator(vae, unet, sched, cfg.timestep, pe, learnable_prompt=cfg.learnable_text_embedding,
+                            real_latent_gain=real_gain)
 
 
 def generator_base_description(cfg, seed: int) -> str:
