@@ -24,6 +24,7 @@ import ctypes
 import os
 import shlex
 import signal
+import random
 import socket
 import subprocess
 import sys
@@ -38,8 +39,29 @@ _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _ORPHANED_EXIT_CODE = 70
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+#: rendezvous ports come from below Linux's ephemeral range (32768–60999 by default)
+_RENDEZVOUS_PORTS = range(20000, 32000)
+
+
+def free_port(attempts: int = 50) -> int:
+    """A free TCP port for the ranks' rendezvous, picked at random below the ephemeral range.
+
+    The port is free when checked and taken a few seconds later by rank 0's store. A port the OS
+    hands out for ``bind(0)`` comes from the ephemeral range, where every other process's
+    outgoing connections and ``bind(0)`` calls draw too, so another job could take it in that
+    gap (seen as EADDRINUSE when two trainings start side by side); a random port outside that
+    range is very unlikely to be drawn twice.
+    """
+    rng = random.SystemRandom()
+    for _ in range(attempts):
+        port = rng.choice(_RENDEZVOUS_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # everything there taken: ask the OS
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
