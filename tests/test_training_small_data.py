@@ -44,7 +44,10 @@ def test_one_shard_holds_out_its_last_samples_and_never_trains_on_them():
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_tiny_trains_on_a_one_shard_dataset_with_default_flags(photo_dir, tmp_path):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    # a user's shell, not this test process: a session fixture may have set RANK/WORLD_SIZE/MASTER_*
+    # here, and `pairforge train` would then take itself for a rank of that (already bound) group
+    launch_vars = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    env = {**{k: v for k, v in os.environ.items() if k not in launch_vars}, "PYTHONWARNINGS": "ignore"}
     two = tmp_path / "two"
     two.mkdir()
     for p in sorted(Path(photo_dir).glob("photo_0[01].png")):
