@@ -79,6 +79,12 @@ def init_tiny_vae_as_resampler(vae: AutoencoderKL, k: float = 10.0, sharpen: flo
     def carry(conv, n):                      # pass the first n channels through
         center(conv, [(c, c, 1.0) for c in range(n)])
 
+    def carry_shortcuts(blocks, fan):       # every shortcut but the fan-out one passes RGB through
+        for blk in blocks:
+            for r in blk.resnets:
+                if r.conv_shortcut is not None and r is not fan:
+                    carry(r.conv_shortcut, 3)
+
     def fan_out(conv, group):                # colour c → the 4 channels of norm group c
         center(conv, [(group * c + j, c, signs[j]) for c in range(3) for j in range(4)])
 
@@ -97,10 +103,8 @@ def init_tiny_vae_as_resampler(vae: AutoencoderKL, k: float = 10.0, sharpen: flo
         eg = enc.conv_norm_out.num_channels // enc.conv_norm_out.num_groups
         fan = enc.down_blocks[-1].resnets[0]
         carry(enc.conv_in, 3)
+        carry_shortcuts(enc.down_blocks, fan)
         for blk in enc.down_blocks:
-            for r in blk.resnets:
-                if r.conv_shortcut is not None and r is not fan:
-                    carry(r.conv_shortcut, 3)
             for d in blk.downsamplers or []:
                 for c in range(3):
                     d.conv.weight[c, c, 0:2, 0:2] = 0.25
@@ -116,10 +120,8 @@ def init_tiny_vae_as_resampler(vae: AutoencoderKL, k: float = 10.0, sharpen: flo
         for c in range(3):  # a mild unsharp mask on the latent: box ↓ + bilinear ↑ blur less
             dec.conv_in.weight[c, c] = torch.tensor([[0, -sharpen, 0], [-sharpen, 1 + 4 * sharpen, -sharpen],
                                                      [0, -sharpen, 0]])
+        carry_shortcuts(dec.up_blocks, fan)
         for blk in dec.up_blocks:
-            for r in blk.resnets:
-                if r.conv_shortcut is not None and r is not fan:
-                    carry(r.conv_shortcut, 3)
             for u in blk.upsamplers or []:
                 for c in range(3):
                     u.conv.weight[c, c] = bilinear
