@@ -37,15 +37,26 @@ def build_parser(argv: Sequence[str] | None = None) -> tuple[argparse.ArgumentPa
     """Build the top-level parser; only the chosen subcommand's module is imported."""
     parser = argparse.ArgumentParser(prog="pairforge", description=__doc__.splitlines()[0], epilog=_epilog())
     parser.add_argument("--version", action="version", version=f"pairforge {package_version()}")
+    parser.add_argument("-v", "--verbose", dest="verbose_all", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, help_text) in COMMANDS.items():
         if name == chosen:
-            importlib.import_module(module).add_parser(sub)
+            add_verbose_flag(importlib.import_module(module).add_parser(sub))
         else:
             sub.add_parser(name, help=help_text, add_help=False)
     return parser, chosen if chosen in COMMANDS else None
+
+
+VERBOSE_HELP = ("also show on stderr what is otherwise only written to the log file: pairforge's INFO lines "
+                "and third-party warnings (Ray, DeepSpeed, torch) that ask nothing of you")
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    """Every command takes ``-v``/``--verbose`` with the same meaning (see pairforge/logs.py)."""
+    if "--verbose" not in parser._option_string_actions:
+        parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
 
 
 def _epilog() -> str:
@@ -88,6 +99,10 @@ def set_ray_environment(ray_address: str | None) -> None:
     from pairforge.pipeline.execution import RAY_CLUSTER_ENV, on_loopback
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not ray_address:
+        # an embedded cluster: token authentication on, said explicitly, so Ray does not warn
+        # on every run that it turned it on by default (a user's own RAY_AUTH_MODE wins)
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     if on_loopback(ray_address):
         os.environ.setdefault(RAY_CLUSTER_ENV, "0")
 
@@ -98,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if chosen is None:
         parser.print_help(sys.stderr)  # no command is a usage error: the help is a diagnostic
         return 2
+    from pairforge.logs import setup_command_logging
+
+    setup_command_logging(bool(getattr(args, "verbose", False) or args.verbose_all))
     setup_process(chosen, args)
     return int(importlib.import_module(COMMANDS[chosen][0]).run(args) or 0)
 

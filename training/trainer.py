@@ -48,6 +48,7 @@ from pairforge.training.engines import build_engines, frozen, init_distributed
 from pairforge.training.launch import launched_by_pairforge, watch_launcher
 from pairforge.training.logging_utils import RunLogger, image_grid
 from pairforge.training.preflight import check_dataset
+from pairforge.logs import attach_rank_log
 from pairforge.training.quiet import prints_to_log, settle_rank_environment
 from pairforge.training.losses import GeneratorLoss, backbone_sources, build_perceptual, d_loss
 from pairforge.training.models import build_discriminator, build_generator
@@ -443,6 +444,7 @@ def run_job(job_path: str | os.PathLike) -> int:
     watch_launcher()  # a rank spawned by training.launch never outlives its launcher
     settle_rank_environment(torch.cuda.is_available())  # before DeepSpeed is imported
     job = json.loads(Path(job_path).read_text())
+    attach_rank_log(job["out"], int(os.environ.get("RANK", "0")))
     cfg = from_dict(job["config"])
     run(cfg, job["data"], job["out"], job.get("resume"), job.get("val_data"))
     if dist.is_initialized():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import socket
 import sys
 from typing import Any
@@ -87,7 +86,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="print the result (or with --dry-run the plan) as one JSON object on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    p.add_argument("-v", "--verbose", action="store_true", help="log the pipeline's steps on stderr")
     return p
 
 
@@ -99,8 +97,6 @@ def run(args: argparse.Namespace) -> int:
     """Run the job; exit 0 only once the manifest is written (every shard confirmed in the store)
     and it holds pairs, 1 when objects could not be stored (each named with its last error) or
     no pairs came out, 2 for unusable arguments or environment (before any work)."""
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
     from pairforge.pipeline import JobError, SourceError, synth
     from pairforge.pipeline.storage import StorageError
 
@@ -122,7 +118,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"pairforge synth: error: run.ray_address (--ray-address): cannot connect to the Ray cluster at "
               f"{config.run.ray_address}: {exc}", file=sys.stderr)
         return 2
+    keep_log(res.url, "synth")
     return report(res, as_json=args.json)
+
+
+def keep_log(folder_url: str, command: str) -> None:
+    """This run's log (third-party chatter kept off the terminal) into the dataset's ``logs/``."""
+    from pairforge.logs import third_party_count, write_log
+    from pairforge.pipeline import storage
+
+    url = write_log(folder_url, command)
+    if url and third_party_count():
+        print(f"pairforge {command}: {third_party_count()} third-party message(s) kept off the terminal: "
+              f"{storage.redact(url)} (-v shows them)", file=sys.stderr)
 
 
 def report(res, *, as_json: bool = False) -> int:

@@ -293,6 +293,7 @@ def _run_as_rank(cfg, args, resume: str | None) -> dict:
     """Launched by deepspeed/torchrun: this process is one rank (rank 0 locks --out)."""
     import torch
 
+    from pairforge.logs import attach_rank_log
     from pairforge.training.launch import default_env
     from pairforge.training.quiet import settle_rank_environment
     from pairforge.training.trainer import run as run_rank
@@ -302,6 +303,7 @@ def _run_as_rank(cfg, args, resume: str | None) -> dict:
     settle_rank_environment(torch.cuda.is_available())  # before DeepSpeed is imported
     if args.overwrite and os.environ.get("RANK") == "0":
         _clear_locked(args.out)
+    attach_rank_log(args.out, int(os.environ["RANK"]))
     run_rank(cfg, args.data, args.out, resume, args.val_data)
     return _result(args.out, 0, int(os.environ["WORLD_SIZE"]))
 
