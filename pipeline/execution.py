@@ -6,12 +6,23 @@ shard starts without a round trip but work stays spread).  One actor call = one 
 + one stats file; retries simply redo the shard, which is safe because the bytes are a pure
 function of the shard's inputs.
 
-Storage failures are different (:class:`_Failures`): a shard whose upload or read still fails
-when the storage layer's attempts and deadline run out (:class:`storage.StorageError`) has
-already been retried for minutes, so it is not redone; and after ``storage_failure_limit``
-such failures in a row (no shard committed in between) the store is taken to be down and the
-executor stops, reporting every shard it did not finish, so a dead endpoint ends the job in
-minutes instead of failing each remaining shard in turn.  ``--resume`` redoes them later.
+Storage failures are different (:class:`_Failures`, :class:`_Outage`).  A shard whose upload
+or read still fails when the storage layer's attempts and deadline run out
+(:class:`storage.StorageError`) has already been retried, so the driver first asks whether the
+store takes a write at all (``store_probe``: one quick write):
+
+* it does → the failure is the object's own: final for that shard (``--resume`` redoes it),
+  and after ``storage_failure_limit`` such failures in a row (no shard committed in between)
+  the executor stops, reporting every shard it did not finish;
+* it does not → the store is down, restarting or throttling every write: the shard is not to
+  blame.  The driver hands out no new shard and probes again with the storage backoff until
+  the store answers, then runs the shard again — and every other shard that was in flight
+  while the store was seen down.  The wait is bounded by the storage deadline (``deadline_s``),
+  counted from the first unanswered probe since the last commit; a store still down after it
+  stops the run with every unfinished shard reported (exit 1).
+
+So a store that restarts, or throttles for a while, costs a pause instead of the job, and a
+store that stays down still ends the job within one object's retries plus ``deadline_s``.
 
 Measured Ray pitfalls on small machines that shape this module:
 
@@ -160,7 +171,10 @@ class _ShardActor:
         from pairforge.degradations.memory import retain_freed_memory
 
         retain_freed_memory()
-        self.proc = ShardProcessor(spec, device=device, torch_threads=torch_threads)
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()  # which node wrote a shard: its stats say
+        self.proc = ShardProcessor(spec, device=device, torch_threads=torch_threads, node=node)
 
     def ready(self) -> dict:
         return self.proc.info()
@@ -181,54 +195,147 @@ def _error_text(exc: BaseException) -> str:
     return redact(f"{type(cause).__name__}: {cause}")[:500]
 
 
+#: one quick write to the job's output store; True if the store took it (see :class:`_Outage`)
+StoreProbe = Callable[[], bool]
+#: :meth:`_Outage.verdict` results
+RETRY, FINAL, DOWN = "retry", "final", "down"
+
+
+class _Outage:
+    """Tells a store that takes no writes at all from an object it refuses, and waits out the first.
+
+    A :class:`storage.StorageError` says only that one object could not be stored within its
+    retries.  If ``probe`` (one write) fails too, the store is down: the caller's shard is an
+    outage casualty, and so is every shard submitted before an unanswered probe, even when its
+    failure arrives after the store came back.  Waiting is bounded by ``budget_s``, counted from
+    the first unanswered probe since the last commit (:meth:`committed`), so a store that flaps
+    without ever committing a shard cannot hold a job for longer than that either.
+    """
+
+    def __init__(self, probe: StoreProbe | None, budget_s: float, delay: Callable[[int], float], *,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+        self.probe, self.budget_s, self.delay = probe, budget_s, delay
+        self.clock, self.sleep = clock, sleep
+        self.down_since: float | None = None   # first unanswered probe since the last commit
+        self.last_down = float("-inf")         # the latest unanswered probe
+
+    def committed(self) -> None:
+        self.down_since = None
+
+    def verdict(self, submitted_at: float) -> str:
+        """After a storage failure of a shard submitted at ``submitted_at`` (this clock):
+        :data:`RETRY` (it met an outage that is over), :data:`FINAL` (the store takes writes and
+        was not seen down since: the object's own failure) or :data:`DOWN` (still down after the
+        budget)."""
+        if self.probe is None:
+            return FINAL
+        if self._answers():
+            return RETRY if self.last_down >= submitted_at else FINAL
+        return RETRY if self._wait() else DOWN
+
+    def _answers(self) -> bool:
+        if self.probe():
+            return True
+        self.last_down = self.clock()
+        if self.down_since is None:
+            self.down_since = self.last_down
+        return False
+
+    def _left(self) -> float:
+        return self.budget_s - (self.clock() - self.down_since)
+
+    def _wait(self) -> bool:
+        """Probe with the storage backoff until the store answers (True) or the budget is spent."""
+        log.warning("execution: the store takes no writes; no new shard starts until it does (waiting up to %.0fs)",
+                    max(0.0, self._left()))
+        tries = 0
+        while self._left() > 0:
+            tries += 1
+            self.sleep(max(0.0, min(self.delay(tries), self._left())))
+            if self._answers():
+                log.warning("execution: the store answers again after %.1fs; the shards it failed run again",
+                            self.clock() - self.down_since)
+                return True
+        log.error("execution: the store took no writes for %.0fs; stopping", self.budget_s)
+        return False
+
+
 class _Failures:
     """What to do with each failed shard attempt, shared by both executors.
 
     Application errors and dead workers are retried up to ``max_retries`` times.  A persistent
-    storage failure is final for its shard (the storage layer already spent its deadline on it)
-    and counts towards ``storage_failure_limit`` consecutive ones, after which :attr:`stop` is
-    set: the store is down, and starting more shards would only fail each one in turn.
+    storage failure goes to ``outage`` first: a shard that met a store which was down is run
+    again once the store answers (not counted as an attempt), and a store that stays down past
+    the outage budget sets :attr:`stop`.  Otherwise the failure is the object's own: final for
+    its shard (the storage layer already spent its retries on it) and counted towards
+    ``storage_failure_limit`` consecutive ones, after which :attr:`stop` is set too.
     """
 
-    def __init__(self, max_retries: int, storage_failure_limit: int = STORAGE_FAILURE_LIMIT):
+    def __init__(self, max_retries: int, storage_failure_limit: int = STORAGE_FAILURE_LIMIT,
+                 outage: _Outage | None = None):
         self.max_retries, self.storage_failure_limit = max_retries, storage_failure_limit
+        self.outage = outage or _Outage(None, 0.0, lambda _: 0.0)
         self.attempts: dict[str, int] = {}
         self.failed: dict[str, str] = {}
         self.storage_streak = 0
+        self.store_down = False
         self.last_storage_error = ""
 
     @property
     def stop(self) -> bool:
-        return self.storage_streak >= self.storage_failure_limit
+        return self.store_down or self.storage_streak >= self.storage_failure_limit
 
     def succeeded(self) -> None:
         self.storage_streak = 0
+        self.outage.committed()
 
-    def should_retry(self, task: ShardTask, exc: BaseException) -> bool:
-        """Record a failed attempt of ``task``; True if it is to be run again."""
+    def should_retry(self, task: ShardTask, exc: BaseException, submitted_at: float) -> bool:
+        """Record a failed attempt of ``task`` (started at ``submitted_at``, ``time.monotonic``);
+        True if it is to be run again."""
         from .storage import StorageError
 
         msg = _error_text(exc)
-        n = self.attempts[task.name] = self.attempts.get(task.name, 0) + 1
         if isinstance(_cause(exc), StorageError):
-            self.storage_streak += 1
-            self.last_storage_error = msg
-            log.error("execution: shard %s failed on storage: %s", task.name, msg)
-        elif n <= self.max_retries:
+            return self._storage_failed(task, msg, submitted_at)
+        n = self.attempts[task.name] = self.attempts.get(task.name, 0) + 1
+        if n <= self.max_retries:
             log.warning("execution: shard %s failed (attempt %d): %s; retrying", task.name, n, msg)
             return True
+        log.error("execution: shard %s failed %d times: %s", task.name, n, msg)
+        self.failed[task.name] = msg
+        return False
+
+    def _storage_failed(self, task: ShardTask, msg: str, submitted_at: float) -> bool:
+        verdict = self.outage.verdict(submitted_at)
+        if verdict == RETRY:
+            log.warning("execution: shard %s failed while the store was down (%s); running it again",
+                        task.name, msg[:200])
+            return True
+        self.last_storage_error = msg
+        if verdict == DOWN:
+            self.store_down = True
         else:
-            log.error("execution: shard %s failed %d times: %s", task.name, n, msg)
+            self.storage_streak += 1
+        log.error("execution: shard %s failed on storage: %s", task.name, msg)
         self.failed[task.name] = msg
         return False
 
     def abandon(self, tasks: list[ShardTask]) -> None:
         """Mark ``tasks`` (queued or cut short) as not run because the run stopped."""
+        why = (f"the store took no writes for {self.outage.budget_s:.0f}s" if self.store_down
+               else f"the job stopped after {self.storage_streak} storage failures in a row")
         for t in tasks:
-            self.failed.setdefault(t.name, f"{NOT_RUN}the job stopped after {self.storage_streak} storage "
-                                           f"failures in a row (last: {self.last_storage_error})")
+            self.failed.setdefault(t.name, f"{NOT_RUN}{why} (last: {self.last_storage_error})")
         if tasks:
             log.error("execution: storage looks down; stopping with %d shard(s) not run", len(tasks))
+
+
+def _outage(spec: JobSpec, probe: StoreProbe | None) -> _Outage:
+    """The outage policy of a run: ``probe``, waited for up to the storage deadline, with its backoff."""
+    from .storage import StorageConfig
+
+    config = spec.storage_config or StorageConfig.from_env()
+    return _Outage(probe, config.deadline_s, config.backoff)
 
 
 class RayExecutor:
@@ -236,11 +343,11 @@ class RayExecutor:
 
     def __init__(self, spec: JobSpec, workers: int, *, device: str = "auto", cpus_per_worker: float | None = None,
                  torch_threads: int | None = None, max_retries: int = 2, ready_timeout: float = 600.0,
-                 storage_failure_limit: int = STORAGE_FAILURE_LIMIT):
+                 storage_failure_limit: int = STORAGE_FAILURE_LIMIT, store_probe: StoreProbe | None = None):
         self.spec, self.workers, self.device = spec, max(1, int(workers)), device
         self.cpus_per_worker, self.torch_threads = cpus_per_worker, torch_threads
         self.max_retries, self.ready_timeout = max_retries, ready_timeout
-        self.storage_failure_limit = storage_failure_limit
+        self.storage_failure_limit, self.store_probe = storage_failure_limit, store_probe
 
     def _placement(self) -> tuple[int, float, float, str, int]:
         """(workers, num_cpus, num_gpus per actor, actor device, torch threads) that fit the cluster."""
@@ -274,7 +381,11 @@ class RayExecutor:
         workers = min(workers, max(1, len(tasks)))
         # max_concurrency=2 matches the two shards queued per actor: one shard's encode/upload
         # tail overlaps the next one's decode and degradation (the degrader itself is locked)
-        cls = ray.remote(_ShardActor).options(num_cpus=cpw, num_gpus=ngpu, max_restarts=0, max_concurrency=2)
+        # SPREAD: one actor per node before a second on any (Ray's default packs a node first),
+        # so a CPU cluster uses every node's cores; an actor replacing a dead one goes where
+        # there is room, e.g. onto the surviving nodes when a node is lost
+        cls = ray.remote(_ShardActor).options(num_cpus=cpw, num_gpus=ngpu, max_restarts=0, max_concurrency=2,
+                                              scheduling_strategy="SPREAD")
         spec_ref = ray.put(self.spec)
         actors = [cls.remote(spec_ref, device, threads) for _ in range(workers)]
         t0 = time.perf_counter()
@@ -305,15 +416,15 @@ class RayExecutor:
         import ray
 
         queue = deque(tasks)
-        failures = _Failures(self.max_retries, self.storage_failure_limit)
-        inflight: dict = {}  # ref -> (actor index, task)
+        failures = _Failures(self.max_retries, self.storage_failure_limit, _outage(self.spec, self.store_probe))
+        inflight: dict = {}  # ref -> (actor index, task, when it was submitted)
         load = [0] * len(actors)
         done: list[str] = []
 
         def submit(ai: int) -> None:
             while load[ai] < 2 and queue:
                 t = queue.popleft()
-                inflight[actors[ai].process.remote(t)] = (ai, t)
+                inflight[actors[ai].process.remote(t)] = (ai, t, time.monotonic())
                 load[ai] += 1
 
         for ai in range(len(actors)):
@@ -321,13 +432,13 @@ class RayExecutor:
         while inflight:
             ready, _ = ray.wait(list(inflight), num_returns=1)
             ref = ready[0]
-            ai, task = inflight.pop(ref)
+            ai, task, submitted = inflight.pop(ref)
             load[ai] -= 1
             try:
                 stats = ray.get(ref)
             except ray.exceptions.RayActorError as exc:  # the process died (OOM, segfault, node loss)
                 log.warning("execution: worker %d died on %s: %s; restarting it", ai, task.name, _error_text(exc))
-                if failures.should_retry(task, exc):
+                if failures.should_retry(task, exc, submitted):
                     queue.append(task)
                 try:
                     ray.kill(actors[ai])
@@ -335,11 +446,11 @@ class RayExecutor:
                     pass
                 actors[ai] = cls.remote(spec_ref, device, threads)
                 # calls still queued on the dead actor would fail too: hand them to the new one
-                for r in [r for r, (a, _) in inflight.items() if a == ai]:
+                for r in [r for r, (a, _, _) in inflight.items() if a == ai]:
                     queue.appendleft(inflight.pop(r)[1])
                 load[ai] = 0
             except Exception as exc:  # noqa: BLE001 - application error inside the shard
-                if failures.should_retry(task, exc):
+                if failures.should_retry(task, exc, submitted):
                     queue.append(task)
             else:
                 done.append(task.name)
@@ -347,7 +458,7 @@ class RayExecutor:
                 if on_done:
                     on_done(task, stats)
             if failures.stop:  # run() kills the actors, cutting the shards still in flight
-                failures.abandon([t for _, t in inflight.values()] + list(queue))
+                failures.abandon([t for _, t, _ in inflight.values()] + list(queue))
                 break
             for j in range(len(actors)):
                 submit(j)
@@ -358,9 +469,10 @@ class InlineExecutor:
     """Same contract as :class:`RayExecutor`, in this process (debugging, benchmarks, no Ray)."""
 
     def __init__(self, spec: JobSpec, *, device: str = "auto", torch_threads: int | None = None,
-                 max_retries: int = 1, storage_failure_limit: int = STORAGE_FAILURE_LIMIT):
+                 max_retries: int = 1, storage_failure_limit: int = STORAGE_FAILURE_LIMIT,
+                 store_probe: StoreProbe | None = None):
         self.spec, self.device, self.torch_threads, self.max_retries = spec, device, torch_threads, max_retries
-        self.storage_failure_limit = storage_failure_limit
+        self.storage_failure_limit, self.store_probe = storage_failure_limit, store_probe
 
     def run(self, tasks: list[ShardTask], on_done: OnDone | None = None) -> RunReport:
         import torch
@@ -370,7 +482,7 @@ class InlineExecutor:
         proc = ShardProcessor(self.spec, device=self.device, torch_threads=self.torch_threads)
         t1 = time.perf_counter()
         done: list[str] = []
-        failures = _Failures(self.max_retries, self.storage_failure_limit)
+        failures = _Failures(self.max_retries, self.storage_failure_limit, _outage(self.spec, self.store_probe))
         try:
             for i, task in enumerate(tasks):
                 if failures.stop:
@@ -391,9 +503,10 @@ class InlineExecutor:
     def _process(proc: ShardProcessor, task: ShardTask, failures: _Failures) -> dict | None:
         """Run one shard, retrying as ``failures`` decides; its stats, or None if it failed."""
         while True:
+            started = time.monotonic()
             try:
                 return proc.process(task)
             except Exception as exc:  # noqa: BLE001 - classified by the failure policy
-                if not failures.should_retry(task, exc):
+                if not failures.should_retry(task, exc, started):
                     return None
                 time.sleep(0.2)

@@ -151,7 +151,7 @@ def synth(source: str, out: str, config: SynthConfig | None = None, *, storage_o
     tasks = plan.tasks(config.dataset.images_per_shard, done)
     progress = _Progress(tasks, config.run.progress)
     try:
-        report = _run(_job_spec(plan, config, store), tasks, config.run, progress.on_done)
+        report = _run(_job_spec(plan, config, store), tasks, config.run, progress.on_done, _store_probe(plan, store))
     finally:
         progress.close()
     return _finish(plan, {**done, **progress.stats}, report, resumed, store)
@@ -256,6 +256,10 @@ def _job_spec(plan: JobPlan, config: SynthConfig, store: _Store) -> JobSpec:
 
 def _finish(plan: JobPlan, stats: dict[str, dict], report: RunReport, resumed: bool, store: _Store) -> SynthResult:
     """Commit the dataset when every shard is: stats of shards done before this run + those just made."""
+    if not storage.is_s3(plan.url):
+        # a worker killed mid-write (a lost node, an OOM kill) leaves its tar's temporary file
+        # behind; the executor has stopped every worker of this run by now, so it is garbage
+        storage.remove_stale_tmp(plan.url, store.options)
     missing = [n for n in plan.shard_names if n not in stats]
     n_shards = len(plan.shard_names)
     if missing:
@@ -336,18 +340,31 @@ def _cluster_default_workers(device: str) -> int:
     return gpus if gpus >= 1 and device != "cpu" else default_workers()
 
 
-def _run(spec: JobSpec, tasks: list[ShardTask], run: RunConfig,
-         on_done: Callable[[ShardTask, dict], None]) -> RunReport:
+def _store_probe(plan: JobPlan, store: _Store) -> Callable[[], bool]:
+    """The executors' outage probe: re-write ``job.json`` with the bytes it already holds.
+
+    A write, because a store that is throttling or restarting may still answer reads; this
+    object, because it exists for the whole run and a reader sees the same bytes before and
+    after (an atomic replace locally, a whole-object PUT on S3).  One try, no retries.
+    """
+    url, data = storage.join(plan.url, "job.json"), pretty_json(plan.job)
+    return lambda: storage.takes_write(url, data, store.options, config=store.config)
+
+
+def _run(spec: JobSpec, tasks: list[ShardTask], run: RunConfig, on_done: Callable[[ShardTask, dict], None],
+         store_probe: Callable[[], bool] | None = None) -> RunReport:
     """Run ``tasks`` on the chosen executor; an embedded Ray started here is stopped here."""
     if not tasks:
         return RunReport([], {}, [])
     if run.executor == "inline":
-        return InlineExecutor(spec, device=run.device, max_retries=run.max_retries).run(tasks, on_done)
+        return InlineExecutor(spec, device=run.device, max_retries=run.max_retries,
+                              store_probe=store_probe).run(tasks, on_done)
     started = init_ray(run.ray_address,
                        num_cpus=None if run.ray_address else max((os.cpu_count() or 1), run.workers or 1) + 1)
     try:
         return RayExecutor(spec, run.workers or _cluster_default_workers(run.device), device=run.device,
-                           cpus_per_worker=run.cpus_per_worker, max_retries=run.max_retries).run(tasks, on_done)
+                           cpus_per_worker=run.cpus_per_worker, max_retries=run.max_retries,
+                           store_probe=store_probe).run(tasks, on_done)
     finally:
         if started:
             shutdown_ray()

@@ -49,6 +49,7 @@ in a row, a dead or silent store ends a job in minutes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -233,12 +234,25 @@ _TRANSIENT_NAMES = ("SlowDown", "Throttl", "RequestTimeout", "InternalError", "S
                     "ConnectionError", "EndpointConnectionError", "ReadTimeout", "Timeout")
 
 
+#: botocore's base class of every error below HTTP (refused, reset or closed connections, timeouts);
+#: matched by name so this module does not import botocore for local paths
+_NETWORK_BASES = ("HTTPClientError",)
+
+
 def _is_transient(exc: BaseException) -> bool:
+    """Worth another try: network errors and throttling; not missing keys, denied access or bugs.
+
+    botocore's network errors are not ``OSError``s, and one of them has a name none of
+    :data:`_TRANSIENT_NAMES` matches: ``ConnectionClosedError``, what a server that goes away
+    in the middle of a request (a restart) gives.  They all derive from ``HTTPClientError``.
+    """
     if isinstance(exc, (StorageError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
                         PermissionError, ValueError, TypeError, KeyError)):
         return False
     text = f"{type(exc).__name__} {exc}"
     if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    if any(c.__name__ in _NETWORK_BASES for c in type(exc).__mro__):
         return True
     if isinstance(exc, OSError):
         return True  # s3fs maps most ClientErrors to OSError; missing keys are FileNotFoundError
@@ -421,6 +435,24 @@ def write_bytes(url: str, data: bytes, storage_options: dict | None = None, *,
     """Atomically write a small file (stats, job, manifest); returns once the store confirmed it."""
     with atomic_writer(url, storage_options, config=config) as f:
         f.write(data)
+
+
+def takes_write(url: str, data: bytes, storage_options: dict | None = None, *,
+                config: StorageConfig | None = None) -> bool:
+    """Whether the store takes one small write now: a single try, no retries (an outage probe).
+
+    False only when the store does not answer or refuses for a transient reason (down,
+    restarting, throttling); a definite answer such as access denied is an answer: True.
+    """
+    one_try = dataclasses.replace(_config(config), attempts=1)
+    try:
+        write_bytes(url, data, storage_options, config=one_try)
+    except StorageError as exc:
+        log.info("storage: probe %s: %s", redact(url), exc)
+        return False
+    except Exception as exc:  # noqa: BLE001 - the store answered, if only to refuse
+        log.info("storage: probe %s answered: %s", redact(url), _describe(exc))
+    return True
 
 
 def remove_stale_tmp(folder: str, storage_options: dict | None = None) -> int:

@@ -206,12 +206,16 @@ class _OrderedShardWriter:
 class ShardProcessor:
     """Holds the Degrader and thread pools; ``process(task)`` writes and commits one shard."""
 
-    def __init__(self, spec: JobSpec, device: str = "auto", torch_threads: int | None = None):
+    def __init__(self, spec: JobSpec, device: str = "auto", torch_threads: int | None = None,
+                 node: str | None = None):
         import torch
 
         from pairforge.degradations import Degrader
 
         self.spec = spec
+        #: the Ray node id of the process this runs in (None inline): recorded in each shard's
+        #: stats so a multi-node run says which node wrote which shard; never in the tar
+        self.node = node
         self.device = resolve_device(device)
         self._torch_threads = _cpu_threads(torch_threads, self.device)
         if self._torch_threads:
@@ -233,7 +237,7 @@ class ShardProcessor:
     def info(self) -> dict:
         import torch
 
-        return {"device": self.device, "host": socket.gethostname(), "pid": os.getpid(),
+        return {"device": self.device, "host": socket.gethostname(), "node": self.node, "pid": os.getpid(),
                 "torch_threads": torch.get_num_threads()}
 
     # -------------------------------------------------------------- the shard
