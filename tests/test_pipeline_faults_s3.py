@@ -187,8 +187,10 @@ def test_silent_endpoint_fails_the_cli_within_a_bounded_time(s3_server, fault_pr
     assert "job.json" in found and "manifest.json" not in found and not [n for n in found if n.endswith(".tar")]
 
 
-def test_s3_server_stopped_mid_job_fails_without_manifest(s3_server, fast_storage, photo_dir):
+def test_s3_server_stopped_mid_job_fails_without_manifest(s3_server, fast_storage, monkeypatch, photo_dir):
     from moto.server import ThreadedMotoServer
+
+    monkeypatch.setenv(ENV_VARS["deadline_s"], "8")  # how long a store that took no write is waited for
 
     # moto keeps its buckets in process-wide state shared by every server in this process: the
     # job talks to `private`, the test inspects the bucket through the session server, which
@@ -226,9 +228,83 @@ def test_s3_server_stopped_mid_job_fails_without_manifest(s3_server, fast_storag
     assert not res.ok and res.status == "failed" and res.manifest is None
     errors = [e for e in res.failed.values() if "gave up" in e]
     assert errors and all(res.url in e and "Could not connect" in e for e in errors), res.failed
+    # it was waited for (the outage policy) up to the deadline, then the run stopped
+    not_run = [e for e in res.failed.values() if e.startswith("not run: ")]
+    assert not_run and all("the store took no writes for 8s" in e for e in not_run), res.failed
     found = objects(s3_server, res.url)
     assert "manifest.json" not in found and len([n for n in found if n.endswith(".tar")]) < 6
     assert_markers_match_tars(found)
+
+
+def test_s3_server_restarted_mid_job_is_waited_out(s3_server, fast_storage, photo_dir, caplog):
+    """The server goes away for longer than one object's retries and comes back on its port: the
+    driver waits for it, the shard it failed runs again, and the dataset is the uninterrupted one."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    out = f"{s3_server.make_bucket()}/pairs"
+    cfg = INLINE.replace(**{"dataset.images_per_shard": 2})
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(res=synth(str(photo_dir), out, cfg,
+                                                                     storage_options=via(f"http://127.0.0.1:{port}"))),
+                              daemon=True)
+    try:
+        runner.start()
+        deadline = time.monotonic() + 60
+        while runner.is_alive() and time.monotonic() < deadline and not _first_commit(s3_server, out):
+            time.sleep(0.005)
+        server.stop()
+        time.sleep(2.0)  # four tries with 0.05-0.2 s backoff give up in well under a second
+    finally:
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)  # moto's state is per process
+        server.start()
+    try:
+        runner.join(60)
+        assert not runner.is_alive(), "the job did not end within 60 s of its S3 server coming back"
+    finally:
+        server.stop()
+    res = result["res"]
+
+    assert res.ok, res.failed
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("failed while the store was down" in m and "Could not connect" in m for m in messages), messages
+    assert any("answers again" in m for m in messages)
+    clean = synth(str(photo_dir), f"{s3_server.make_bucket()}/pairs", cfg)
+    assert sha256s(objects(s3_server, res.url)) == sha256s(objects(s3_server, clean.url))
+
+
+def test_outage_wait_is_bounded_and_counts_every_shard_in_flight():
+    """The outage policy on a fake clock: which failures are the store's, and when waiting ends."""
+    from pairforge.pipeline.execution import DOWN, FINAL, RETRY, _Outage
+
+    now = [0.0]
+    up = [True]
+    outage = _Outage(lambda: up[0], budget_s=10.0, delay=lambda i: 1.0, clock=lambda: now[0],
+                     sleep=lambda s: now.__setitem__(0, now[0] + s))
+    assert outage.verdict(submitted_at=0.0) == FINAL           # the store takes writes: the object's own
+    up[0] = False
+    now[0] = 5.0
+
+    def back_after_3s(s: float) -> None:
+        now[0] += s
+        up[0] = now[0] >= 8.0
+    outage.sleep = back_after_3s
+    assert outage.verdict(submitted_at=4.0) == RETRY           # waited 3 s, then it answered
+    assert outage.verdict(submitted_at=4.5) == RETRY           # in flight during the outage: the store's fault
+    assert outage.verdict(submitted_at=9.0) == FINAL           # started after it: the object's own again
+    up[0] = False
+    outage.sleep = lambda s: now.__setitem__(0, now[0] + s)
+    assert outage.verdict(submitted_at=9.0) == DOWN            # no commit since 5.0: 10 s are spent by 15.0
+    assert now[0] == 15.0
+    outage.committed()                                         # a commit starts a fresh budget
+    up[0] = True
+    assert outage.verdict(submitted_at=16.0) == FINAL
 
 
 def _first_commit(s3_server, out: str) -> bool:
