@@ -10,6 +10,19 @@ For each worker count W it measures, on the bundled photos at the preset's patch
   encode → tar → local folder, committed;
 * **e2e s3** — the same into a moto S3 server on 127.0.0.1 (real HTTP, multipart uploads).
 
+Several nodes (a table of pairs/s per node and in total, beside one node):
+
+    python bench/pipeline.py --local-cluster 2 [--node-cpus 2] [--workers 2]
+    python bench/pipeline.py --ray-address HOST:PORT [--workers 4]
+
+``--local-cluster N`` starts N Ray nodes on this machine (``ray.cluster_utils.Cluster``: separate
+raylets on 127.0.0.1) and measures the same job on the head alone, then on all N (the worker
+nodes are added and removed between repetitions, so both sides see the same load).
+``--ray-address`` joins an existing cluster and compares it with the embedded one-node default
+on this machine.  Both write to a local folder (on a real cluster, give a shared one or use
+``--out s3://…``).  Nodes on one machine share its cores: that measures the overhead of
+spreading, not the speed-up of more hardware.
+
 e2e pairs/s is steady state: pairs / (first shard submitted → last shard committed); worker
 start-up (process spawn, imports, Degrader init) is reported separately.  The per-stage columns
 are busy milliseconds per pair summed over threads (read/decode/patch run in decode threads,
@@ -95,6 +108,125 @@ def e2e(out: str, preset: str, per_image: int, workers: int) -> dict:
             "mb": res.manifest["totals"]["bytes"] / 1e6}
 
 
+# ----------------------------------------------------------------------------- several nodes
+def cluster_run(out: str, preset: str, per_image: int, workers: int, address: str | None) -> dict:
+    """One synth job (on the cluster at ``address``, or an embedded one-node Ray): pairs/s in
+    total and per node, from the node id each shard's stats record."""
+    from pairforge.pipeline import SynthConfig, storage, synth
+    from pairforge.pipeline.shards import read_json, stats_name
+
+    cfg = SynthConfig.from_dict({"dataset": {"degradation": preset, "images_per_shard": 1,
+                                             "patch": {"per_image": per_image}},
+                                 "run": {"workers": workers, "ray_address": address, "progress": False}})
+    res = synth("bundled", out, cfg)
+    assert res.ok, res.failed
+    per_node: dict[str, int] = {}
+    for s in res.manifest["shards"]:
+        node = read_json(storage.join(res.url, stats_name(s["name"])))["worker"]["node"]
+        per_node[node] = per_node.get(node, 0) + s["count"]
+    run_s = res.timings["run"]
+    return {"pairs": res.manifest["totals"]["samples"], "pairs_s": res.manifest["totals"]["samples"] / run_s,
+            "run_s": run_s, "startup_s": res.timings["startup"],
+            "per_node_pairs": per_node, "per_node_pairs_s": {n: c / run_s for n, c in per_node.items()}}
+
+
+class LocalCluster:
+    """N Ray nodes on this machine: a head that stays, and worker nodes added and removed around
+    each multi-node measurement (so the one-node runs really have one node)."""
+
+    def __init__(self, nodes: int, node_cpus: float, object_store_mb: int = 200) -> None:
+        from ray.cluster_utils import Cluster
+
+        self.nodes, self.node_args = nodes, {"num_cpus": node_cpus, "object_store_memory": object_store_mb << 20,
+                                             "node_ip_address": "127.0.0.1"}
+        self.cluster = Cluster(initialize_head=True, head_node_args={**self.node_args, "include_dashboard": False})
+        self.labels = {self.cluster.head_node.node_id: "head"}
+
+    @property
+    def address(self) -> str:
+        return self.cluster.address
+
+    def grow(self) -> None:
+        for _ in range(self.nodes - 1 - len(self.cluster.worker_nodes)):
+            node = self.cluster.add_node(**self.node_args)
+            self.labels[node.node_id] = f"node{len(self.labels)}"
+        self.cluster.wait_for_nodes()
+
+    def shrink(self) -> None:
+        for node in list(self.cluster.worker_nodes):
+            self.cluster.remove_node(node)
+
+    def shutdown(self) -> None:
+        self.cluster.shutdown()
+
+
+def set_cluster_environment() -> str:
+    """Process-wide Ray settings for a cluster of nodes on this machine, before ``import ray``:
+    every node on 127.0.0.1, no usage statistics, the cluster's files (sockets, its address
+    file) in a private short folder instead of the shared /tmp/ray.  Returns that folder."""
+    tmp = tempfile.mkdtemp(prefix="pfbc-", dir="/tmp")
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ["RAY_TMPDIR"] = tmp
+    return tmp
+
+
+def measure_nodes(args) -> tuple[list[dict], dict]:
+    """Best-of-``repeats`` rows for one node and for the cluster, interleaved; and node labels."""
+    local = LocalCluster(args.local_cluster, args.node_cpus) if args.local_cluster else None
+    labels = local.labels if local else {}
+    best: dict[str, dict] = {}
+    try:
+        for rep in range(args.repeats):
+            sides = [("1 node", local.address if local else None), (f"{args.local_cluster or 'all'} nodes",
+                                                                    local.address if local else args.ray_address)]
+            for side, address in sides:
+                if local:
+                    (local.shrink if side == "1 node" else local.grow)()
+                out = tempfile.mkdtemp(prefix="pfbench-")
+                try:
+                    r = cluster_run(out, args.preset, args.patches_per_image, args.workers[0], address)
+                finally:
+                    shutil.rmtree(out, ignore_errors=True)
+                print(f"  {side} rep {rep}: {r['pairs_s']:.1f} pairs/s {r['per_node_pairs']}", file=sys.stderr)
+                if side not in best or r["pairs_s"] > best[side]["pairs_s"]:
+                    best[side] = {"side": side, **r}
+    finally:
+        if local:
+            local.shutdown()
+    return list(best.values()), labels
+
+
+def print_nodes_table(rows: list[dict], labels: dict, args, load0: float) -> None:
+    where = (f"--local-cluster {args.local_cluster} ({args.node_cpus:g} logical CPUs per node, all on this machine)"
+             if args.local_cluster else f"--ray-address {args.ray_address} vs the embedded one-node default")
+    print(f"\npairforge pipeline bench, several nodes — {where}; preset {args.preset}, "
+          f"{args.patches_per_image} patches per bundled photo, {args.workers[0]} workers, {os.cpu_count()} CPU cores "
+          f"on this machine, best of {args.repeats}, load average at start {load0:.1f} / end {os.getloadavg()[0]:.1f}\n")
+    base = rows[0]["pairs_s"]
+    print("| run | pairs | total pairs/s | one node pairs/s (baseline) | vs baseline | per node pairs/s | startup s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        per = ", ".join(f"{labels.get(n, (n or 'inline')[:8])}: {v:.1f}" for n, v in sorted(
+            r["per_node_pairs_s"].items(), key=lambda kv: labels.get(kv[0], kv[0] or "")))
+        print(f"| {r['side']} | {r['pairs']} | {r['pairs_s']:.1f} | {base:.1f} | {r['pairs_s'] / base:.2f}x | "
+              f"{per} | {r['startup_s']:.1f} |")
+
+
+def main_nodes(args) -> None:
+    load0 = os.getloadavg()[0]
+    tmp = set_cluster_environment() if args.local_cluster else None
+    try:
+        rows, labels = measure_nodes(args)
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print_nodes_table(rows, labels, args, load0)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rows": rows, "labels": labels}, f, indent=1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="realesrgan-x4plus")
@@ -104,7 +236,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2,
                     help="interleaved repetitions; the best of each is reported (shared/noisy machines)")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--ray-address", help="measure on this Ray cluster, beside the embedded one-node default")
+    ap.add_argument("--local-cluster", type=int, metavar="N",
+                    help="start N Ray nodes on this machine and measure 1 node vs N (see the docstring)")
+    ap.add_argument("--node-cpus", type=float, default=2, help="logical CPUs per --local-cluster node")
     args = ap.parse_args()
+    if args.local_cluster or args.ray_address:
+        if args.workers == [1, 2]:
+            args.workers = [2]
+        return main_nodes(args)
     load0 = os.getloadavg()[0]  # other jobs on the machine skew every number below
 
     from pairforge.degradations import load_preset
