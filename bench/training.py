@@ -19,6 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/full_size.py
 
 
 def _peak_rss_mb() -> float:
@@ -74,24 +77,14 @@ def _setup(stage: int | None, batch: int, crop: int, backbone: str, full: str | 
 def _full_size_models(kind: str, cfg, ckpt: bool):
     """SD2.1-base generator + SD2.1 or SDXL-partial discriminator, random init (configs only)."""
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
+    from full_size import SD21_UNET, sd21_generator
 
     from pairforge.training.models import backbones as bb
     from pairforge.training.models.discriminator import DiffusionDiscriminator
-    from pairforge.training.models.generator import OneStepGenerator
 
-    sd21_unet = dict(sample_size=64, cross_attention_dim=1024, attention_head_dim=[5, 10, 20, 20],
-                     use_linear_projection=True, block_out_channels=(320, 640, 1280, 1280))
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
-                        sample_size=512, scaling_factor=bb.SD21_LATENT_SCALE)
-    unet = UNet2DConditionModel(**sd21_unet)
-    vae.requires_grad_(False)
-    unet.requires_grad_(False)
-    bb.add_lora(unet, 16, 16, cfg.generator.lora_targets)
-    if ckpt:
-        unet.enable_gradient_checkpointing()
-    g = OneStepGenerator(vae, unet, bb.default_scheduler(), 399, torch.zeros(1, 77, 1024))
+    g = sd21_generator(cfg.generator.lora_targets, 16, ckpt)
+    sd21_unet = SD21_UNET
     if kind == "sdxl":
         dunet = UNet2DConditionModel(
             sample_size=128, cross_attention_dim=2048, attention_head_dim=[5, 10, 20], use_linear_projection=True,
