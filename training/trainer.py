@@ -21,6 +21,11 @@ writes images, checkpoints (collective) and the final export + report.
 Entry points: ``run(cfg, data, out, resume)`` inside an already-launched rank;
 ``python -m pairforge.training.trainer JOB.json`` for ranks spawned by training.launch.
 
+Rank faults: once the run directory is claimed, every rank watches the other ranks on its
+machine (``training.launch.PeerWatch``) and stops, naming the dead one, instead of waiting for
+it in a collective. ``--resume auto`` takes the newest checkpoint intact on every rank and
+names (and moves aside) newer ones that are damaged (``training.checkpoint.choose_resumable``).
+
 Test hook, not a setting: with ``PAIRFORGE_TEST_KILL_AT_STEP=N`` in its environment a rank
 SIGKILLs itself right after finishing step N (its checkpoint, if one is due, written first),
 without any cleanup, so tests can kill a run at a known step and resume it. Only this module
@@ -45,7 +50,7 @@ from pairforge.training import checkpoint as ckpt
 from pairforge.training.config import TrainConfig, from_dict
 from pairforge.training.data import batch_val, load_val_pairs, make_train_loader, split_train_val
 from pairforge.training.engines import build_engines, frozen, init_distributed
-from pairforge.training.launch import launched_by_pairforge, watch_launcher
+from pairforge.training.launch import PeerWatch, launched_by_pairforge, watch_launcher, watch_peers
 from pairforge.training.logging_utils import RunLogger, image_grid
 from pairforge.training.preflight import check_dataset
 from pairforge.logs import attach_rank_log
@@ -161,6 +166,7 @@ class Session:
     logger: RunLogger
     run_lock: RunLock | None
     val_pairs: list[dict] = field(default_factory=list)  # this rank's slice of the held-out pairs
+    peer_watch: PeerWatch | None = None  # stops this rank when another rank on its machine dies
 
     @property
     def ckpt_dir(self) -> Path:
@@ -238,14 +244,26 @@ def build_nets(cfg: TrainConfig, rank: int, device: torch.device) -> Nets:
     return Nets(engine_g, engine_d, loss_fn, noise_gen, val_nets, backbone_sources({**perceptual, **val_nets}))
 
 
-def resume_step(resume: str | None, ckpt_dir: Path, nets: Nets, cfg: TrainConfig, rank: int, world: int) -> int:
-    """The step to continue from: 0, or with ``resume="auto"`` the latest checkpoint's step
-    (both engines, RNG states and the data position restored)."""
+def resume_step(resume: str | None, ckpt_dir: Path, nets: Nets, cfg: TrainConfig, rank: int, world: int,
+                device: torch.device | None = None) -> int:
+    """The step to continue from: 0, or with ``resume="auto"`` the step of the newest checkpoint
+    that is intact on every rank (both engines, RNG states and the data position restored).
+    Newer checkpoints that are damaged or incomplete are named, skipped and moved aside."""
     if resume in (None, "", "none"):
         return 0
     if resume != "auto":
         raise ValueError(f"--resume: expected 'auto', got {resume!r}")
-    state = ckpt.load(ckpt_dir, nets.engine_g, nets.engine_d, nets.noise_gen)
+    choice = ckpt.choose_resumable(ckpt_dir, device)
+    if rank == 0 and choice.skipped:
+        print(ckpt.skipped_warning(choice), file=sys.stderr, flush=True)
+    state = None
+    if choice.chosen is not None:
+        state = ckpt.load(ckpt_dir, nets.engine_g, nets.engine_d, nets.noise_gen, tag=choice.chosen.tag)
+    if choice.skipped:
+        if dist.is_initialized():
+            dist.barrier()  # every rank has read what it needs before rank 0 moves anything
+        if rank == 0:
+            ckpt.set_aside(ckpt_dir, choice)
     if state is None:
         return 0
     step = int(state["step"])
@@ -285,6 +303,7 @@ def set_up(cfg: TrainConfig, data: str, out: Path, resume: str | None, val_data:
     network is built (a resumed checkpoint then restores the RNG states)."""
     rank, world, device = join_process_group()
     run_lock = claim_run_dir(out, rank, device)
+    peer_watch = watch_peers(rank, world, device)  # from here a dead rank stops every rank
     if device.type == "cpu" and "OMP_NUM_THREADS" in os.environ:
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     torch.manual_seed(cfg.seed)
@@ -294,14 +313,15 @@ def set_up(cfg: TrainConfig, data: str, out: Path, resume: str | None, val_data:
               f"validating on the last {split.held_out[0]['count']} sample(s) of {split.held_out[0]['name']} "
               "instead (training never reads them)")
     nets = build_nets(cfg, rank, device)
-    step = resume_step(resume, out / "checkpoints", nets, cfg, rank, world)
+    step = resume_step(resume, out / "checkpoints", nets, cfg, rank, world, device)
     loader = make_train_loader(data, split.train_shards, rank, world, cfg.data.batch_size, cfg.data.num_workers,
                                cfg.seed, cfg.data.crop_size, cfg.data.shuffle_window,
                                start_batches=step * cfg.engine.grad_accum, prefetch_factor=cfg.data.prefetch_factor)
     val_pairs = validation_pairs(cfg, split, rank, world)
     logger = RunLogger(out, enabled=rank == 0, total_steps=cfg.steps, start_step=step,
                        tensorboard=cfg.log.tensorboard, progress_bar=cfg.log.progress_bar)
-    session = Session(cfg, out, rank, world, device, split, nets, loader, logger, run_lock, val_pairs)
+    session = Session(cfg, out, rank, world, device, split, nets, loader, logger, run_lock, val_pairs,
+                      peer_watch=peer_watch)
     write_run_files(session)
     return session, step
 
@@ -399,6 +419,8 @@ def finish(s: Session, step: int, saved_at: int) -> dict:
         from pairforge.training.report import build_report
         result["report"] = str(build_report(s.out))
         result["export"] = meta
+    if s.peer_watch is not None:
+        s.peer_watch.stop()  # past the last barrier a peer may exit first, and that is fine
     dist.barrier()
     if s.run_lock is not None:
         s.run_lock.release()

@@ -71,10 +71,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed (overrides the config)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set generator.timestep=299 (YAML value)")
-    p.add_argument("--print-launch", choices=["hostfile", "torchrun"],
-                   help="print the cluster launch command for these arguments and exit")
-    p.add_argument("--hostfile", default="clusters/templates/hostfile.example",
-                   help="DeepSpeed hostfile for --print-launch hostfile (default %(default)s)")
+    launch = p.add_argument_group("cluster launch (--print-launch prints the command and exits; see docs/clusters.md)")
+    launch.add_argument("--print-launch", choices=["hostfile", "torchrun"],
+                        help="print the DeepSpeed-launcher (hostfile) or torchrun command that trains with these "
+                             "arguments, and exit")
+    launch.add_argument("--hostfile", help="DeepSpeed hostfile (`HOST slots=N` per node; ranks = all slots), "
+                                           "needed by --print-launch hostfile")
+    launch.add_argument("--nnodes", type=int, default=None,
+                        help="nodes for --print-launch torchrun (default $NNODES or 1); --ranks is then per node")
+    launch.add_argument("--master-addr", default=None,
+                        help="address of the node hosting the rendezvous (needed with --nnodes > 1; "
+                             "default $MASTER_ADDR)")
+    launch.add_argument("--master-port", type=int, default=29500, help="rendezvous port (default %(default)s)")
     p.add_argument("--json", action="store_true",
                    help="print the result as one JSON object, the last line of stdout (rank logs go to stderr)")
     p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
@@ -106,19 +114,23 @@ def _overrides(args) -> dict:
     return ov
 
 
+#: flags that only shape the printed launch command; the ranks it starts never see them
+LAUNCH_ONLY = ("--ranks", "--print-launch", "--hostfile", "--nnodes", "--master-addr", "--master-port")
+
+
 def _cluster_args(argv: list[str]) -> list[str]:
-    """The user's train arguments minus the launch-only ones."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a in ("--ranks", "--print-launch", "--hostfile"):
-            skip = True
-            continue
-        if a.startswith(("--ranks=", "--print-launch=", "--hostfile=")) or a == "train":
-            continue
-        out.append(a)
+    """The user's ``train`` arguments (after the subcommand) minus the launch-only ones; a
+    ``-v`` given before ``train`` moves after it (both parsers take it)."""
+    if "train" not in argv:
+        return list(argv)
+    i = argv.index("train")
+    out = [a for a in argv[:i] if a in ("-v", "--verbose")]
+    rest = iter(argv[i + 1:])
+    for a in rest:
+        if a in LAUNCH_ONLY:
+            next(rest, None)  # its value
+        elif not a.startswith(tuple(f"{flag}=" for flag in LAUNCH_ONLY)):
+            out.append(a)
     return out
 
 
@@ -158,14 +170,34 @@ def run(args) -> int:
 
 
 def _print_launch(args) -> int:
-    from pairforge.training.launch import deepspeed_command, torchrun_command
+    """Print the launcher command that runs these arguments on a cluster (stdout: the command
+    only, so ``$(pairforge train ... --print-launch torchrun)`` works); exit 2 with one line
+    when it cannot be composed (no hostfile, several nodes without a rendezvous address)."""
+    from pairforge.training.launch import LaunchError, deepspeed_command, read_hostfile, torchrun_command
 
     targs = _cluster_args(sys.argv[1:])
-    if args.print_launch == "hostfile":
-        print(deepspeed_command(args.hostfile, targs))
-    else:
-        print(torchrun_command(targs, nnodes=int(os.environ.get("NNODES", 1)),
-                               nproc_per_node=int(os.environ.get("GPUS_PER_NODE", 1))))
+    try:
+        if args.print_launch == "hostfile":
+            if not args.hostfile:
+                raise LaunchError("--print-launch hostfile needs --hostfile FILE (one `HOST slots=N` line per node, "
+                                  "e.g. clusters/templates/hostfile.example)")
+            slots = sum(read_hostfile(args.hostfile).values())
+            if args.ranks not in (None, slots):
+                raise LaunchError(f"--ranks {args.ranks}, but {args.hostfile} lists {slots} slot(s): the DeepSpeed "
+                                  "launcher starts one rank per slot (edit the hostfile's slots= instead)")
+            command = deepspeed_command(args.hostfile, targs, master_addr=args.master_addr,
+                                        master_port=args.master_port)
+        else:
+            nnodes = args.nnodes if args.nnodes is not None else int(os.environ.get("NNODES", "1"))
+            per_node = args.ranks if args.ranks is not None else os.environ.get("GPUS_PER_NODE", "gpu")
+            per_node = int(per_node) if str(per_node).isdigit() else per_node
+            addr = args.master_addr or (os.environ.get("MASTER_ADDR") if nnodes > 1 else None)
+            command = torchrun_command(targs, nnodes=nnodes, nproc_per_node=per_node, master_addr=addr,
+                                       master_port=args.master_port)
+    except (LaunchError, ValueError) as exc:
+        print(f"pairforge train: {exc}", file=sys.stderr)
+        return 2
+    print(command)
     return 0
 
 
@@ -294,12 +326,14 @@ def _run_as_rank(cfg, args, resume: str | None) -> dict:
     import torch
 
     from pairforge.logs import attach_rank_log
-    from pairforge.training.launch import default_env
+    from pairforge.training.launch import cluster_rank_threads, default_env
     from pairforge.training.quiet import settle_rank_environment
     from pairforge.training.trainer import run as run_rank
 
     for k, v in default_env().items():
         os.environ.setdefault(k, v)
+    if not torch.cuda.is_available():
+        cluster_rank_threads(cfg.data.num_workers)
     settle_rank_environment(torch.cuda.is_available())  # before DeepSpeed is imported
     if args.overwrite and os.environ.get("RANK") == "0":
         _clear_locked(args.out)
