@@ -147,9 +147,9 @@ class LocalCluster:
         return self.cluster.address
 
     def grow(self) -> None:
-        for _ in range(self.nodes - 1 - len(self.cluster.worker_nodes)):
+        while len(self.cluster.worker_nodes) < self.nodes - 1:
             node = self.cluster.add_node(**self.node_args)
-            self.labels[node.node_id] = f"node{len(self.labels)}"
+            self.labels[node.node_id] = f"node{len(self.cluster.worker_nodes)}"  # node1… in every repetition
         self.cluster.wait_for_nodes()
 
     def shrink(self) -> None:

@@ -69,6 +69,10 @@ class RunReport:
 
 # ---------------------------------------------------------------- Ray lifecycle
 _STARTED_TEMP: list[str] = []
+#: environment variables Ray's ``ray.init`` of a new local cluster changes for the whole process
+RAY_SESSION_ENV = ("RAY_AUTH_MODE",)
+#: their values before each embedded cluster we started, restored by :func:`shutdown_ray`
+_SAVED_ENV: list[dict[str, str | None]] = []
 
 #: Ray's own switch for single-node mode: ``0`` before ``import ray`` makes it keep 127.0.0.1
 #: as the node address (the CLI sets it at its entry point; see clusters/cli.py)
@@ -147,9 +151,36 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
                   logging_level=logging.WARNING, log_to_driver=True)
     if num_gpus is not None:
         kwargs["num_gpus"] = num_gpus
+    _SAVED_ENV.append({k: os.environ.get(k) for k in RAY_SESSION_ENV})
     with _loopback_only(None):
         ray.init(**kwargs)
     return True
+
+
+def _restore_session_env() -> None:
+    """Undo what starting an embedded cluster did to this process's environment.
+
+    Ray 2.60's ``ray.init()`` of a new local cluster sets ``RAY_AUTH_MODE=token`` in
+    ``os.environ`` and keeps it: a later ``ray.init(address=…)`` in the same process (a second
+    ``synth`` joining a cluster without token authentication) then presents a token, and its
+    actors are cancelled before they start ("all references to the actor were removed").
+    Restoring the variable is not enough: Ray caches both its config and the token it loaded.
+    Private API, checked against Ray 2.60.0; skipped where it is missing.
+    """
+    if not _SAVED_ENV:
+        return
+    while _SAVED_ENV:
+        for k, v in _SAVED_ENV.pop().items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:
+        return
+    Config.initialize("")                            # re-read RAY_AUTH_MODE
+    AuthenticationTokenLoader.instance().reset_cache()  # forget the embedded cluster's token
 
 
 def shutdown_ray() -> None:
@@ -158,6 +189,7 @@ def shutdown_ray() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+    _restore_session_env()
     while _STARTED_TEMP:
         shutil.rmtree(_STARTED_TEMP.pop(), ignore_errors=True)
 

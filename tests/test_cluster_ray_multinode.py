@@ -304,13 +304,39 @@ def cluster(two_nodes) -> TwoNodes:
     return two_nodes
 
 
+#: one Python process: synth() on an embedded Ray of its own (the default), then synth() joining
+#: the cluster — what a notebook does.  Ray's first init leaves token authentication switched on
+#: in the process; the second job's actors were cancelled until shutdown_ray undid that.
+EMBEDDED_THEN_CLUSTER = """
+import json, sys
+from pairforge.pipeline import SynthConfig, synth
+source, out_embedded, out_cluster, address = sys.argv[1:5]
+cfg = SynthConfig.from_dict({"dataset": {"images_per_shard": 1, "patch": {"size": 128, "per_image": %d}},
+                             "run": {"workers": 2, "progress": False}})
+urls = []
+for out, addr in ((out_embedded, None), (out_cluster, address)):
+    res = synth(source, out, cfg.replace(**{"run.ray_address": addr}))
+    assert res.ok, res.failed
+    urls.append(res.url)
+print(json.dumps(urls))
+""" % PER_IMAGE
+
+
 @pytest.fixture(scope="module")
-def reference(photos, tmp_path_factory, two_nodes) -> dict[str, str]:
-    """The embedded default (no --ray-address: a local Ray of its own) for the same arguments."""
-    out = str(tmp_path_factory.mktemp("embedded"))
-    res = run_cli(cli(out, photos))
+def embedded_then_cluster(photos, tmp_path_factory, two_nodes) -> dict:
+    """The embedded default and a run on the cluster, same arguments, from one Python process."""
+    outs = [str(tmp_path_factory.mktemp(n)) for n in ("embedded", "joined")]
+    res = subprocess.run([sys.executable, "-c", EMBEDDED_THEN_CLUSTER, photos, *outs, two_nodes.address], cwd=REPO,
+                         capture_output=True, text=True, timeout=CLI_TIMEOUT)
     assert res.returncode == 0, res.stderr[-3000:]
-    ds = res.stdout.strip().splitlines()[-1]
+    embedded, joined = json.loads(res.stdout.strip().splitlines()[-1])
+    return {"embedded": embedded, "joined": joined}
+
+
+@pytest.fixture(scope="module")
+def reference(embedded_then_cluster) -> dict:
+    """The embedded default's dataset id and the sha256 of its tars and manifest."""
+    ds = embedded_then_cluster["embedded"]
     expected = local_outputs(ds)
     assert len(expected) == N_IMAGES + 1
     assert json.load(open(os.path.join(ds, "manifest.json")))["totals"]["samples"] == N_IMAGES * PER_IMAGE
@@ -330,10 +356,9 @@ def test_inline_stats_record_no_node(tmp_path, photo_dir):
         assert "node" in stats["worker"] and stats["worker"]["node"] is None
 
 
-def test_shards_spread_over_both_nodes_byte_identical_to_embedded(cluster, reference, photos, tmp_path):
-    res = run_cli(cli(str(tmp_path), photos, address=cluster.address))
-    assert res.returncode == 0, res.stderr[-3000:]
-    ds = res.stdout.strip().splitlines()[-1]
+def test_shards_spread_over_both_nodes_byte_identical_to_embedded(cluster, reference, embedded_then_cluster):
+    """synth() joining the cluster, in the process that ran the embedded default just before."""
+    ds = embedded_then_cluster["joined"]
     assert os.path.basename(ds) == reference["id"]
     writers = {s["worker"]["node"] for s in local_stats(ds).values()}
     assert writers == {cluster.head_id, cluster.worker_id}
