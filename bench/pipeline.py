@@ -16,10 +16,9 @@ Several nodes (a table of pairs/s per node and in total, beside one node):
     python bench/pipeline.py --ray-address HOST:PORT [--workers 4]
 
 ``--local-cluster N`` starts N Ray nodes on this machine (``ray.cluster_utils.Cluster``: separate
-raylets on 127.0.0.1) and measures the same job on the head alone, then on all N (the worker
-nodes are added and removed between repetitions, so both sides see the same load).
-``--ray-address`` joins an existing cluster and compares it with the embedded one-node default
-on this machine.  Both write to a local folder (on a real cluster, give a shared one or use
+raylets on 127.0.0.1); ``--ray-address`` joins an existing cluster.  Either is measured beside
+the embedded one-node default (what ``synth`` runs without ``--ray-address``), interleaved, with
+the same job and worker count; pairs per node come from ``worker.node`` in the shard stats.  Both write to a local folder (on a real cluster, give a shared one or use
 ``--out s3://…``).  Nodes on one machine share its cores: that measures the overhead of
 spreading, not the speed-up of more hardware.
 
@@ -131,30 +130,22 @@ def cluster_run(out: str, preset: str, per_image: int, workers: int, address: st
 
 
 class LocalCluster:
-    """N Ray nodes on this machine: a head that stays, and worker nodes added and removed around
-    each multi-node measurement (so the one-node runs really have one node)."""
+    """N Ray nodes on this machine (a head and N-1 worker nodes), started once."""
 
-    def __init__(self, nodes: int, node_cpus: float, object_store_mb: int = 200) -> None:
+    def __init__(self, nodes: int, node_cpus: float, object_store_mb: int = 200, settle_s: float = 10.0) -> None:
         from ray.cluster_utils import Cluster
 
-        self.nodes, self.node_args = nodes, {"num_cpus": node_cpus, "object_store_memory": object_store_mb << 20,
-                                             "node_ip_address": "127.0.0.1"}
-        self.cluster = Cluster(initialize_head=True, head_node_args={**self.node_args, "include_dashboard": False})
+        args = {"num_cpus": node_cpus, "object_store_memory": object_store_mb << 20, "node_ip_address": "127.0.0.1"}
+        self.cluster = Cluster(initialize_head=True, head_node_args={**args, "include_dashboard": False})
         self.labels = {self.cluster.head_node.node_id: "head"}
+        for i in range(1, nodes):
+            self.labels[self.cluster.add_node(**args).node_id] = f"node{i}"
+        self.cluster.wait_for_nodes()
+        time.sleep(settle_s)  # new raylets pre-start Python workers: let that CPU burst pass before measuring
 
     @property
     def address(self) -> str:
         return self.cluster.address
-
-    def grow(self) -> None:
-        while len(self.cluster.worker_nodes) < self.nodes - 1:
-            node = self.cluster.add_node(**self.node_args)
-            self.labels[node.node_id] = f"node{len(self.cluster.worker_nodes)}"  # node1… in every repetition
-        self.cluster.wait_for_nodes()
-
-    def shrink(self) -> None:
-        for node in list(self.cluster.worker_nodes):
-            self.cluster.remove_node(node)
 
     def shutdown(self) -> None:
         self.cluster.shutdown()
@@ -172,17 +163,17 @@ def set_cluster_environment() -> str:
 
 
 def measure_nodes(args) -> tuple[list[dict], dict]:
-    """Best-of-``repeats`` rows for one node and for the cluster, interleaved; and node labels."""
+    """Best-of-``repeats`` rows for the embedded one-node default and for the cluster, interleaved
+    (so load changes on a shared machine hit both alike); and node labels."""
     local = LocalCluster(args.local_cluster, args.node_cpus) if args.local_cluster else None
     labels = local.labels if local else {}
+    sides = [("1 node (embedded default)", None),
+             (f"{args.local_cluster} nodes (local cluster)" if local else "cluster", local.address if local
+              else args.ray_address)]
     best: dict[str, dict] = {}
     try:
         for rep in range(args.repeats):
-            sides = [("1 node", local.address if local else None), (f"{args.local_cluster or 'all'} nodes",
-                                                                    local.address if local else args.ray_address)]
             for side, address in sides:
-                if local:
-                    (local.shrink if side == "1 node" else local.grow)()
                 out = tempfile.mkdtemp(prefix="pfbench-")
                 try:
                     r = cluster_run(out, args.preset, args.patches_per_image, args.workers[0], address)
@@ -194,7 +185,7 @@ def measure_nodes(args) -> tuple[list[dict], dict]:
     finally:
         if local:
             local.shutdown()
-    return list(best.values()), labels
+    return [best[side] for side, _ in sides], labels
 
 
 def print_nodes_table(rows: list[dict], labels: dict, args, load0: float) -> None:
@@ -238,7 +229,7 @@ def main() -> None:
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--ray-address", help="measure on this Ray cluster, beside the embedded one-node default")
     ap.add_argument("--local-cluster", type=int, metavar="N",
-                    help="start N Ray nodes on this machine and measure 1 node vs N (see the docstring)")
+                    help="start N Ray nodes on this machine and measure them beside one node (see the docstring)")
     ap.add_argument("--node-cpus", type=float, default=2, help="logical CPUs per --local-cluster node")
     args = ap.parse_args()
     if args.local_cluster or args.ray_address:
