@@ -396,11 +396,10 @@ _WATCHER = textwrap.dedent("""
     other = type(other)(1, sibling, int(open(f"/proc/{sibling}/stat").read().rpartition(")")[2].split()[19]),
                         me.machine)
     PeerWatch(0, [me, other], poll_s=float(sys.argv[2])).start()
-    child = os.fork()
-    if child == 0:  # a DataLoader-like forked child: SIGTERM must end it alone, by default action
+    if os.fork() == 0:  # a DataLoader-like forked child: SIGTERM must end it alone, by default action
+        print(os.getpid(), flush=True)  # from the child's own code: after the fork hooks ran
         time.sleep(60)
         os._exit(0)
-    print(child, flush=True)
     time.sleep(60)
 """)
 

@@ -254,6 +254,9 @@ class PeerWatch:
     of stopping the survivors, is handled in the same thread: the signal's wakeup fd wakes it
     even while the main thread sits in C++ code, and it names a dead peer before exiting.
     :meth:`stop` before the ranks' last barrier: after it a peer may exit normally first.
+    Forked children (DataLoader workers) get SIGTERM's default action back in a fork hook; a
+    child signalled in the microseconds before that hook runs would wake this thread as if the
+    rank itself had been terminated.
     """
 
     def __init__(self, rank: int, peers: Sequence[Peer], poll_s: float = 0.25):
