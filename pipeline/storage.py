@@ -151,6 +151,10 @@ class StorageError(OSError):
     """
 
 
+class StorageSetupError(StorageError):
+    """The client cannot make a request at all (no credentials, no region): the user must act."""
+
+
 class UploadNotConfirmed(OSError):
     """The store did not report an object we just uploaded, or reported another size (retried)."""
 
@@ -239,6 +243,13 @@ _TRANSIENT_NAMES = ("SlowDown", "Throttl", "RequestTimeout", "InternalError", "S
 _NETWORK_BASES = ("HTTPClientError",)
 
 
+#: botocore's errors for a client that cannot even sign a request: no retry helps, the user must act
+_SETUP_ERRORS = ("NoCredentialsError", "PartialCredentialsError", "NoRegionError", "CredentialRetrievalError",
+                 "ProfileNotFound", "InvalidConfigError")
+CREDENTIALS_HINT = ("S3 credentials come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for "
+                    "a non-AWS store), ~/.aws/credentials or an instance role")
+
+
 def _is_transient(exc: BaseException) -> bool:
     """Worth another try: network errors and throttling; not missing keys, denied access or bugs.
 
@@ -289,7 +300,17 @@ def retry(fn: Callable[[], T], *, what: str = "", config: StorageConfig | None =
         log.warning("storage: %s failed (%s); retry %d/%d in %.2fs", redact(what), _describe(exc)[:200],
                     i, policy.attempts - 1, delay)
 
-    return retry_call(fn, policy, retryable=_is_transient, give_up=give_up, on_retry=on_retry)
+    def named(call: Callable[[], T]) -> Callable[[], T]:
+        def run() -> T:
+            try:
+                return call()
+            except Exception as exc:
+                if type(exc).__name__ in _SETUP_ERRORS:
+                    raise StorageSetupError(f"{redact(what)}: {_describe(exc)}; {CREDENTIALS_HINT}") from None
+                raise
+        return run
+
+    return retry_call(named(fn), policy, retryable=_is_transient, give_up=give_up, on_retry=on_retry)
 
 
 def read_bytes(url: str, storage_options: dict | None = None, *, offset: int | None = None,

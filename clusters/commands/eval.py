@@ -168,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
+    from pairforge.pipeline.storage import StorageError
     from pairforge.training import evaluate as ev
     from pairforge.training.perceptual import PerceptualWeightsMissing
 
@@ -192,6 +193,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except PerceptualWeightsMissing as exc:
         print(f"pairforge eval: LPIPS/DISTS need their real weights: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, StorageError) as exc:  # a dataset or folder that is not there, a store out of reach
+        print(f"pairforge eval: error: {exc}", file=sys.stderr)
         return 2
     result.published = published
     settings = _settings(args, mode, scale, crop, device, scorer.backbone_source, list(methods))

@@ -39,13 +39,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from pairforge.pipeline.shards import ShardIntegrityError
+    from pairforge.pipeline.storage import StorageError
 
     try:
         return _verify(args) if args.verify else _report(args)
     except ShardIntegrityError as exc:
         print(f"pairforge inspect: {exc}\n(run `pairforge inspect --verify` to check every shard)", file=sys.stderr)
         return EXIT_DAMAGED
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, StorageError) as exc:  # StorageError: unreachable, no credentials
         print(f"pairforge inspect: error: {exc}", file=sys.stderr)
         return 2
 

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     and it holds pairs, 1 when objects could not be stored (each named with its last error) or
     no pairs came out, 2 for unusable arguments or environment (before any work)."""
     from pairforge.pipeline import JobError, SourceError, synth
-    from pairforge.pipeline.storage import StorageError
+    from pairforge.pipeline.storage import StorageError, StorageSetupError
 
     try:
         config = build_config(args)
@@ -108,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
         res = synth(args.source, args.out, config)
     except (SourceError, JobError, ValueError) as exc:
         print(f"pairforge synth: error: {with_option(str(exc))}", file=sys.stderr)
+        return 2
+    except StorageSetupError as exc:  # no credentials: the environment, found before any work
+        print(f"pairforge synth: error: {exc}", file=sys.stderr)
         return 2
     except StorageError as exc:
         print(f"pairforge synth: error: {exc}", file=sys.stderr)

@@ -213,7 +213,7 @@ def preflight(cfg, args, cluster: bool) -> int:
     try:
         check_dataset(cfg, args.data)
         check_run_dir(Path(args.out), args.resume, args.overwrite)
-    except (DatasetMismatch, FileNotFoundError, ValueError, RunDirNotEmpty) as exc:
+    except (DatasetMismatch, OSError, ValueError, RunDirNotEmpty) as exc:  # OSError: StorageError too
         raise Refusal(str(exc)) from None
     ranks = (args.ranks or 1) if cluster else resume_ranks(cfg, args)
     check_pretrained(cfg)
