@@ -48,7 +48,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory (metrics.jsonl, checkpoints/, export/, report)")
     p.add_argument("--steps", type=int, help="optimisation steps (overrides the config)")
     p.add_argument("--ranks", type=int, default=None,
-                   help="local ranks to spawn (default 1; with --resume, the rank count of the checkpoint)")
+                   help="local ranks to spawn (default 1; with --resume, the rank count of the checkpoint); "
+                        "with --print-launch torchrun, ranks per node (default $GPUS_PER_NODE, else every GPU)")
     p.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], help="ZeRO stage for both engines")
     p.add_argument("--resume", nargs="?", const="auto", choices=["auto", "none"], default="none",
                    help="continue from DIR/checkpoints/latest.json if present (`--resume` alone means auto; "
