@@ -329,8 +329,12 @@ def test_damaged_checkpoints_are_named_skipped_and_set_aside(torchrun_killed):
 
 # ------------------------------------------------------------------------------ --print-launch refusals
 def _print_launch(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """``--print-launch`` on a stand-in dataset (a manifest only: the checks pass, nothing trains)."""
     ds = tmp_path / "ds"
     ds.mkdir(exist_ok=True)
+    (ds / "manifest.json").write_text(json.dumps({
+        "format": "pairforge-shards-v1", "dataset_id": "stand-in", "hr_size": 64, "scale": 4,
+        "totals": {"samples": 4}, "shards": [{"name": "shard-000000.tar", "count": 4, "bytes": 1, "sha256": "x"}]}))
     return subprocess.run([*PAIRFORGE, "train", "--data", str(ds), "--out", str(tmp_path / "run"), *FAST,
                            "--print-launch", *args], capture_output=True, text=True, env=user_env(), timeout=120)
 
@@ -366,6 +370,14 @@ def test_print_launch_spells_out_ranks_nodes_and_address(tmp_path):
     assert cmd[i + 1:i + 3] == ["pairforge.clusters.cli", "train"] and "--hostfile" not in cmd[i:]
     wrong = _print_launch("hostfile", "--hostfile", str(hostfile), "--ranks", "2", tmp_path=tmp_path)
     assert wrong.returncode == 2 and "lists 8 slot(s)" in wrong.stderr
+
+
+def test_print_launch_checks_what_every_rank_would_check_first(tmp_path):
+    """A command the ranks would refuse is not printed: the same one-line refusal, exit 2."""
+    res = subprocess.run([*PAIRFORGE, "train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run"),
+                          *FAST, "--print-launch", "torchrun", "--ranks", "2"],
+                         capture_output=True, text=True, env=user_env(), timeout=120)
+    assert res.returncode == 2 and not res.stdout and "no readable manifest.json" in res.stderr, res.stderr
 
 
 def test_hostfile_lines_are_checked(tmp_path):

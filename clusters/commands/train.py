@@ -145,7 +145,7 @@ def run(args) -> int:
         print(f"pairforge train: invalid config: {exc}", file=sys.stderr)
         return 2
     if args.print_launch:
-        return _print_launch(args)
+        return _print_launch(cfg, args)
     from pairforge.training import RunDirLocked, RunDirNotEmpty
     from pairforge.training.preflight import DatasetMismatch
 
@@ -170,36 +170,44 @@ def run(args) -> int:
     return _report(res, args)
 
 
-def _print_launch(args) -> int:
+def _print_launch(cfg, args) -> int:
     """Print the launcher command that runs these arguments on a cluster (stdout: the command
-    only, so ``$(pairforge train ... --print-launch torchrun)`` works); exit 2 with one line
-    when it cannot be composed (no hostfile, several nodes without a rendezvous address)."""
-    from pairforge.training.launch import LaunchError, deepspeed_command, read_hostfile, torchrun_command
+    only, so ``$(pairforge train ... --print-launch torchrun)`` works). Exit 2 with one line when
+    it cannot be composed (no hostfile, several nodes without a rendezvous address) or when the
+    ranks it starts would refuse anyway (the checks every rank makes first: dataset, run
+    directory, pretrained folders, perceptual weights)."""
+    from pairforge.training.launch import LaunchError
 
-    targs = _cluster_args(sys.argv[1:])
     try:
-        if args.print_launch == "hostfile":
-            if not args.hostfile:
-                raise LaunchError("--print-launch hostfile needs --hostfile FILE (one `HOST slots=N` line per node, "
-                                  "e.g. clusters/templates/hostfile.example)")
-            slots = sum(read_hostfile(args.hostfile).values())
-            if args.ranks not in (None, slots):
-                raise LaunchError(f"--ranks {args.ranks}, but {args.hostfile} lists {slots} slot(s): the DeepSpeed "
-                                  "launcher starts one rank per slot (edit the hostfile's slots= instead)")
-            command = deepspeed_command(args.hostfile, targs, master_addr=args.master_addr,
-                                        master_port=args.master_port)
-        else:
-            nnodes = args.nnodes if args.nnodes is not None else int(os.environ.get("NNODES", "1"))
-            per_node = args.ranks if args.ranks is not None else os.environ.get("GPUS_PER_NODE", "gpu")
-            per_node = int(per_node) if str(per_node).isdigit() else per_node
-            addr = args.master_addr or (os.environ.get("MASTER_ADDR") if nnodes > 1 else None)
-            command = torchrun_command(targs, nnodes=nnodes, nproc_per_node=per_node, master_addr=addr,
-                                       master_port=args.master_port)
-    except (LaunchError, ValueError) as exc:
+        command = _launch_command(args)
+        preflight(cfg, args, cluster=True)
+    except (LaunchError, Refusal) as exc:
         print(f"pairforge train: {exc}", file=sys.stderr)
         return 2
     print(command)
     return 0
+
+
+def _launch_command(args) -> str:
+    """The torchrun or DeepSpeed-launcher line for these arguments; raises LaunchError."""
+    from pairforge.training.launch import LaunchError, deepspeed_command, read_hostfile, torchrun_command
+
+    targs = _cluster_args(sys.argv[1:])
+    if args.print_launch == "hostfile":
+        if not args.hostfile:
+            raise LaunchError("--print-launch hostfile needs --hostfile FILE (one `HOST slots=N` line per node, "
+                              "e.g. clusters/templates/hostfile.example)")
+        slots = sum(read_hostfile(args.hostfile).values())
+        if args.ranks not in (None, slots):
+            raise LaunchError(f"--ranks {args.ranks}, but {args.hostfile} lists {slots} slot(s): the DeepSpeed "
+                              "launcher starts one rank per slot (edit the hostfile's slots= instead)")
+        return deepspeed_command(args.hostfile, targs, master_addr=args.master_addr, master_port=args.master_port)
+    nnodes = args.nnodes if args.nnodes is not None else int(os.environ.get("NNODES", "1"))
+    per_node = args.ranks if args.ranks is not None else os.environ.get("GPUS_PER_NODE", "gpu")
+    per_node = int(per_node) if str(per_node).isdigit() else per_node
+    addr = args.master_addr or (os.environ.get("MASTER_ADDR") if nnodes > 1 else None)
+    return torchrun_command(targs, nnodes=nnodes, nproc_per_node=per_node, master_addr=addr,
+                            master_port=args.master_port)
 
 
 # --------------------------------------------------------------------------- checks before any rank
