@@ -307,6 +307,9 @@ def retry(fn: Callable[[], T], *, what: str = "", config: StorageConfig | None =
             except Exception as exc:
                 if type(exc).__name__ in _SETUP_ERRORS:
                     raise StorageSetupError(f"{redact(what)}: {_describe(exc)}; {CREDENTIALS_HINT}") from None
+                if type(exc).__name__ == "ParamValidationError":  # e.g. a bucket name S3 cannot have
+                    raise ValueError(f"{redact(what)}: not a valid S3 URL: "
+                                     f"{' '.join(str(exc).split())[:200]}") from None
                 raise
         return run
 

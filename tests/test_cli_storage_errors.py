@@ -38,3 +38,13 @@ def test_missing_credentials_are_one_clear_line(argv, tmp_path):
     assert "AWS_ACCESS_KEY_ID" in res.stderr and "credentials" in res.stderr.lower()
     assert KEY_ID not in res.stderr + res.stdout
     assert len(res.stderr.strip().splitlines()) <= 2, res.stderr
+
+
+@pytest.mark.parametrize("command", ["inspect", "train"])
+def test_an_s3_url_s3_cannot_have_is_a_usage_error(command, s3_server, tmp_path):
+    url = "s3://bad…bucket/pairs/x"  # a placeholder copied as is
+    argv = [command, url] if command == "inspect" else [command, "--preset", "tiny", "--data", url, "--out",
+                                                        str(tmp_path / "run")]
+    res = subprocess.run([*PAIRFORGE, *argv], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert "not a valid S3 URL" in res.stderr
