@@ -2,9 +2,9 @@
 
 The demo's model has a few hundred CPU steps to beat its own bicubic input; a random-init
 VAE decodes noise and spends them learning to reconstruct. These tests pin what makes step 0
-(nearly) the bicubic input: the VAE is a box-down / bilinear-up resampler, and the one-step
-formula maps the LR latent to the same decoder input as the real HR latent the
-discriminator sees.
+(nearly) the bicubic input: the VAE is a box-down / bilinear-up resampler, its convs pad by
+replication (an export keeps that), and the one-step formula maps the LR latent to the same
+decoder input as the real HR latent the discriminator sees.
 """
 from __future__ import annotations
 
@@ -57,9 +57,53 @@ def test_resampler_encoder_is_a_box_average_and_the_decoder_keeps_flat_colour():
     assert torch.allclose(rec_flat[inner], flat[inner], atol=1e-2)
 
 
-def test_every_tiny_vae_weight_trains_from_the_resampler():
+def test_replicate_padding_keeps_the_borders_of_a_flat_image():
+    """Zero padding darkens the outer pixels (a 64 px crop loses PSNR there); the tiny preset pads
+    by replication, so step 0 keeps a flat colour flat up to the very edge."""
+    cfg = load_config(preset="tiny").generator
+    assert cfg.padding_mode == "replicate"
+    flat = torch.full((1, 3, 64, 64), 0.6)
+    flat[:, 1] = 0.25
+    with torch.no_grad():
+        sr = build_generator(cfg, seed=0).eval()(flat)["sr"]
+        zero = build_generator(load_config(preset="tiny", overrides={"generator": {"padding_mode": "zeros"}}).generator,
+                               seed=0).eval()(flat)["sr"]
+    assert float((sr - flat).abs().max()) < 1e-2
+    edge = (..., slice(0, 2), slice(None))
+    assert float((zero - flat)[edge].abs().max()) > 0.05  # what replication avoids
+
+
+def test_export_records_the_padding_mode_and_loads_it_back(tmp_path):
+    import json
+
+    from pairforge.training.models.generator import OneStepGenerator
+
+    g = build_generator(load_config(preset="tiny").generator, seed=3).eval()
+    with torch.no_grad():  # a UNet that does something, so its own padding shows too
+        g.unet.conv_out.weight.normal_(0, 0.05)
+    g.export(tmp_path / "export", base="tiny(seed=3)", lora_on_base=False)
+    assert json.loads((tmp_path / "export" / "pairforge_generator.json").read_text())["padding_mode"] == "replicate"
+    g2 = OneStepGenerator.from_export(tmp_path / "export")
+    padded = [m for m in g2.modules() if isinstance(m, torch.nn.Conv2d) and any(m.padding)]
+    assert padded and all(m.padding_mode == "replicate" for m in padded)
+    x = _bicubic_photo_crop(64)
+    with torch.no_grad():
+        assert torch.allclose(g2(x)["sr"], g(x)["sr"], atol=1e-5)
+    meta = json.loads((tmp_path / "export" / "pairforge_generator.json").read_text())
+    del meta["padding_mode"]  # an export written before padding_mode existed loads as zeros
+    (tmp_path / "export" / "pairforge_generator.json").write_text(json.dumps(meta))
+    old = OneStepGenerator.from_export(tmp_path / "export")
+    assert all(m.padding_mode == "zeros" for m in old.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_the_tiny_vae_stays_frozen_and_the_zero_output_conv_still_learns():
+    """As in D3SR the VAE is frozen (training the resampler lowered held-out PSNR-Y); the UNet,
+    its zero output conv included, trains. A config may still train the VAE from the resampler."""
     g = build_generator(load_config(preset="tiny").generator, seed=0)
+    assert not any(p.requires_grad for p in g.vae.parameters())
     x = _bicubic_photo_crop(32)
     g(x)["sr"].mean().backward()
-    assert g.unet.conv_out.weight.grad.abs().sum() > 0  # the zero output conv still learns
+    assert g.unet.conv_out.weight.grad.abs().sum() > 0
+    g = build_generator(load_config(preset="tiny", overrides={"generator": {"train_vae": True}}).generator, seed=0)
+    g(x)["sr"].mean().backward()
     assert g.vae.decoder.conv_out.weight.grad.abs().sum() > 0

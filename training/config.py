@@ -61,6 +61,11 @@ class GeneratorConfig:
     text_embedding: str = "zeros"
     learnable_text_embedding: bool = True
     gradient_checkpointing: bool = False
+    #: how the generator's convolutions (VAE and UNet) pad their input: "zeros" (diffusers'
+    #: default, what pretrained weights were trained with) or "replicate"/"reflect", which do not
+    #: darken the outer pixels of small crops. Not in diffusers' saved configs: an export records
+    #: it in pairforge_generator.json and re-applies it on load.
+    padding_mode: Literal["zeros", "replicate", "reflect"] = "zeros"
 
 
 @dataclass

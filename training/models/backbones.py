@@ -148,6 +148,26 @@ def start_at_identity(vae: AutoencoderKL, unet: UNet2DConditionModel, alpha_bar:
     return gain
 
 
+def set_padding_mode(module: torch.nn.Module, mode: str) -> int:
+    """Make every padded ``Conv2d`` under ``module`` pad with ``mode`` ("zeros", "replicate",
+    "reflect"); returns how many convolutions changed. LoRA's own convs (peft's ``lora_A``) are
+    included, so a merged export pads exactly as training did.
+
+    diffusers' configs do not record a conv's ``padding_mode``: whoever loads saved weights must
+    apply it again (:meth:`~.generator.OneStepGenerator.from_export` does). diffusers' encoder
+    downsamplers pad explicitly with zeros (bottom/right, one pixel) and stay as they are.
+    """
+    if mode not in ("zeros", "replicate", "reflect"):
+        raise ValueError(f"padding_mode: expected zeros, replicate or reflect, got {mode!r}")
+    n = 0
+    for m in module.modules():
+        padded = isinstance(m, torch.nn.Conv2d) and (isinstance(m.padding, str) or any(m.padding))
+        if padded and m.padding_mode != mode:
+            m.padding_mode = mode
+            n += 1
+    return n
+
+
 def tiny_unet(cross_attention_dim: int = 32, sdxl_like: bool = False) -> UNet2DConditionModel:
     """A 2-level UNet with cross-attention only at the lower resolution.
 

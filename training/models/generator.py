@@ -13,6 +13,8 @@ output conv is zero (ε̂ = 0, so ẑ_H = z_L/√ᾱ) and the decoder's first co
 so step 0 is the VAE's reconstruction of the bicubic input
 (:func:`~.backbones.start_at_identity`). Real latents for the discriminator are put in the
 decoder's space the same way: z_real = E(x_H)·s·g with g = 1/√ᾱ (g = 1 for pretrained VAEs).
+Its convolutions pad by replication (``generator.padding_mode``); diffusers' configs do not save
+that, so an export records it in ``pairforge_generator.json`` and ``from_export`` re-applies it.
 """
 from __future__ import annotations
 
@@ -30,9 +32,13 @@ EXPORT_FORMAT = "pairforge-onestep-generator/1"
 
 class OneStepGenerator(nn.Module):
     def __init__(self, vae, unet, scheduler, timestep: int, prompt_embeds: torch.Tensor,
-                 learnable_prompt: bool = True, real_latent_gain: float = 1.0):
+                 learnable_prompt: bool = True, real_latent_gain: float = 1.0, padding_mode: str = "zeros"):
         super().__init__()
         self.real_latent_gain = float(real_latent_gain)
+        #: how the VAE's and UNet's convs pad (bb.set_padding_mode); an export records it
+        self.padding_mode = padding_mode
+        bb.set_padding_mode(vae, padding_mode)
+        bb.set_padding_mode(unet, padding_mode)
         self.vae = vae
         self.unet = unet
         self.timestep = int(timestep)
@@ -108,10 +114,12 @@ class OneStepGenerator(nn.Module):
         save_file({"prompt_embeds": self.prompt_embeds.detach().float().cpu().contiguous()},
                   str(out / "prompt_embeds.safetensors"))
         meta = {"format": EXPORT_FORMAT, "timestep": self.timestep, "latent_scale": self.latent_scale,
-                "base": base, "has_lora": has_lora,
+                "base": base, "has_lora": has_lora, "padding_mode": self.padding_mode,
                 "lora_applies_to_base": bool(has_lora and lora_on_base),
                 "note": "unet/ already contains the merged LoRA; lora/ applies to the base UNet only "
-                        "when lora_applies_to_base is true (the base UNet weights were frozen)."}
+                        "when lora_applies_to_base is true (the base UNet weights were frozen). "
+                        "padding_mode: how every padded conv of vae/ and unet/ pads (diffusers' configs "
+                        "do not save it; from_export re-applies it)."}
         (out / "pairforge_generator.json").write_text(json.dumps(meta, indent=2))
         return meta
 
@@ -128,7 +136,8 @@ class OneStepGenerator(nn.Module):
         unet = UNet2DConditionModel.from_pretrained(d, subfolder="unet", torch_dtype=torch_dtype)
         sched = DDPMScheduler.from_pretrained(d, subfolder="scheduler")
         pe = load_file(str(d / "prompt_embeds.safetensors"))["prompt_embeds"].to(torch_dtype)
-        gen = cls(vae, unet, sched, meta["timestep"], pe, learnable_prompt=False)
+        gen = cls(vae, unet, sched, meta["timestep"], pe, learnable_prompt=False,
+                  padding_mode=meta.get("padding_mode", "zeros"))
         return gen.eval().requires_grad_(False)
 
 
@@ -173,7 +182,7 @@ def build_generator(cfg, seed: int = 0) -> OneStepGenerator:
             vae.enable_gradient_checkpointing()
     pe = _prompt_embeds(cfg, root, unet.config.cross_attention_dim)
     return OneStepGenerator(vae, unet, sched, cfg.timestep, pe, learnable_prompt=cfg.learnable_text_embedding,
-                            real_latent_gain=real_gain)
+                            real_latent_gain=real_gain, padding_mode=cfg.padding_mode)
 
 
 def generator_base_description(cfg, seed: int) -> str:
