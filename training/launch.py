@@ -84,10 +84,18 @@ def free_port(attempts: int = 50) -> int:
 
 
 def default_env() -> dict[str, str]:
-    """A stable cache for DeepSpeed's JIT-built CPU ops, so only the first run on a machine builds them."""
+    """A stable cache for DeepSpeed's JIT-built CPU ops, so only the first run on a machine builds them.
+
+    One folder per Python environment: two environments (two checkouts, two venvs) sharing one
+    folder make ninja see the other's build as stale and rebuild the op (~25-100 s) on every
+    alternation."""
     env = {}
     if "TORCH_EXTENSIONS_DIR" not in os.environ:
-        env["TORCH_EXTENSIONS_DIR"] = str(Path.home() / ".cache" / "pairforge" / "torch_extensions")
+        import hashlib
+        import sys
+
+        per_env = hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]
+        env["TORCH_EXTENSIONS_DIR"] = str(Path.home() / ".cache" / "pairforge" / "torch_extensions" / per_env)
     return env
 
 
