@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from pairforge.training.launch import free_port
+from proctools import children, cmdline, descendants, kill_all, process_table, wait_until_gone
 from pairforge.training.runlock import RunDirLocked, acquire
 
 EXIT_RUN_DIR_IN_USE = 3
@@ -39,67 +40,6 @@ FAST = ["--preset", "tiny", "--workers", "1", "--batch-size", "2", "--crop-size"
         "--set", "log.progress_bar=false", "--set", "log.tensorboard=false"]
 
 
-# ------------------------------------------------------------------------------ /proc helpers
-def _process_table() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, state letter) for every process in /proc."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue  # exited while we looked
-        fields = stat.rpartition(")")[2].split()  # the command name may contain spaces
-        table[int(entry)] = (int(fields[1]), fields[0])
-    return table
-
-
-def _children(table: dict[int, tuple[int, str]], parents: set[int]) -> set[int]:
-    return {pid for pid, (ppid, _) in table.items() if ppid in parents}
-
-
-def _descendants(root: int) -> set[int]:
-    table, found, frontier = _process_table(), set(), {root}
-    while frontier:
-        frontier = _children(table, frontier) - found
-        found |= frontier
-    return found
-
-
-def _running(pid: int) -> bool:
-    state = _process_table().get(pid, (0, "X"))[1]
-    return state not in ("Z", "X")
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return "?"
-
-
-def _wait_until_gone(pids: set[int], timeout_s: float) -> set[int]:
-    """The pids still running after ``timeout_s`` (empty when all exited)."""
-    deadline = time.monotonic() + timeout_s
-    alive = {p for p in pids if _running(p)}
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.25)
-        alive = {p for p in alive if _running(p)}
-    return alive
-
-
-def _kill_all(pids: set[int]) -> None:
-    """Teardown: SIGKILL the processes this test started that are still running, by pid."""
-    for pid in pids:
-        if _running(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-# ------------------------------------------------------------------------------ running train
 def _train_cmd(data: str, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "pairforge.clusters.cli", "train", "--data", data, "--out", str(out), *FAST, *extra]
 
@@ -139,7 +79,7 @@ def _run_bounded(cmd: list[str], timeout_s: float, cwd: Path, env: dict | None =
         output, _ = proc.communicate(timeout=timeout_s)
         return Finished(proc.returncode, output)
     except subprocess.TimeoutExpired:
-        _kill_all(_descendants(proc.pid))
+        kill_all(descendants(proc.pid))
         proc.kill()
         output, _ = proc.communicate()
         return Finished(None, output)
@@ -192,20 +132,20 @@ def killed_launcher(dataset, tmp_path_factory):
         second_launcher = _run_bounded([*again, "--ranks", "2"], timeout_s=60, cwd=work)
         second_as_rank = _run_bounded(again, timeout_s=90, cwd=work, env=_rank_env())
         assert launcher.poll() is None, f"the first run ended before the kill:\n{log.read_text()[-3000:]}"
-        table = _process_table()
-        ranks = {pid: _cmdline(pid) for pid in _children(table, {launcher.pid})}
-        workers = _children(table, set(ranks))
-        family = _descendants(launcher.pid)
+        table = process_table()
+        ranks = {pid: cmdline(pid) for pid in children(table, {launcher.pid})}
+        workers = children(table, set(ranks))
+        family = descendants(launcher.pid)
         os.kill(launcher.pid, signal.SIGKILL)
         killed_at = time.monotonic()
         launcher.wait()
         yield KilledLauncher(out, work, launcher.pid, ranks, workers, killed_at, second_launcher, second_as_rank)
     finally:
         if launcher.poll() is None:
-            family |= _descendants(launcher.pid)
+            family |= descendants(launcher.pid)
             launcher.kill()
             launcher.wait()
-        _kill_all(family)
+        kill_all(family)
 
 
 # ------------------------------------------------------------------------------ the assertions
@@ -218,9 +158,9 @@ def test_ranks_and_loader_workers_exit_when_the_launcher_is_killed(killed_launch
     assert all(job in cmdline for cmdline in k.ranks.values()), k.ranks
     assert len(k.workers) >= 2, f"expected a DataLoader worker per rank, found {k.workers}"
     left = RANKS_MUST_EXIT_WITHIN_S - (time.monotonic() - k.killed_at)
-    survivors = _wait_until_gone(set(k.ranks) | k.workers, max(left, 0.0))
+    survivors = wait_until_gone(set(k.ranks) | k.workers, max(left, 0.0))
     assert not survivors, ("still running " f"{RANKS_MUST_EXIT_WITHIN_S:.0f} s after kill -9 of the launcher: "
-                           + "; ".join(f"{pid}: {_cmdline(pid)}" for pid in sorted(survivors)))
+                           + "; ".join(f"{pid}: {cmdline(pid)}" for pid in sorted(survivors)))
 
 
 @pytest.mark.slow
@@ -238,7 +178,7 @@ def test_a_second_train_refuses_while_the_first_is_alive(killed_launcher):
 def test_resume_after_the_kill_takes_over_and_continues_without_duplicate_steps(killed_launcher, dataset):
     k = killed_launcher
     left = RANKS_MUST_EXIT_WITHIN_S - (time.monotonic() - k.killed_at)
-    survivors = _wait_until_gone(set(k.ranks) | k.workers, max(left, 0.0))
+    survivors = wait_until_gone(set(k.ranks) | k.workers, max(left, 0.0))
     assert not survivors, f"the killed run's processes {sorted(survivors)} are still running"
     resumed_from = json.loads((k.out / "checkpoints" / "latest.json").read_text())["step"]
     assert resumed_from >= 2
@@ -280,9 +220,9 @@ def test_the_watchdog_alone_ends_a_rank_whose_launcher_was_killed(tmp_path):
         assert middle.stdout.readline().strip() == "watching"
         os.kill(middle.pid, signal.SIGKILL)
         middle.wait()
-        assert not _wait_until_gone({rank}, 20), f"rank {rank} outlived its launcher {middle.pid}"
+        assert not wait_until_gone({rank}, 20), f"rank {rank} outlived its launcher {middle.pid}"
     finally:
-        _kill_all(started)
+        kill_all(started)
         if middle.poll() is None:
             middle.kill()
             middle.wait()

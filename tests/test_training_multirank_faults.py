@@ -33,6 +33,8 @@ from pathlib import Path
 
 import pytest
 
+from proctools import descendants, environ, kill_all, process_table, wait_until_gone
+
 from pairforge.training.launch import PEER_LOST_EXIT_CODE, LaunchError, first_failure, free_port, read_hostfile
 
 JOB_MUST_EXIT_WITHIN_S = 60.0  # hang detection only: the launchers stop in seconds
@@ -54,66 +56,15 @@ def user_env() -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------ /proc helpers
-def _environ(pid: int) -> dict[bytes, bytes]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    return dict(item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
-
-
-def _table() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, state) for every process."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
-            except OSError:
-                continue
-            table[int(entry)] = (int(fields[1]), fields[0])
-    return table
-
-
-def descendants(root: int) -> set[int]:
-    table, found, frontier = _table(), set(), {root}
-    while frontier:
-        frontier = {pid for pid, (ppid, _) in table.items() if ppid in frontier} - found
-        found |= frontier
-    return found
-
-
-def running(pid: int) -> bool:
-    return _table().get(pid, (0, "X"))[1] not in ("Z", "X")
-
-
 def rank_pids(launcher: int) -> dict[int, int]:
     """{rank: pid} of the ranks' main processes under ``launcher``."""
     ranks = {}
     for pid in descendants(launcher):
-        env = _environ(pid)
-        parent = _table().get(pid, (0, ""))[0]
-        if b"RANK" in env and b"RANK" not in _environ(parent):
+        env = environ(pid)
+        parent = process_table().get(pid, (0, ""))[0]
+        if b"RANK" in env and b"RANK" not in environ(parent):
             ranks[int(env[b"RANK"])] = pid
     return ranks
-
-
-def wait_gone(pids: set[int], timeout_s: float) -> set[int]:
-    deadline = time.monotonic() + timeout_s
-    alive = {p for p in pids if running(p)}
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.25)
-        alive = {p for p in alive if running(p)}
-    return alive
-
-
-def kill_all(pids: set[int]) -> None:
-    for pid in pids:
-        if running(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 # ------------------------------------------------------------------------------ the run directory
@@ -233,7 +184,7 @@ def killed_rank(mode: str, dataset: str, work: Path, victim: int, kill_after_ste
             exited_after = time.monotonic() - killed
         except subprocess.TimeoutExpired:
             exited_after = None
-        survivors = wait_gone(family, PROCESSES_GONE_WITHIN_S)
+        survivors = wait_until_gone(family, PROCESSES_GONE_WITHIN_S)
     finally:
         if job.poll() is None:
             family |= descendants(job.pid)
@@ -428,7 +379,7 @@ def test_a_rank_stops_when_a_peer_on_its_machine_dies():
     sibling, watcher, child = _watcher(poll_s=0.1)
     try:
         os.kill(child, signal.SIGTERM)  # the forked child dies alone; the watcher keeps running
-        assert not wait_gone({child}, 10) and watcher.poll() is None
+        assert not wait_until_gone({child}, 10) and watcher.poll() is None
         sibling.kill()
         sibling.wait()
         assert watcher.wait(timeout=20) == PEER_LOST_EXIT_CODE
