@@ -330,7 +330,9 @@ def run_interleaved(contenders: dict, device, args) -> dict:
 def _table(header, rows) -> str:
     cells = [header] + [[str(c) for c in r] for r in rows]
     w = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    line = lambda r: "  ".join(c.rjust(w[i]) if i >= 1 else c.ljust(w[i]) for i, c in enumerate(r))
+    def line(r: list[str]) -> str:
+        return "  ".join(c.rjust(w[i]) if i >= 1 else c.ljust(w[i]) for i, c in enumerate(r))
+
     return "\n".join([line(cells[0]), "  ".join("-" * x for x in w)] + [line(r) for r in cells[1:]])
 
 

@@ -85,9 +85,9 @@ def bench_cpu(repeats: int) -> str:
     rows = []
     for batch in (1, 4):
         lr = torch.rand(batch, 3, 128, 128)
-        bic = summary(time_call(lambda: F.interpolate(lr, scale_factor=4, mode="bicubic"), dev, repeats), batch)
+        bic = summary(time_call(lambda lr=lr: F.interpolate(lr, scale_factor=4, mode="bicubic"), dev, repeats), batch)
 
-        def forward():
+        def forward(lr: torch.Tensor = lr) -> None:
             with torch.inference_mode():
                 gen(F.interpolate(lr, scale_factor=4, mode="bicubic").clamp(0, 1))
 
@@ -121,7 +121,7 @@ def bench_gpu_full(repeats: int, compile_too: bool) -> str:
         for batch in (1, 4):
             lr = torch.rand(batch, 3, 128, 128, device=dev)
 
-            def forward():
+            def forward(lr: torch.Tensor = lr, run=run, fmt=fmt) -> None:
                 with torch.inference_mode():
                     x = F.interpolate(lr, scale_factor=4, mode="bicubic").clamp(0, 1).to(torch.bfloat16)
                     run(x.contiguous(memory_format=fmt))

@@ -61,7 +61,6 @@ def _setup(stage: int | None, batch: int, crop: int, backbone: str, full: str | 
     ov = {"loss": {"perceptual_backbone": backbone, "adv_start_step": 0},
           "engine": {"zero_stage": stage or 0, "precision": precision}, "data": {"batch_size": batch}}
     if full is not None:  # full-size architectures, random init (GPU part)
-        from pairforge.training.models import backbones as bb
         cfg = load_config(preset="tiny", overrides=ov)
         cfg.generator.gradient_checkpointing = ckpt
         cfg.discriminator.gradient_checkpointing = ckpt
@@ -208,7 +207,7 @@ def _run_ranks(mode: dict, ranks: int, threads: int) -> list[dict]:
     outs = []
     for p in procs:
         so, _ = p.communicate()
-        line = [l for l in so.splitlines() if l.startswith("RESULT ")]
+        line = [ln for ln in so.splitlines() if ln.startswith("RESULT ")]
         outs.append(json.loads(line[-1][7:]) if line else {"error": f"rc={p.returncode}"})
     return outs
 

@@ -389,7 +389,7 @@ def list_text_file(url: str, storage_options: dict | None = None) -> Listing:
 def _expand_shards(spec: str, storage_options: dict | None) -> list[str]:
     import braceexpand
 
-    spec = storage.normalize(spec) if not ("{" in spec) else spec
+    spec = storage.normalize(spec) if "{" not in spec else spec
     if "{" in spec:
         return [storage.normalize(u) for u in braceexpand.braceexpand(spec)]
     if spec.endswith(".tar"):
@@ -407,7 +407,7 @@ def list_webdataset(spec: str, storage_options: dict | None = None) -> Listing:
     for url in _expand_shards(spec, storage_options):
         fs, path = storage.get_fs(url, storage_options)
         try:
-            f = storage.retry(lambda: fs.open(path, "rb"), what=f"open {url}")
+            f = storage.retry(lambda fs=fs, path=path: fs.open(path, "rb"), what=f"open {url}")
         except FileNotFoundError:
             raise SourceError(f"shard {storage.redact(url)!r} does not exist") from None
         chosen: dict[str, tuple[int, str, int, int, str]] = {}

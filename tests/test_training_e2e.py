@@ -23,7 +23,7 @@ MECHANICS = {"loss.perceptual_backbone": "random", "loss.adv_start_step": 0, "da
 
 
 def _metrics(out: Path) -> list[dict]:
-    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.slow
@@ -47,7 +47,7 @@ def test_two_rank_zero2_tiny_from_s3(s3_server, tmp_path):
     assert m[-1]["samples"] == 4 * 2 * 2  # steps × batch × ranks
     run = json.loads((out / "run.json").read_text())
     assert run["world_size"] == 2 and run["held_out_shards"] == 1
-    val = [json.loads(l) for l in (out / "validation.jsonl").read_text().splitlines()]
+    val = [json.loads(ln) for ln in (out / "validation.jsonl").read_text().splitlines()]
     assert [v["step"] for v in val] == [0, 2, 4] and all(v["n"] == 4 for v in val)
     latest = json.loads((out / "checkpoints" / "latest.json").read_text())
     assert latest == {"tag": "step00000004", "step": 4}

@@ -161,8 +161,8 @@ def test_one_tile_is_the_exported_generator(generator):
 @pytest.mark.parametrize("size,scale,tile", [((37, 53), 4, TILE), ((5, 3), 4, 16), ((19, 11), 3, 32), ((1, 7), 2, 8)])
 def test_output_is_exactly_scale_times_input(generator, size, scale, tile):
     lr = torch.rand(1, 3, *size)
-    for tile, vae_tile in ((0, 0), (tile, tile * 3 // 2)):
-        out = upscale_tensor(generator, lr, scale=scale, tile=tile, overlap=tile // 4, vae_tile=vae_tile)
+    for tile_px, vae_tile in ((0, 0), (tile, tile * 3 // 2)):
+        out = upscale_tensor(generator, lr, scale=scale, tile=tile_px, overlap=tile_px // 4, vae_tile=vae_tile)
         assert out.shape == (1, 3, size[0] * scale, size[1] * scale)
         assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
 
@@ -239,7 +239,9 @@ def test_adain_gives_the_reference_channel_statistics():
     assert torch.allclose(fixed.mean((2, 3)), ref.mean((2, 3)), atol=1e-5)
     assert torch.allclose(fixed.std((2, 3)), ref.std((2, 3)), atol=1e-4)
     assert not torch.allclose(out.mean((2, 3)), ref.mean((2, 3)), atol=1e-2)  # there was a cast to fix
-    standard = lambda t: (t - t.mean((2, 3), keepdim=True)) / t.std((2, 3), keepdim=True)
+    def standard(t: torch.Tensor) -> torch.Tensor:
+        return (t - t.mean((2, 3), keepdim=True)) / t.std((2, 3), keepdim=True)
+
     assert torch.allclose(standard(fixed), standard(out), atol=1e-4)  # structure untouched
 
 
@@ -250,7 +252,9 @@ def test_wavelet_takes_low_frequencies_from_the_reference_and_detail_from_the_ou
     after = float((_gauss_blur(fixed, 8) - _gauss_blur(ref, 8)).abs().mean())
     print(f"|blur(x) - blur(ref)|: output {before:.4f}, wavelet-fixed {after:.4f}")
     assert after < 0.1 * before
-    high = lambda t: t - _gauss_blur(t, 1)
+    def high(t: torch.Tensor) -> torch.Tensor:
+        return t - _gauss_blur(t, 1)
+
     kept = float((high(fixed) - high(out)).abs().mean()) / float(high(out).abs().mean())
     assert kept < 0.1  # the output's fine detail survives
     assert torch.allclose(wavelet_color_fix(ref, ref), ref, atol=1e-6)

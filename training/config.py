@@ -198,7 +198,7 @@ def _check(cond: bool, where: str, msg: str, value: Any) -> None:
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Range and cross-field checks (types were checked while parsing)."""
     _check(cfg.steps >= 1, "steps", "expected an integer >= 1", cfg.steps)
-    g, d, l, e, da, lg = cfg.generator, cfg.discriminator, cfg.loss, cfg.engine, cfg.data, cfg.log
+    g, d, lo, e, da, lg = cfg.generator, cfg.discriminator, cfg.loss, cfg.engine, cfg.data, cfg.log
     _check(0 <= g.timestep <= 999, "generator.timestep", "expected 0 <= T_L <= 999", g.timestep)
     for sec, c in (("generator", g), ("discriminator", d)):
         _check(c.lora_rank >= 1, f"{sec}.lora_rank", "expected an integer >= 1", c.lora_rank)
@@ -216,9 +216,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check(0 <= d.t_min <= d.t_max <= 999, "discriminator.t_max", "expected 0 <= t_min <= t_max <= 999",
            (d.t_min, d.t_max))
     for name in ("mse", "ea_dists", "dists", "lpips", "adv"):
-        v = getattr(l, name)
+        v = getattr(lo, name)
         _check(v >= 0, f"loss.{name}", "expected a weight >= 0", v)
-    _check(l.adv_start_step >= 0, "loss.adv_start_step", "expected an integer >= 0", l.adv_start_step)
+    _check(lo.adv_start_step >= 0, "loss.adv_start_step", "expected an integer >= 0", lo.adv_start_step)
     for sec, o in (("optim_g", cfg.optim_g), ("optim_d", cfg.optim_d)):
         _check(o.lr > 0, f"{sec}.lr", "expected a learning rate > 0", o.lr)
         _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), f"{sec}.betas",

@@ -24,7 +24,7 @@ def truncate_jsonl(path: Path, max_step: int) -> None:
                 keep.append(line)
         except json.JSONDecodeError:
             continue  # a torn last line from a killed run
-    path.write_text("".join(l + "\n" for l in keep))
+    path.write_text("".join(line + "\n" for line in keep))
 
 
 def image_grid(lr_up: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor, max_rows: int = 4) -> torch.Tensor:

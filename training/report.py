@@ -76,19 +76,22 @@ def plot_losses(metrics: list[dict], val: list[dict], path: Path) -> None:
         ys = [(m["step"], m[key]) for m in metrics if key in m]
         if ys:
             axes[0].plot(*zip(*ys), label=key)
-    axes[0].set_title("generator losses"); axes[0].set_xlabel("step"); axes[0].set_yscale("log"); axes[0].legend()
+    axes[0].set(title="generator losses", xlabel="step", yscale="log")
+    axes[0].legend()
     axes[1].plot(steps, [m["loss_d"] for m in metrics], label="loss_d")
-    axes[1].set_title("discriminator loss"); axes[1].set_xlabel("step"); axes[1].legend()
+    axes[1].set(title="discriminator loss", xlabel="step")
+    axes[1].legend()
     if val:
         vs = [v["step"] for v in val]
         axes[2].plot(vs, [v["sr_psnr"] for v in val], "o-", label="SR PSNR-Y")
         axes[2].plot(vs, [v["bicubic_psnr"] for v in val], "--", label="bicubic PSNR-Y")
-        axes[2].set_ylabel("dB"); axes[2].set_xlabel("step")
+        axes[2].set(ylabel="dB", xlabel="step")
         ax2 = axes[2].twinx()
         ax2.plot(vs, [v["sr_lpips"] for v in val], "s-", color="tab:red", label="SR LPIPS")
         ax2.plot(vs, [v["bicubic_lpips"] for v in val], ":", color="tab:red", label="bicubic LPIPS")
         ax2.set_ylabel("LPIPS (lower is better)")
-        axes[2].legend(loc="upper left"); ax2.legend(loc="lower right")
+        axes[2].legend(loc="upper left")
+        ax2.legend(loc="lower right")
         axes[2].set_title("validation (held-out pairs)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
