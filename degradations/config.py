@@ -32,10 +32,6 @@ FINAL_ORDERS = ("resize_sinc_jpeg", "jpeg_resize_sinc")
 MAX_KERNEL_SIZE = 21
 
 
-def _rng(lo: float, hi: float) -> tuple[float, float]:
-    return (float(lo), float(hi))
-
-
 @dataclass(frozen=True)
 class BlurConfig:
     """One random blur kernel: a mixed Gaussian-family kernel, or (with ``sinc_prob``) a sinc."""

@@ -17,6 +17,16 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 SD21_LATENT_SCALE = 0.18215
 SDXL_LATENT_SCALE = 0.13025
 
+#: Offsets added to the run's seed for each randomly initialised part. Each part draws from its
+#: own seed (inside ``torch.random.fork_rng``) so that resizing or adding one part never changes
+#: another's initial weights, and the generator's and discriminator's never coincide. The values
+#: are part of every earlier run's identity: changing one changes that part's initial weights.
+SEED_OFFSET_GENERATOR_BACKBONE = 0   # tiny VAE + UNet
+SEED_OFFSET_GENERATOR_LORA = 1
+SEED_OFFSET_DISCRIMINATOR_BACKBONE = 100   # tiny UNet (and its VAE for "reencode")
+SEED_OFFSET_DISCRIMINATOR_LORA = 101
+SEED_OFFSET_DISCRIMINATOR_HEAD = 102   # the MLP patch head
+
 
 class PretrainedMissing(FileNotFoundError):
     """A pretrained folder (diffusers layout) is not where the config says."""
@@ -229,7 +239,3 @@ def add_lora(unet: torch.nn.Module, rank: int, alpha: float, targets: list[str],
     cfg = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=names)
     unet.add_adapter(cfg, adapter_name=adapter_name)
     return names
-
-
-def lora_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
-    return [p for n, p in module.named_parameters() if "lora_" in n]

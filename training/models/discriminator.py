@@ -116,7 +116,7 @@ def build_discriminator(cfg, gen_latent_scale: float, seed: int = 0) -> Diffusio
     if cfg.arch in ("tiny", "tiny-sdxl"):
         sdxl = cfg.arch == "tiny-sdxl"
         with torch.random.fork_rng():
-            torch.manual_seed(seed + 100)
+            torch.manual_seed(seed + bb.SEED_OFFSET_DISCRIMINATOR_BACKBONE)
             unet = bb.tiny_unet(cross_attention_dim=48 if sdxl else 32, sdxl_like=sdxl)
             if cfg.latent_adapter == "reencode":
                 vae = bb.tiny_vae()
@@ -141,7 +141,7 @@ def build_discriminator(cfg, gen_latent_scale: float, seed: int = 0) -> Diffusio
     unet.requires_grad_(False)
     if cfg.train_lora:
         with torch.random.fork_rng():
-            torch.manual_seed(seed + 101)
+            torch.manual_seed(seed + bb.SEED_OFFSET_DISCRIMINATOR_LORA)
             bb.add_lora(unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets,
                         exclude_prefixes=("up_blocks", "conv_out", "conv_norm_out", "conv_in",
                                           "time_embedding", "add_embedding"))
@@ -168,7 +168,7 @@ def build_discriminator(cfg, gen_latent_scale: float, seed: int = 0) -> Diffusio
         pooled_dim = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
         pooled = torch.zeros(1, pooled_dim)
     with torch.random.fork_rng():
-        torch.manual_seed(seed + 102)
+        torch.manual_seed(seed + bb.SEED_OFFSET_DISCRIMINATOR_HEAD)
         d = DiffusionDiscriminator(unet, sched, cfg.head_hidden, prompt, pooled, gen_latent_scale, disc_scale,
                                    cfg.latent_adapter, vae=vae, vae_scale_factor=vae_factor)
     d.head.requires_grad_(True)

@@ -157,7 +157,7 @@ def build_generator(cfg, seed: int = 0) -> OneStepGenerator:
     real_gain = 1.0
     if cfg.arch == "tiny":
         with torch.random.fork_rng():
-            torch.manual_seed(seed)
+            torch.manual_seed(seed + bb.SEED_OFFSET_GENERATOR_BACKBONE)
             vae, unet = bb.tiny_vae(), bb.tiny_unet()
         bb.init_tiny_vae_as_resampler(vae)
         vae.register_to_config(scaling_factor=1.0)
@@ -170,7 +170,7 @@ def build_generator(cfg, seed: int = 0) -> OneStepGenerator:
     unet.requires_grad_(False)
     if cfg.train_lora:
         with torch.random.fork_rng():
-            torch.manual_seed(seed + 1)
+            torch.manual_seed(seed + bb.SEED_OFFSET_GENERATOR_LORA)
             bb.add_lora(unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
     if cfg.train_unet:
         unet.requires_grad_(True)
