@@ -39,7 +39,8 @@ from pairforge.training.published import PublishedRow
 
 __all__ = ["EvalError", "Pair", "COLUMNS", "NO_REFERENCE", "read_image", "match_folders", "sr_folder_pairs",
            "lr_folder_pairs", "dataset_pairs", "preset_pairs", "bicubic_upscale", "ModelMethod", "Scorer",
-           "NoReferenceMetrics", "EvalOutput", "run_evaluation", "markdown_table"]
+           "NoReferenceMetrics", "EvalOutput", "run_evaluation", "markdown_table", "PAIR_CHOICES",
+           "TrainingSplit", "training_split", "DataSelection", "select_dataset_pairs", "missing_shards"]
 
 #: the papers' column order: (key, header, format)
 COLUMNS = (("psnr_y", "PSNR↑", ".2f"), ("ssim_y", "SSIM↑", ".4f"), ("lpips", "LPIPS↓", ".4f"),
@@ -64,6 +65,8 @@ class Pair:
     lr: np.ndarray | None = None  # HWC uint8, when a method is to run
     sr: np.ndarray | None = None  # HWC uint8, when scoring an existing result
     record: dict | None = None  # the degradation parameters (preset mode)
+    shard: str | None = None  # the dataset shard it was read from (dataset mode)
+    training: bool | None = None  # whether the model trained on it (dataset mode; None: cannot tell)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -148,12 +151,206 @@ def lr_folder_pairs(lr_dir: Path, hr_dir: Path) -> Iterator[Pair]:
         yield Pair(name, read_image(hr_path), lr=read_image(lr_path))
 
 
-def dataset_pairs(url: str) -> Iterator[Pair]:
-    """A pairforge dataset's samples: the HR and LR view 0, named by sample key."""
-    from pairforge.pipeline import read_pairs
+def dataset_pairs(url: str | DataSelection) -> Iterator[Pair]:
+    """A pairforge dataset's samples: the HR and LR view 0, named by sample key.
 
-    for s in read_pairs(url):
-        yield Pair(str(s["key"]), np.ascontiguousarray(s["hr"]), lr=np.ascontiguousarray(s["lr"][0]))
+    Given a :class:`DataSelection`, only its shards and samples, each pair marked with its shard
+    and whether the model trained on it. Every shard is checked against its manifest entry as it
+    streams: damage raises :class:`~pairforge.pipeline.ShardIntegrityError` naming the shard.
+    """
+    from pairforge.pipeline.shards import ShardReader, decode_sample
+
+    selection = url if isinstance(url, DataSelection) else select_dataset_pairs(url, None, "all")
+    for source, first in selection.reads:
+        with ShardReader(source) as reader:
+            for index, raw in enumerate(reader):
+                if index < first:
+                    continue  # read (and hashed, so the shard is still verified), never decoded
+                s = decode_sample(raw)
+                if s is None:
+                    continue
+                yield Pair(str(s["key"]), np.ascontiguousarray(s["hr"]), lr=np.ascontiguousarray(s["lr"][0]),
+                           shard=source.name, training=selection.is_training(source.name, index))
+
+
+# ----------------------------------------------------------------------------- which dataset pairs
+#: ``--pairs``: only the pairs the model never trained on, or every pair of the dataset
+PAIR_CHOICES = ("held-out", "all")
+
+
+@dataclass(frozen=True)
+class TrainingSplit:
+    """What a training run recorded of its data (``split`` in RUN/run.json, written by the trainer):
+    the dataset and, per shard, which samples it trained on and which it held out."""
+    run_json: Path
+    run: str
+    data: str
+    dataset_id: str | None
+    val_data: str | None
+    train: tuple[dict, ...]
+    held_out: tuple[dict, ...]
+
+    def same_dataset(self, url: str, dataset_id: str | None) -> bool:
+        """Whether ``url``/``dataset_id`` is the dataset this run trained on (by id; by URL when
+        either side has no id)."""
+        if dataset_id and self.dataset_id:
+            return dataset_id == self.dataset_id
+        return _dataset_base(url) == _dataset_base(self.data)
+
+    def trained_on(self) -> dict[str, int | None]:
+        """Shard name -> the index its trained samples end at (None: the whole shard trained)."""
+        return {e["name"]: (int(e["end"]) if "end" in e else None) for e in self.train}
+
+
+def training_split(export_dir: str | Path) -> TrainingSplit | None:
+    """The split a training run recorded, when ``export_dir`` is RUN/export of a run whose
+    run.json has one (runs from before this record, or an export copied elsewhere: None)."""
+    run_json = Path(export_dir).resolve().parent / "run.json"
+    try:
+        split = json.loads(run_json.read_text()).get("split")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(split, dict) or "train" not in split or "held_out" not in split:
+        return None
+    return TrainingSplit(run_json, run_json.parent.name, str(split.get("data")), split.get("dataset_id"),
+                         split.get("val_data"), tuple(split["train"]), tuple(split["held_out"]))
+
+
+def _dataset_base(url: str) -> str:
+    """A dataset's folder URL (``…/manifest.json`` → ``…``), normalised."""
+    from pairforge.pipeline.storage import normalize
+
+    base = normalize(str(url)).rstrip("/")
+    return base[: -len("/manifest.json")] if base.endswith("/manifest.json") else base
+
+
+@dataclass
+class DataSelection:
+    """The dataset pairs ``eval --data`` scores, and what it knows about the model's training on them.
+
+    ``reads``: (shard, first sample index to score) in order. ``trained``: shard name -> end of its
+    trained samples (None: all of them; absent: none), or None when it cannot tell.
+    """
+    url: str
+    choice: str  # "held-out" | "all"
+    reads: list[tuple]  # (ShardSource, first)
+    trained: dict[str, int | None] | None
+    summary: str  # one line for stderr: what is scored
+    why: str  # why the training pairs are known / cannot be told
+    run_json: str | None = None
+    checkable: dict[str, dict] = field(default_factory=dict)  # shard name -> manifest entry (size check)
+
+    @property
+    def known(self) -> bool:
+        return self.trained is not None
+
+    def is_training(self, shard: str, index: int) -> bool | None:
+        if self.trained is None:
+            return None
+        if shard not in self.trained:
+            return False
+        end = self.trained[shard]
+        return end is None or index < end
+
+
+def select_dataset_pairs(url: str, export_dir: str | Path | None, choice: str | None) -> DataSelection:
+    """Which pairs of the dataset at ``url`` to score for the model at ``export_dir`` (None: bicubic).
+
+    ``choice`` None means held-out when the model's run recorded its split of this dataset, else
+    all (the table then says it cannot tell). ``held-out`` where that is not known is an EvalError.
+    """
+    from pairforge.pipeline.shards import dataset_shard, load_manifest, shard_sources
+    from pairforge.pipeline.storage import redact
+
+    if choice not in (None, *PAIR_CHOICES):
+        raise EvalError(f"--pairs: expected one of {', '.join(PAIR_CHOICES)}, not {choice!r}")
+    if str(url).endswith(".tar") or ("{" in str(url) and ".." in str(url)):  # shards without their manifest
+        sources, manifest = shard_sources(url), None
+        entries: dict[str, dict] = {}
+    else:
+        manifest = load_manifest(url)
+        entries = {e["name"]: e for e in manifest["shards"]}
+        sources = [dataset_shard(url, e) for e in manifest["shards"]]
+    shown = redact(str(url))
+    all_reads = [(s, 0) for s in sources]
+    n_all = f"{sum(int(e['count']) for e in entries.values())} " if entries else ""
+    if export_dir is None:
+        return DataSelection(str(url), choice or "all", all_reads, {}, f"scoring all {n_all}pairs of {shown}",
+                             "bicubic has no training", None, entries)
+    split = training_split(export_dir)
+    name = model_name(Path(export_dir))
+    if split is None:
+        why = (f"{export_dir} has no record of what it trained on (RUN/run.json with a data split, written by "
+               "`pairforge train`)")
+    elif manifest is None:
+        why = f"{shown} is shards without their dataset's manifest, so run {name}'s record cannot be matched to it"
+    elif split.same_dataset(url, manifest.get("dataset_id")):
+        return _own_dataset(str(url), shown, choice, split, name, entries, sources)
+    elif split.val_data and _dataset_base(split.val_data) == _dataset_base(url):
+        return DataSelection(str(url), choice or "held-out", all_reads, {},
+                             f"scoring all {n_all}pairs of {shown}, the validation dataset run {name} never trained on "
+                             f"({split.run_json})", f"run {name} validated on this dataset and trained on "
+                             f"{split.data}", str(split.run_json), entries)
+    else:
+        why = (f"run {name} trained on dataset {split.dataset_id or split.data}; this is dataset "
+               f"{manifest.get('dataset_id') or shown}, of which it has no record (the two may share source photos)")
+    if choice == "held-out":
+        raise EvalError(f"--pairs held-out: cannot tell which pairs {name} trained on: {why}; "
+                        "pass --pairs all to score every pair (the table then says it cannot tell)")
+    return DataSelection(str(url), "all", all_reads, None,
+                         f"scoring all {n_all}pairs of {shown}; cannot tell how many are training pairs", why,
+                         None if split is None else str(split.run_json), entries)
+
+
+def _own_dataset(url: str, shown: str, choice: str | None, split: TrainingSplit, name: str,
+                 entries: dict[str, dict], sources: list) -> DataSelection:
+    """The selection on the dataset the run trained on: its held-out part, or all with the count."""
+    by_name = {s.name: s for s in sources}
+    trained = split.trained_on()
+    missing = sorted(n for n in [*trained, *(e["name"] for e in split.held_out)] if n not in by_name)
+    if missing:
+        raise EvalError(f"{shown} has no shard(s) {', '.join(missing)} that run {name} recorded "
+                        f"({split.run_json}); is this the same dataset?")
+    total = sum(int(e["count"]) for e in entries.values())
+    n_train = sum((int(t) if t is not None else int(entries[n]["count"])) for n, t in trained.items())
+    source = str(split.run_json)
+    if choice == "all":
+        return DataSelection(url, "all", [(s, 0) for s in sources], trained,
+                             f"scoring all {total} pairs of {shown}: {n_train} of them are training pairs of run "
+                             f"{name} ({source})", f"as run {name} recorded in {source}", source, entries)
+    if not split.held_out:
+        val = f", it validated on {split.val_data}" if split.val_data else ", validation was off"
+        if choice == "held-out":
+            raise EvalError(f"--pairs held-out: run {name} held nothing out of {shown} (it trained on every "
+                            f"pair{val}); evaluate it on another dataset, or pass --pairs all to score its training "
+                            "pairs")
+        return DataSelection(url, "all", [(s, 0) for s in sources], trained,
+                             f"scoring all {total} pairs of {shown}, every one a TRAINING pair: run {name} held "
+                             f"nothing out of it{val} ({source})", f"as run {name} recorded in {source}",
+                             source, entries)
+    reads = [(by_name[e["name"]], int(e.get("first", 0))) for e in split.held_out]
+    held = {e["name"]: entries[e["name"]] for e in split.held_out}
+    n_held = sum(int(e["count"]) for e in split.held_out)
+    shards = ", ".join(e["name"] + (f" from sample {e['first']}" if "first" in e else "") for e in split.held_out)
+    return DataSelection(url, "held-out", reads, trained,
+                         f"scoring the {n_held} held-out pairs of {shown} ({shards}) that run {name} never trained "
+                         f"on ({source}); --pairs all scores all {total}, {n_train} of them training pairs",
+                         f"as run {name} recorded in {source}", source, held)
+
+
+def missing_shards(selection: DataSelection) -> dict[str, str]:
+    """Shards of the selection that are not there with their recorded size: {name: problem}.
+
+    One HEAD per shard, before any pair is scored (a shard without a manifest entry: is it there).
+    """
+    from pairforge.pipeline import storage
+    from pairforge.pipeline.shards import unconfirmed_shards
+
+    if selection.checkable:
+        return unconfirmed_shards(_dataset_base(selection.url), selection.checkable)
+    urls = [src.url for src, _ in selection.reads]
+    found = storage.sizes(urls)
+    return {storage.basename(u): f"{storage.redact(u)} is missing" for u in urls if found[u] is None}
 
 
 def preset_pairs(hr_dir: Path, preset: str, seed: int) -> Iterator[Pair]:
@@ -381,6 +578,10 @@ class EvalOutput:
     per_image: list[dict]
     skipped: list[dict]
     published: list[PublishedRow] = field(default_factory=list)
+    #: set when scoring stopped early: {"reason", "shard", "pairs_scored", "dropped"}; the rows then
+    #: cover only the pairs scored before (those of a damaged shard left out)
+    partial: dict | None = None
+    failure: BaseException | None = None  # what stopped it (the command picks the exit status)
 
 
 def _save_png(img: np.ndarray, path: Path) -> None:
@@ -407,53 +608,94 @@ def _nearest_up(lr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return lr[ys][:, xs]
 
 
+def _score_pair(pair: Pair, methods: dict, scorer: Scorer, noref: NoReferenceMetrics | None, out: Path,
+                keep: bool, save_images: bool, crop_panel: bool) -> list[dict]:
+    """Every method on one pair: its per-image rows (images and crops written as asked)."""
+    panels = [] if pair.lr is None else [_nearest_up(pair.lr, pair.hr.shape)]
+    where = {} if pair.shard is None else {"shard": pair.shard, "training_pair": pair.training}
+    rows = []
+    for name, method in methods.items():
+        sr = pair.sr if method is None else method(pair.lr)
+        if sr.shape != pair.hr.shape:
+            raise EvalError(f"{pair.name}: {name} gave {sr.shape[1]}x{sr.shape[0]}, HR is "
+                            f"{pair.hr.shape[1]}x{pair.hr.shape[0]}")
+        row = {"image": pair.name, "method": name, **where, **scorer(sr, pair.hr)}
+        if noref is not None:
+            row.update(noref(sr))
+        rows.append(row)
+        if keep:
+            _save_png(sr, out / "images" / name / f"{pair.name}.png")
+        panels.append(sr)
+    if keep:
+        _save_png(pair.hr, out / "images" / "hr" / f"{pair.name}.png")
+        if pair.lr is not None and save_images:
+            _save_png(pair.lr, out / "images" / "lr" / f"{pair.name}.png")
+    if crop_panel:
+        _save_png(side_by_side(panels + [pair.hr]), out / "crops" / f"{pair.name}.png")
+    return rows
+
+
+def _stopped(exc: BaseException, per_image: list[dict]) -> dict:
+    """What a stop mid-scoring leaves: the damaged shard's rows are dropped (its bytes failed the
+    check, so its pairs are not trusted), the rest kept. Mutates ``per_image``."""
+    from pairforge.pipeline.shards import ShardIntegrityError
+    from pairforge.pipeline.storage import basename
+
+    shard = basename(exc.shard) if isinstance(exc, ShardIntegrityError) and exc.shard else None
+    kept = [r for r in per_image if shard is None or r.get("shard") != shard]
+    dropped = len({r["image"] for r in per_image}) - len({r["image"] for r in kept})
+    per_image[:] = kept
+    reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
+    return {"reason": reason, "shard": shard, "pairs_scored": len({r["image"] for r in kept}), "dropped": dropped}
+
+
 def run_evaluation(pairs: Iterable[Pair], methods: dict[str, Callable[[np.ndarray], np.ndarray] | None],
                    scorer: Scorer, out: Path, *, scale: int | None, noref: NoReferenceMetrics | None = None,
                    save_images: bool = False, crops: int = 0, limit: int | None = None) -> EvalOutput:
     """Score every method on every pair; write images/crops as asked. ``methods`` maps a name to
-    an LR→SR function, or to None for the pair's own ``sr`` (an existing result)."""
+    an LR→SR function, or to None for the pair's own ``sr`` (an existing result).
+
+    Data that breaks off mid-way (a damaged shard, a store out of reach) or Ctrl-C stop the scoring
+    and return what was scored before, marked ``partial`` (with ``failure`` set), so the command can
+    write it instead of losing minutes of work.
+    """
+    from pairforge.pipeline.shards import ShardIntegrityError
+    from pairforge.pipeline.storage import StorageError
+
     per_image: list[dict] = []
     keep = save_images or (noref is not None and noref.fid is not None)
     records = []
-    for i, pair in enumerate(pairs):
-        if limit is not None and i >= limit:
-            break
-        if pair.lr is not None:
-            pair = fit_hr(pair, scale or infer_scale(pair))
-        if pair.record is not None:
-            records.append({"image": pair.name, **pair.record})
-        panels = [] if pair.lr is None else [_nearest_up(pair.lr, pair.hr.shape)]
-        for name, method in methods.items():
-            sr = pair.sr if method is None else method(pair.lr)
-            if sr.shape != pair.hr.shape:
-                raise EvalError(f"{pair.name}: {name} gave {sr.shape[1]}x{sr.shape[0]}, HR is "
-                                f"{pair.hr.shape[1]}x{pair.hr.shape[0]}")
-            row = {"image": pair.name, "method": name, **scorer(sr, pair.hr)}
-            if noref is not None:
-                row.update(noref(sr))
-            per_image.append(row)
-            if keep:
-                _save_png(sr, out / "images" / name / f"{pair.name}.png")
-            panels.append(sr)
-        if keep:
-            _save_png(pair.hr, out / "images" / "hr" / f"{pair.name}.png")
-            if pair.lr is not None and save_images:
-                _save_png(pair.lr, out / "images" / "lr" / f"{pair.name}.png")
-        if i < crops:
-            _save_png(side_by_side(panels + [pair.hr]), out / "crops" / f"{pair.name}.png")
-    if not per_image:
+    partial, failure = None, None
+    it = iter(pairs)
+    i = 0
+    try:
+        while limit is None or i < limit:
+            pair = next(it, None)
+            if pair is None:
+                break
+            if pair.lr is not None:
+                pair = fit_hr(pair, scale or infer_scale(pair))
+            if pair.record is not None:
+                records.append({"image": pair.name, **pair.record})
+            per_image += _score_pair(pair, methods, scorer, noref, out, keep, save_images, i < crops)
+            i += 1
+    except (ShardIntegrityError, StorageError, KeyboardInterrupt) as exc:
+        partial, failure = _stopped(exc, per_image), exc
+    if not per_image and partial is None:
         raise EvalError("no images to evaluate")
     if records:
         (out / "degradation_records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     rows = []
     for name in methods:
         mine = [r for r in per_image if r["method"] == name]
+        if not mine:
+            continue
         keys = [k for k, _, _ in COLUMNS if k in mine[0]]
         row = {"method": name, **{k: float(np.mean([r[k] for r in mine])) for k in keys}}
-        if noref is not None and noref.fid is not None:
+        if noref is not None and noref.fid is not None and partial is None:
             row["fid"] = noref.fid_between(out / "images" / name, out / "images" / "hr")
         rows.append(row)
-    return EvalOutput(rows, per_image, list(noref.skipped) if noref else [])
+    return EvalOutput(rows, per_image, list(noref.skipped) if noref else [], partial=partial, failure=failure)
 
 
 def _cell(value: float | None, fmt: str) -> str:
@@ -478,20 +720,34 @@ def markdown_table(rows: list[dict], published: list[PublishedRow] = ()) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(result: EvalOutput, out: Path, settings: dict, notes: list[str]) -> tuple[dict, str]:
-    """``metrics.json``, ``per_image.csv`` and ``table.md`` under ``out``; returns (metrics, table)."""
+def write_outputs(result: EvalOutput, out: Path, settings: dict, notes: list[str],
+                  footer: list[str] = ()) -> tuple[dict, str]:
+    """``metrics.json``, ``per_image.csv`` and ``table.md`` under ``out``; returns (metrics, table).
+
+    ``footer`` lines go under the table (which pairs were scored, a partial run). A partial result
+    says so at the top of metrics.json (``partial``) and in the table's first line.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    doc = {"rows": result.rows, "settings": settings, "skipped": result.skipped, "notes": notes,
+    doc = {"rows": result.rows, "partial": result.partial, "settings": settings, "skipped": result.skipped,
+           "notes": notes,
            "published": [{"method": p.method, "dataset": p.dataset, "protocol": p.protocol, **p.metrics,
                           "source": p.source, "evidence": p.evidence} for p in result.published]}
     (out / "metrics.json").write_text(json.dumps(doc, indent=2) + "\n")
-    fields = ["image", "method"] + [k for k, _, _ in COLUMNS if any(k in r for r in result.per_image)]
+    where = [k for k in ("shard", "training_pair") if any(k in r for r in result.per_image)]
+    fields = ["image", "method", *where] + [k for k, _, _ in COLUMNS if any(k in r for r in result.per_image)]
     with open(out / "per_image.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         for r in result.per_image:
-            w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+            w.writerow({k: (repr(v) if isinstance(v, float) else "" if v is None else v) for k, v in r.items()})
     table = markdown_table(result.rows, result.published)
+    if result.partial is not None:
+        p = result.partial
+        table = (f"PARTIAL: scoring stopped after {p['pairs_scored']} pair(s): {p['reason']}"
+                 + (f" ({p['dropped']} pair(s) of {p['shard']} left out)" if p.get("dropped") else "")
+                 + "\n\n" + table)
+    if footer:
+        table += "\n\n" + "\n".join(footer)
     (out / "table.md").write_text(table + "\n")
     return doc, table
 

@@ -389,6 +389,34 @@ def upscale_tensor(generator, lr: torch.Tensor, scale: int, tile: int = DEFAULT_
     return sr.clamp(0, 1).cpu()
 
 
+# --------------------------------------------------------------------------- device
+class DeviceUnavailable(ValueError):
+    """A ``--device`` that is not a torch device, or one this machine does not have (exit 2)."""
+
+
+def check_device(name: str | None) -> str:
+    """The device to run on: ``name`` if this machine has it, else :class:`DeviceUnavailable`
+    with one line; None picks cuda when available, else cpu. Checked before any model loads, so
+    ``--device cuda`` on a CPU machine is a usage error, not a traceback from deep inside torch."""
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise DeviceUnavailable(f"--device {name}: not a torch device (cpu, cuda, cuda:N, …)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailable(f"--device {name} asked for, but CUDA is not available on this machine "
+                                    "(use --device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceUnavailable(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        checks = [getattr(getattr(m, dev.type, None), "is_available", None) for m in (torch, torch.backends)]
+        if not any(check is not None and check() for check in checks):
+            raise DeviceUnavailable(f"--device {name} is not available on this machine")
+    return name
+
+
 # --------------------------------------------------------------------------- files
 def export_scale(export_dir: str | Path) -> int | None:
     """The SR scale an export records (``scale`` in pairforge_generator.json), if any."""
@@ -399,7 +427,7 @@ def export_scale(export_dir: str | Path) -> int | None:
 def load_generator(export_dir: str | Path, device: str | None = None, dtype: torch.dtype = torch.float32):
     from pairforge.training.models.generator import OneStepGenerator
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = check_device(device)
     return OneStepGenerator.from_export(export_dir, torch_dtype=dtype).to(device)
 
 
@@ -442,7 +470,13 @@ def main(argv=None) -> int:
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
     p.add_argument("--color-fix", default="none", choices=("none", "adain", "wavelet"))
     p.add_argument("--device")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output (never the input)")
     a = p.parse_args(argv)
+    src, dst = Path(a.input), Path(a.output)
+    if dst.resolve() == src.resolve() or (dst.exists() and not a.overwrite):
+        why = "is the input" if dst.resolve() == src.resolve() else "exists already (--overwrite replaces it)"
+        print(f"{p.prog}: error: output {dst} {why}", file=sys.stderr)
+        return 2
     scale = a.scale or export_scale(a.export_dir) or DEFAULT_SCALE
     print(upscale_file(a.export_dir, a.input, a.output, scale, a.tile, a.overlap, a.device, a.color_fix))
     return 0

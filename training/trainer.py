@@ -140,6 +140,16 @@ class DataSplit:
     def n_train(self) -> int:
         return sum(int(s["count"]) for s in self.train_shards)
 
+    def record(self) -> dict:
+        """The split as run.json keeps it, so ``pairforge eval --model RUN/export`` can score only
+        the pairs this run never trained on: per shard its name and sample count, and where a shard
+        is split, ``end`` (training reads its samples before that index) / ``first`` (the held-out
+        samples start there)."""
+        keep = ("name", "count", "bytes", "end", "first")
+        return {"data": self.url, "dataset_id": self.dataset_id, "val_data": self.val_url,
+                "train": [{k: e[k] for k in keep if k in e} for e in self.train_shards],
+                "held_out": [{k: e[k] for k in keep if k in e} for e in self.held_out]}
+
 
 @dataclass
 class Nets:
@@ -294,7 +304,7 @@ def write_run_files(s: Session) -> None:
         "held_out_shards": sum("first" not in e for e in s.data.held_out),
         "held_out_samples": sum(int(e["count"]) for e in s.data.held_out), "val_data": s.data.val_url,
         "perceptual_backbone": s.nets.backbones, "config_fingerprint": s.cfg.fingerprint(),
-        "device": str(s.device)}, indent=2))
+        "device": str(s.device), "split": s.data.record()}, indent=2))
 
 
 def set_up(cfg: TrainConfig, data: str, out: Path, resume: str | None, val_data: str | None) -> tuple[Session, int]:

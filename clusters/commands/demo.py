@@ -139,15 +139,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate(ds, export_dir: Path, eval_dir: Path, color_fix: str = "none", name: str = "demo (tiny)") -> int:
-    """``pairforge eval`` on the held-out shard: the model and bicubic, the papers' metrics."""
+    """``pairforge eval`` on the held-out pairs the training run recorded (RUN/run.json), as a user
+    would run it: the model and bicubic, the papers' metrics."""
     from pairforge.clusters.cli import main as pairforge_main
-    from pairforge.pipeline.shards import dataset_shard
-    from pairforge.training.data import split_train_val
 
-    _, held_out = split_train_val(ds.manifest, 1, False)
-    shard_url = dataset_shard(ds.url, held_out[0]).url
-    rc = pairforge_main(["eval", "--model", str(export_dir), "--data", shard_url, "--out", str(eval_dir),
-                         "--name", name, "--device", "cpu", "--color-fix", color_fix])
+    rc = pairforge_main(["eval", "--model", str(export_dir), "--data", ds.url, "--pairs", "held-out",
+                         "--out", str(eval_dir), "--name", name, "--device", "cpu", "--color-fix", color_fix])
     if rc != 0:
         print(f"pairforge demo: evaluation failed (rc {rc})", file=sys.stderr)
     return rc
@@ -226,23 +223,20 @@ def write_demo_grid(url: str, export_dir: Path, png: Path, rows: int = 3, tile: 
     import torch
     import torch.nn.functional as F
 
-    from pairforge.pipeline.shards import load_manifest
-    from pairforge.training.data import compose, decode, drop, open_shard, split_train_val
+    from pairforge.training.evaluate import dataset_pairs, select_dataset_pairs
     from pairforge.training.logging_utils import save_png
     from pairforge.training.inference import load_generator, upscale_tensor
 
     gen = load_generator(export_dir, "cpu")
-    _, held_out = split_train_val(load_manifest(url), 1, False)
+    held_out = select_dataset_pairs(url, export_dir, "held-out")  # the run's own record (RUN/run.json)
     to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float()[None] / 255  # noqa: E731
     big = lambda x: F.interpolate(x, size=(tile, tile), mode="nearest")  # noqa: E731
     lines = []
-    for entry in held_out:
-        with open_shard(url, entry, None) as reader:
-            for sample in compose(reader, drop(int(entry.get("first", 0))), decode()):
-                if len(lines) < rows:
-                    hr, lr = to_t(sample["hr"]), to_t(sample["lr"][0])
-                    sr = upscale_tensor(gen, lr, hr.shape[-1] // lr.shape[-1], color_fix=color_fix)
-                    lines.append(torch.cat([big(lr), big(sr), big(hr)], dim=-1)[0])
+    for pair in dataset_pairs(held_out):
+        if len(lines) < rows:
+            hr, lr = to_t(pair.hr), to_t(pair.lr)
+            sr = upscale_tensor(gen, lr, hr.shape[-1] // lr.shape[-1], color_fix=color_fix)
+            lines.append(torch.cat([big(lr), big(sr), big(hr)], dim=-1)[0])
     save_png(torch.cat(lines, dim=-2).clamp(0, 1), png)
     return png
 

@@ -34,6 +34,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     src.add_argument("--hr", type=Path, help="folder of HR references")
     src.add_argument("--lr", type=Path, help="folder of LR inputs paired with --hr by name")
     src.add_argument("--data", help="a pairforge dataset (folder, file:// or s3:// URL); LR view 0 of each sample")
+    src.add_argument("--pairs", choices=("held-out", "all"), default=None,
+                     help="with --data: held-out scores only the pairs the model's run never trained on (RUN/run.json "
+                          "records them); all scores every pair and says how many are training pairs. Default: "
+                          "held-out when the run's record covers the dataset, else all (the table says it cannot "
+                          "tell)")
     src.add_argument("--preset", help="degrade --hr with this degradation preset (name or YAML) …")
     src.add_argument("--seed", type=int, default=0, help="… and this seed (default 0); keys are the file stems")
     m = p.add_argument_group("metrics")
@@ -78,6 +83,8 @@ def _mode(args: argparse.Namespace) -> str:
     if len(given) != 1:
         raise _usage("--model needs exactly one of: --lr LR_DIR --hr HR_DIR | --data DATASET | "
                      "--hr HR_DIR --preset NAME --seed N")
+    if args.pairs is not None and given[0] != "data":
+        raise _usage("--pairs applies to --data DATASET only")
     return given[0]
 
 
@@ -98,7 +105,7 @@ def _print_published() -> int:
     return 0
 
 
-def _pairs(args: argparse.Namespace, mode: str):
+def _pairs(args: argparse.Namespace, mode: str, selection):  # noqa: ANN001, ANN202
     from pairforge.training import evaluate as ev
 
     if mode == "sr":
@@ -106,8 +113,51 @@ def _pairs(args: argparse.Namespace, mode: str):
     if mode == "lr":
         return ev.lr_folder_pairs(args.lr, args.hr)
     if mode == "data":
-        return ev.dataset_pairs(args.data)
+        return ev.dataset_pairs(selection)
     return ev.preset_pairs(args.hr, args.preset, args.seed)
+
+
+class DatasetUnusable(Exception):
+    """Shards the evaluation would read are missing or not their recorded size (exit 2, before any work)."""
+
+
+def _select(args: argparse.Namespace, mode: str):  # noqa: ANN202
+    """The dataset pairs to score (``--data``), said on stderr, every shard checked to be there with
+    its recorded size (one HEAD each) before any pair is scored; None for the other modes."""
+    from pairforge.pipeline.storage import redact
+    from pairforge.training import evaluate as ev
+
+    if mode != "data":
+        return None
+    export = None if args.model == "bicubic" else Path(args.model)
+    selection = ev.select_dataset_pairs(args.data, export, args.pairs)
+    problems = ev.missing_shards(selection)
+    if problems:
+        raise DatasetUnusable(f"{redact(str(args.data))} is not usable as given: {len(problems)} shard(s) missing or "
+                              f"not their recorded size: {'; '.join(problems[n] for n in sorted(problems))}")
+    ev.warn(selection.summary)
+    return selection
+
+
+def _pairs_report(selection, result) -> tuple[dict, list[str]]:  # noqa: ANN001
+    """What metrics.json and the table say about the scored pairs: how many were training pairs
+    of the model (or that it cannot tell)."""
+    if selection is None:
+        return {}, []
+    scored = {r["image"]: r.get("training_pair") for r in result.per_image}
+    n = len(scored)
+    training = None if not selection.known else sum(1 for t in scored.values() if t)
+    info = {"selection": selection.choice, "known": selection.known, "scored": n, "training_pairs": training,
+            "held_out_pairs": None if training is None else n - training, "run_record": selection.run_json,
+            "why": selection.why}
+    if training is None:
+        line = f"Pairs: {n} scored; cannot tell how many are training pairs: {selection.why}."
+    elif training:
+        line = (f"Pairs: {n} scored, {training} of them TRAINING pairs of the model ({selection.why}): its rows "
+                "measure fit as much as generalisation; --pairs held-out scores only the pairs it never saw.")
+    else:
+        line = f"Pairs: {n} scored, none of them training pairs of the model ({selection.why})."
+    return info, [line]
 
 
 def _scale(args: argparse.Namespace, mode: str, first) -> int:  # noqa: ANN001
@@ -159,36 +209,31 @@ def _published_notes(args: argparse.Namespace, mode: str, notes: list[str]):  # 
 
 
 def run(args: argparse.Namespace) -> int:
-    """Evaluate, write the files, print the table (notes on stderr); 2 on an input problem."""
+    """Evaluate, write the files, print the table (notes on stderr).
+
+    Exit 2 for inputs that cannot be used as given, found before any pair is scored (a missing
+    shard, a device this machine lacks, mismatched folders); 1 when the work fails part-way (a
+    shard damaged mid-read: what was scored before is written, marked partial); 130 on Ctrl-C.
+    """
     if args.published:
         return _print_published()
     mode = _mode(args)
     # before anything imports huggingface_hub: pyiqa's metrics (and timm's backbones inside them) come
     # from local files only; a metric that would download is skipped with a note instead
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-
+    from pairforge.pipeline.shards import ShardIntegrityError
     from pairforge.pipeline.storage import StorageError
-    from pairforge.training import evaluate as ev
     from pairforge.training.perceptual import PerceptualWeightsMissing
 
-    notes: list[str] = []
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        pairs = iter(_pairs(args, mode))
-        first = next(pairs, None)
-        if first is None:
-            raise ev.EvalError("no images to evaluate")
-        scale = _scale(args, mode, first)
-        crop = _crop(args, scale, notes)
-        published = _published_notes(args, mode, notes)
-        scorer = ev.Scorer(crop, device, args.weights)
-        methods = _methods(args, mode, scale, device)
-        noref = ev.NoReferenceMetrics(device, want_fid=not args.no_fid)
-        args.out.mkdir(parents=True, exist_ok=True)
-        result = ev.run_evaluation(chain([first], pairs), methods, scorer, args.out, scale=scale, noref=noref,
-                                   save_images=args.save_images, crops=args.crops, limit=args.limit)
-    except ValueError as exc:  # EvalError, and sizes the metrics cannot take (a crop larger than the image)
+        done = _evaluate(args, mode)
+    except ShardIntegrityError as exc:  # damage found in the first shard read, before any pair was scored
+        print(f"pairforge eval: {exc}; nothing was scored", file=sys.stderr)
+        return 1
+    except DatasetUnusable as exc:
+        print(f"pairforge eval: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # EvalError, a --device this machine lacks, sizes the metrics cannot take
         print(f"pairforge eval: {exc}", file=sys.stderr)
         return 2
     except PerceptualWeightsMissing as exc:
@@ -197,18 +242,65 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, StorageError) as exc:  # a dataset or folder that is not there, a store out of reach
         print(f"pairforge eval: error: {exc}", file=sys.stderr)
         return 2
+    return _write(args, *done)
+
+
+def _evaluate(args: argparse.Namespace, mode: str):  # noqa: ANN202
+    """Everything up to the scores: device and data checked first (nothing loads before), then the
+    metrics, the methods and the scoring. Returns what :func:`_write` reports."""
+    from pairforge.training import evaluate as ev
+    from pairforge.training.inference import check_device
+
+    notes: list[str] = []
+    device = check_device(args.device)  # DeviceUnavailable (a ValueError): one line, exit 2
+    selection = _select(args, mode)
+    pairs = iter(_pairs(args, mode, selection))
+    first = next(pairs, None)
+    if first is None:
+        raise ev.EvalError("no images to evaluate")
+    scale = _scale(args, mode, first)
+    crop = _crop(args, scale, notes)
+    published = _published_notes(args, mode, notes)
+    scorer = ev.Scorer(crop, device, args.weights)
+    methods = _methods(args, mode, scale, device)
+    noref = ev.NoReferenceMetrics(device, want_fid=not args.no_fid)
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = ev.run_evaluation(chain([first], pairs), methods, scorer, args.out, scale=scale, noref=noref,
+                               save_images=args.save_images, crops=args.crops, limit=args.limit)
     result.published = published
     settings = _settings(args, mode, scale, crop, device, scorer.backbone_source, list(methods))
-    settings["images"] = len(result.per_image) // len(methods)
-    doc, table = ev.write_outputs(result, args.out, settings, notes)
+    return result, settings, notes, selection
+
+
+def _write(args: argparse.Namespace, result, settings: dict, notes: list[str], selection) -> int:  # noqa: ANN001
+    """metrics.json, per_image.csv, table.md (also printed), the notes on stderr; the exit status."""
+    from pairforge.training import evaluate as ev
+
+    settings["images"] = len({r["image"] for r in result.per_image})
+    settings["pairs"], footer = _pairs_report(selection, result)
+    notes += footer
+    doc, table = ev.write_outputs(result, args.out, settings, notes, footer)
     print(json.dumps(doc, separators=(",", ":")) if args.json else table)
     for reason, metrics in _group(result.skipped).items():
         ev.warn(f"skipped {', '.join(metrics)}: {reason}")
     for n in notes:
         ev.warn(n)
-    print(f"wrote {args.out / 'metrics.json'}, {args.out / 'per_image.csv'} and {args.out / 'table.md'}",
-          file=sys.stderr)
+    files = f"{args.out / 'metrics.json'}, {args.out / 'per_image.csv'} and {args.out / 'table.md'}"
+    if result.partial is not None:
+        return _stopped_early(result, files)
+    print(f"wrote {files}", file=sys.stderr)
     return 0
+
+
+def _stopped_early(result, files: str) -> int:  # noqa: ANN001
+    """One line for a run that stopped mid-scoring: what stopped it and what was kept; 130 after
+    Ctrl-C, else 1 (the work failed: a shard damaged or a store lost after the checks passed)."""
+    p = result.partial
+    left_out = f", {p['dropped']} pair(s) of the damaged shard left out" if p.get("dropped") else ""
+    interrupted = isinstance(result.failure, KeyboardInterrupt)
+    print(f"pairforge eval: {'interrupted' if interrupted else 'error: ' + p['reason']}; wrote the partial results "
+          f"({p['pairs_scored']} pair(s) scored{left_out}) to {files}", file=sys.stderr)
+    return 130 if interrupted else 1
 
 
 def _methods(args: argparse.Namespace, mode: str, scale: int, device: str) -> dict:
@@ -235,7 +327,7 @@ def _settings(args: argparse.Namespace, mode: str, scale: int, crop: int, device
     return {"mode": mode, "scale": scale, "crop_border": crop, "device": device, "perceptual_backbone": backbone,
             "sr": _s(args.sr), "hr": _s(args.hr), "lr": _s(args.lr), "data": args.data, "model": args.model,
             "model_options": options, "preset": args.preset, "seed": args.seed if mode == "preset" else None,
-            "dataset_name": args.dataset_name, "protocol": args.protocol,
+            "dataset_name": args.dataset_name, "protocol": args.protocol, "pairs_option": args.pairs,
             "crops_columns": (["lr (nearest)"] if mode != "sr" or args.lr else []) + methods + ["hr"]}
 
 

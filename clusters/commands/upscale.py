@@ -6,6 +6,10 @@ receives one PNG per input (sub-folders of a glob are kept). An input that canno
 and the command exits 1; it exits 0 only when every input was written, and 2 on bad arguments
 or an export that does not load (before any image is processed).
 
+Existing outputs are never replaced without ``--overwrite`` (the command names them and exits 2
+before loading the model), and an input is never written over, not even with ``--overwrite``: an
+output that is an input, or an output folder that is the input folder, is refused.
+
 How tiling and colour correction work: :mod:`pairforge.training.inference` and
 :mod:`pairforge.training.colorfix`.
 """
@@ -49,6 +53,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it is off when stderr is not a tty)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace output files that already exist (never an input: that is always refused)")
     return p
 
 
@@ -91,7 +97,42 @@ def plan(args: argparse.Namespace) -> list[tuple[Path, Path]]:
         return [(inputs[0], dst)]
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} is a file; several inputs need an output folder")
+    if out.resolve() == root.resolve():
+        raise UsageError(f"the output folder {out} is the input folder: the results would land among (and could "
+                         "replace) the inputs; choose another output folder")
     return list(zip(inputs, output_paths(inputs, root, out)))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (links and ``..`` included)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_outputs(pairs: list[tuple[Path, Path]], overwrite: bool) -> None:
+    """Before any model loads: no output may be an input (ever), and no output may exist already
+    unless ``overwrite``; each a :class:`UsageError` naming the files."""
+    inputs = [src for src, _ in pairs]
+    onto_input = [dst for _, dst in pairs if any(_same_file(dst, src) for src in inputs)]
+    if onto_input:
+        raise UsageError(f"output {_names(onto_input)} would overwrite an input (refused even with --overwrite); "
+                         "choose another output")
+    directories = [dst for _, dst in pairs if dst.is_dir()]
+    if directories:
+        raise UsageError(f"output {_names(directories)} is a folder, not a file that can be written")
+    existing = [dst for _, dst in pairs if dst.exists()]
+    if existing and not overwrite:
+        raise UsageError(f"{len(existing)} output file(s) exist already: {_names(existing)}; pass --overwrite to "
+                         "replace them")
+
+
+def _names(paths: list[Path], most: int = 5) -> str:
+    more = f" (+{len(paths) - most} more)" if len(paths) > most else ""
+    return ", ".join(str(p) for p in paths[:most]) + more
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -104,11 +145,9 @@ def _check_args(args: argparse.Namespace) -> None:
     if not (Path(args.model) / "pairforge_generator.json").is_file():
         raise UsageError(f"--model {args.model} is not a generator export "
                          "(no pairforge_generator.json; use RUN/export of `pairforge train`)")
-    if args.device and args.device.startswith("cuda"):
-        import torch
+    from pairforge.training.inference import check_device
 
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {args.device} asked for, but CUDA is not available on this machine")
+    args.device = check_device(args.device)  # DeviceUnavailable (a ValueError): one line, exit 2
 
 
 def _upscale_one(gen, src: Path, dst: Path, scale: int, args: argparse.Namespace) -> str | None:
@@ -118,7 +157,7 @@ def _upscale_one(gen, src: Path, dst: Path, scale: int, args: argparse.Namespace
 
     from pairforge.training.inference import read_image, upscale_tensor, write_image
 
-    if dst.resolve() == src.resolve():
+    if _same_file(dst, src):  # check_outputs refused this already; kept as the last guard before a write
         return f"output {dst} would overwrite the input"
     try:
         lr = read_image(src)
@@ -145,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         _check_args(args)
         pairs = plan(args)
+        check_outputs(pairs, args.overwrite)
         scale = args.scale or export_scale(args.model) or DEFAULT_SCALE
         gen = load_generator(args.model, args.device)
     except (UsageError, OSError, ValueError) as exc:  # OSError/ValueError: an export that does not load
