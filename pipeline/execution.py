@@ -31,7 +31,12 @@ Measured Ray pitfalls on small machines that shape this module:
   actors fit the cluster before creating them (with a readiness timeout instead of a hang);
 * a ``num_gpus=1`` actor on a CPU-only cluster waits forever → GPUs are requested only when the
   cluster reports them, and an actor that gets a GPU it cannot use falls back to CPU explicitly;
-* bind to 127.0.0.1, cap the object store, use a private short ``_temp_dir``, no dashboard.
+* bind to 127.0.0.1, cap the object store, use a private short ``_temp_dir``, no dashboard;
+* a killed driver left the embedded cluster's agents running for over a minute and its temp
+  folder forever → a watchdog and a sweep at the next start (see :mod:`pipeline.raysession`);
+* worker output (a tarfile's ``__del__`` traceback after a full disk, ~30 lines per shard)
+  buried the job's own messages → the CLI routes it into the log file
+  (:func:`log_worker_output`).
 """
 from __future__ import annotations
 
@@ -39,13 +44,13 @@ import contextlib
 import ipaddress
 import logging
 import os
-import shutil
 import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from . import raysession
 from .worker import JobSpec, ShardProcessor, ShardTask
 
 log = logging.getLogger(__name__)
@@ -69,6 +74,8 @@ class RunReport:
 
 # ---------------------------------------------------------------- Ray lifecycle
 _STARTED_TEMP: list[str] = []
+#: the watchdog of each embedded cluster we started (see pipeline/raysession.py)
+_WATCHDOGS: list = []
 #: environment variables Ray's ``ray.init`` of a new local cluster changes for the whole process
 RAY_SESSION_ENV = ("RAY_AUTH_MODE",)
 #: their values before each embedded cluster we started, restored by :func:`shutdown_ray`
@@ -133,7 +140,8 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
 
     An already-initialised Ray (e.g. a test fixture, or a notebook) is reused as is.  Leaves no
     process-wide setting behind; Ray's usage statistics follow its own environment variable
-    (the CLI turns them off).
+    (the CLI turns them off).  An embedded cluster never outlives this process, and sessions
+    left by killed drivers are removed first (see :mod:`pipeline.raysession`).
     """
     import ray
 
@@ -142,19 +150,96 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
     if address:
         with _loopback_only(address):
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        _route_worker_output()
         return True
     # short path: Ray's unix sockets live below it (108-byte limit); PAIRFORGE_RAY_TMPDIR overrides
-    tmp = tempfile.mkdtemp(prefix="pfray-", dir=os.environ.get("PAIRFORGE_RAY_TMPDIR", "/tmp"))
+    parent = os.environ.get("PAIRFORGE_RAY_TMPDIR", "/tmp")
+    stale = raysession.reap_stale(parent)
+    if stale:
+        log.info("execution: removed %d Ray session(s) left by killed drivers: %s", len(stale), ", ".join(stale))
+    tmp = tempfile.mkdtemp(prefix=raysession.PREFIX, dir=parent)
     _STARTED_TEMP.append(tmp)
+    raysession.mark_driver(tmp)
+    _WATCHDOGS.append(raysession.start_watchdog(tmp))
     kwargs = dict(address="local", num_cpus=num_cpus or (os.cpu_count() or 1) + 1, object_store_memory=object_store_mb << 20,
                   include_dashboard=False, _temp_dir=tmp, _node_ip_address="127.0.0.1",
                   logging_level=logging.WARNING, log_to_driver=True)
     if num_gpus is not None:
         kwargs["num_gpus"] = num_gpus
     _SAVED_ENV.append({k: os.environ.get(k) for k in RAY_SESSION_ENV})
-    with _loopback_only(None):
-        ray.init(**kwargs)
+    try:
+        with _loopback_only(None), _session_marker(tmp):
+            ray.init(**kwargs)
+    except BaseException:  # Ctrl-C or a failed start: stop what came up, remove the folder
+        shutdown_ray()
+        raise
+    _route_worker_output()
     return True
+
+
+@contextlib.contextmanager
+def _session_marker(folder: str) -> Iterator[None]:
+    """:data:`raysession.SESSION_ENV` in the environment while ``ray.init`` starts the processes
+    of the cluster of ``folder`` (they inherit it; this process gets its environment back)."""
+    saved = os.environ.get(raysession.SESSION_ENV)
+    os.environ[raysession.SESSION_ENV] = folder
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(raysession.SESSION_ENV, None)
+        else:
+            os.environ[raysession.SESSION_ENV] = saved
+
+
+# ---------------------------------------------------------------- where workers' output goes
+#: set by :func:`log_worker_output` (an entry point's choice): workers' stdout/stderr become log records
+_WORKER_OUTPUT_TO_LOG = [False]
+#: the logger that carries workers' lines (third-party: kept off the terminal unless -v; see pairforge/logs.py)
+WORKER_LOGGER = "pairforge.third_party.ray"
+
+
+def log_worker_output(enabled: bool = True) -> None:
+    """Route what Ray workers print (tracebacks included) into :data:`WORKER_LOGGER` instead of
+    the terminal, for clusters this process connects to from now on.  Called by the CLI: the
+    command's log file then holds every worker line, and its terminal only pairforge's own
+    messages (``-v`` shows them all).  Library users keep Ray's default (lines on stderr)."""
+    _WORKER_OUTPUT_TO_LOG[0] = enabled
+
+
+def _route_worker_output() -> None:
+    """Replace Ray's printer of worker output (the ``ray_print_logs`` handler its ``ray.init``
+    registers) with one that logs; Ray removes it by that name when it disconnects.
+
+    Private API, checked against Ray 2.60.0 (tests/test_synth_interrupts.py fails if it
+    changes); where it is missing, Ray's printer stays.
+    """
+    if not _WORKER_OUTPUT_TO_LOG[0]:
+        return
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", _log_worker_lines)
+
+
+def _log_worker_lines(batch: dict) -> None:
+    """One batch of a worker's output lines, as records: stderr as WARNING, stdout as INFO."""
+    logger = logging.getLogger(WORKER_LOGGER)
+    who = batch.get("actor_name") or batch.get("task_name") or "worker"
+    where = f"pid={batch.get('pid')}" + (f", ip={batch['ip']}" if batch.get("ip") not in (None, batch.get("localhost"))
+                                         else "")
+    level = logging.WARNING if batch.get("is_err") else logging.INFO
+    lines = batch.get("lines", ())
+    if batch.get("pid") == "autoscaler":  # its periodic status report: only its events, as Ray prints them
+        try:
+            from ray._private.worker import filter_autoscaler_events
+        except ImportError:
+            return
+        lines = list(filter_autoscaler_events(list(lines)))
+    for line in lines:
+        logger.log(level, "(%s %s) %s", who, where, line)
 
 
 def _restore_session_env() -> None:
@@ -184,14 +269,17 @@ def _restore_session_env() -> None:
 
 
 def shutdown_ray() -> None:
-    """Shut down Ray if initialised and remove the temp dir of a cluster init_ray started."""
+    """Shut down Ray if initialised; for a cluster init_ray started, stop whatever of it is
+    left, remove its temp dir and end its watchdog."""
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
     _restore_session_env()
     while _STARTED_TEMP:
-        shutil.rmtree(_STARTED_TEMP.pop(), ignore_errors=True)
+        raysession.reap(_STARTED_TEMP.pop(), grace_s=5.0)
+    while _WATCHDOGS:
+        raysession.stop_watchdog(_WATCHDOGS.pop())
 
 
 # ---------------------------------------------------------------- actors
@@ -301,6 +389,9 @@ class _Failures:
     the outage budget sets :attr:`stop`.  Otherwise the failure is the object's own: final for
     its shard (the storage layer already spent its retries on it) and counted towards
     ``storage_failure_limit`` consecutive ones, after which :attr:`stop` is set too.
+
+    Each attempt's failure is logged at INFO (the command's log file; ``-v`` shows it): the
+    result names every shard that failed for good, and the CLI prints one line for each.
     """
 
     def __init__(self, max_retries: int, storage_failure_limit: int = STORAGE_FAILURE_LIMIT,
@@ -331,9 +422,9 @@ class _Failures:
             return self._storage_failed(task, msg, submitted_at)
         n = self.attempts[task.name] = self.attempts.get(task.name, 0) + 1
         if n <= self.max_retries:
-            log.warning("execution: shard %s failed (attempt %d): %s; retrying", task.name, n, msg)
+            log.info("execution: shard %s failed (attempt %d): %s; retrying", task.name, n, msg)
             return True
-        log.error("execution: shard %s failed %d times: %s", task.name, n, msg)
+        log.info("execution: shard %s failed %d times: %s", task.name, n, msg, exc_info=exc)  # the worker's traceback
         self.failed[task.name] = msg
         return False
 
@@ -348,7 +439,7 @@ class _Failures:
             self.store_down = True
         else:
             self.storage_streak += 1
-        log.error("execution: shard %s failed on storage: %s", task.name, msg)
+        log.info("execution: shard %s failed on storage: %s", task.name, msg)
         self.failed[task.name] = msg
         return False
 
@@ -359,7 +450,7 @@ class _Failures:
         for t in tasks:
             self.failed.setdefault(t.name, f"{NOT_RUN}{why} (last: {self.last_storage_error})")
         if tasks:
-            log.error("execution: storage looks down; stopping with %d shard(s) not run", len(tasks))
+            log.info("execution: storage looks down; stopping with %d shard(s) not run", len(tasks))
 
 
 def _outage(spec: JobSpec, probe: StoreProbe | None) -> _Outage:

@@ -6,7 +6,9 @@
 2. compute the dataset id from everything that determines the output bytes; the dataset lives
    at ``OUT/<id>/`` — another config gets another folder and can never overwrite this one;
 3. if ``manifest.json`` is there, the dataset already exists: return it, do no work;
-4. otherwise write ``job.json`` (the plan), and run every shard whose commit marker is missing
+4. otherwise take the dataset's lock (``synth.lock``: an ``flock`` locally, a lease object on
+   S3; see :func:`_hold`) — a second job into the same dataset while one is alive raises
+   :class:`runlock.Locked` naming the holder instead of doing all the work again — and write ``job.json`` (the plan), and run every shard whose commit marker is missing
    (``--resume`` after an interruption; without it, a half-finished folder is an error rather
    than a silent guess);
 5. when every shard is committed, ask the store for every tar (a HEAD each: present, with the
@@ -18,15 +20,20 @@ Every storage call is bounded by one :class:`storage.StorageConfig` (timeouts, a
 deadline), resolved here from the environment and handed to the workers.  A store that fails
 for good ends the job as ``failed`` — the result names each object and its last error, and no
 manifest is written; ``--resume`` then redoes exactly the shards that are not committed.
+Ctrl-C raises :class:`JobInterrupted` (a ``KeyboardInterrupt``) saying how many shards were kept.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+from pairforge import runlock
 
 from . import storage
 from .execution import InlineExecutor, RayExecutor, RunReport, init_ray, shutdown_ray
@@ -146,15 +153,105 @@ def synth(source: str, out: str, config: SynthConfig | None = None, *, storage_o
     manifest = _read(storage.join(plan.url, MANIFEST_NAME), store)
     if manifest is not None:
         return _reuse(plan, manifest)
-    resumed = _claim_folder(plan, config.run.resume, store)
-    done = _committed(plan, store) if resumed else {}
-    tasks = plan.tasks(config.dataset.images_per_shard, done)
-    progress = _Progress(tasks, config.run.progress)
+    with _hold(plan, store):
+        manifest = _read(storage.join(plan.url, MANIFEST_NAME), store)  # the holder we waited for finished it
+        if manifest is not None:
+            return _reuse(plan, manifest)
+        return _make(plan, config, store)
+
+
+def _make(plan: JobPlan, config: SynthConfig, store: _Store) -> SynthResult:
+    """Claim the folder, run the shards it lacks, commit; Ctrl-C becomes :class:`JobInterrupted`."""
+    done: dict[str, dict] = {}
+    progress = None
     try:
-        report = _run(_job_spec(plan, config, store), tasks, config.run, progress.on_done, _store_probe(plan, store))
+        resumed = _claim_folder(plan, config.run.resume, store)
+        done = _committed(plan, store) if resumed else {}
+        tasks = plan.tasks(config.dataset.images_per_shard, done)
+        progress = _Progress(tasks, config.run.progress)
+        try:
+            report = _run(_job_spec(plan, config, store), tasks, config.run, progress.on_done,
+                          _store_probe(plan, store))
+        finally:
+            progress.close()
+        return _finish(plan, {**done, **progress.stats}, report, resumed, store)
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, JobInterrupted):
+            raise
+        known = len(done) + (len(progress.stats) if progress else 0)
+        raise JobInterrupted(plan.url, plan.dataset_id, _count_committed(plan, store, known),
+                             len(plan.shard_names)) from None
+
+
+class JobInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped a job that had claimed its dataset folder.
+
+    A KeyboardInterrupt still (code that stops on Ctrl-C keeps doing so), carrying what was
+    kept: ``committed`` of ``total`` shards are in the store with their commit markers, and
+    ``--resume`` (``run.resume``) continues from there.
+    """
+
+    def __init__(self, url: str, dataset_id: str, committed: int, total: int):
+        super().__init__(f"interrupted: {committed} of {total} shards committed in {storage.redact(url)}")
+        self.url, self.dataset_id, self.committed, self.total = url, dataset_id, committed, total
+
+
+def _count_committed(plan: JobPlan, store: _Store, known: int) -> int:
+    """Shards whose commit marker is in the store (workers may have committed some the driver
+    had not heard of yet); ``known`` when the store cannot be listed quickly."""
+    quick = dataclasses.replace(store.config, attempts=1)
+    try:
+        names = set(storage.listdir(plan.url, store.options, config=quick))
+    except Exception:  # noqa: BLE001 - a count for a message; never a reason for a traceback
+        return known
+    return max(known, sum(stats_name(n) in names for n in plan.shard_names))
+
+
+#: what a running synth holds in its dataset folder: a lock file (local) or lease object (S3)
+LOCK_NAME = "synth.lock"
+
+
+@contextlib.contextmanager
+def _hold(plan: JobPlan, store: _Store) -> Iterator[None]:
+    """Hold the dataset folder for this job, or raise :class:`runlock.Locked` naming its holder.
+
+    Locally an ``flock`` on ``DATASET/synth.lock`` (released by the kernel however the process
+    dies; the emptied file stays). On S3 a lease object at the same name, renewed every
+    ``runlock.HEARTBEAT_S`` and deleted at the end; one whose holder has not renewed it for
+    ``runlock.STALE_AFTER_S`` (or whose process on this host is gone) is taken over.
+    See pairforge/runlock.py.
+    """
+    lock_url = storage.join(plan.url, LOCK_NAME)
+    try:
+        if storage.is_s3(plan.url):
+            lock = runlock.acquire_lease(_lease_store(lock_url, store), storage.redact(plan.url),
+                                         storage.redact(lock_url), what="dataset")
+        else:
+            lock = runlock.acquire(storage.get_fs(plan.url, store.options)[1], lock_name=LOCK_NAME, what="dataset")
+    except (OSError, storage.StorageError) as exc:
+        raise JobError(f"cannot write to output {storage.redact(plan.out_url)}: {type(exc).__name__}: "
+                       f"{storage.redact(str(exc))}") from None
+    note = lock.takeover_note()
+    if note:
+        log.warning("synth: %s", note)
+    try:
+        yield
     finally:
-        progress.close()
-    return _finish(plan, {**done, **progress.stats}, report, resumed, store)
+        lock.release()
+
+
+def _lease_store(url: str, store: _Store) -> runlock.LeaseStore:
+    """The lease object at ``url``, through this job's storage options and retry policy."""
+
+    def read() -> bytes | None:
+        try:
+            return storage.read_bytes(url, store.options, config=store.config)
+        except FileNotFoundError:
+            return None
+
+    return runlock.LeaseStore(read=read,
+                              write=lambda data: storage.write_bytes(url, data, store.options, config=store.config),
+                              delete=lambda: storage.remove(url, store.options, config=store.config))
 
 
 def plan_job(source: str, out: str, dataset: DatasetConfig, storage_options: dict | None = None) -> JobPlan:
@@ -370,5 +467,5 @@ def _run(spec: JobSpec, tasks: list[ShardTask], run: RunConfig, on_done: Callabl
             shutdown_ray()
 
 
-__all__ = ["synth", "SynthResult", "SynthConfig", "JobError", "SourceError", "JobPlan", "plan_job",
-           "resolve_degradation"]
+__all__ = ["synth", "SynthResult", "SynthConfig", "JobError", "JobInterrupted", "SourceError", "JobPlan",
+           "plan_job", "resolve_degradation"]

@@ -181,7 +181,8 @@ def test_silent_endpoint_fails_the_cli_within_a_bounded_time(s3_server, fault_pr
     assert "failed:" in proc.stderr
     assert re.search(rf"shard-000000\.tar: StorageError: upload {out}/\S+/shard-000000\.tar: gave up after .*"
                      r"did not answer", proc.stderr), proc.stderr[-3000:]
-    dataset = proc.stdout.strip().splitlines()[-1]
+    assert out not in proc.stdout  # a failed job prints no dataset URL on stdout; stderr names its folder
+    dataset = re.search(r"not committed in (\S+);", proc.stderr).group(1)
     assert dataset.startswith(out + "/")
     found = objects(s3_server, dataset)
     assert "job.json" in found and "manifest.json" not in found and not [n for n in found if n.endswith(".tar")]

@@ -1,5 +1,13 @@
 """``pairforge synth``: parse arguments into a :class:`SynthConfig`, call :func:`pipeline.synth`,
-print the dataset URL last (or with ``--json``, one JSON object).
+print the dataset URL last (or with ``--json``, one JSON object) — only when the dataset is
+complete: a failed job names its dataset folder on stderr, never on stdout.
+
+Ctrl-C ends the job with one line on stderr saying how many shards were kept and the exact
+command that continues it (the user's own arguments plus ``--resume``), exit 130; a second
+Ctrl-C while the first is being cleaned up exits at once (the embedded Ray's watchdog still
+removes its processes; see pipeline/raysession.py).  A dataset that another live ``synth``
+holds is refused with exit 3 naming the holder (pairforge/runlock.py).  What Ray workers print
+goes to the log file (``<dataset>/logs/synth-*.log``), not the terminal.
 
 Before anything is listed or started: a ``--ray-address`` must answer a TCP connect within
 :data:`RAY_CONNECT_TIMEOUT_S`, and ``--device cuda`` needs CUDA here (embedded Ray or inline).
@@ -10,6 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
+import signal
 import socket
 import sys
 from typing import Any
@@ -38,7 +49,12 @@ RAY_CONNECT_TIMEOUT_S = 5.0
 #: ports Ray listens on when an address names none: the client server (ray://) and the GCS
 RAY_CLIENT_PORT, RAY_GCS_PORT = 10001, 6379
 EXIT_CODES = ("exit status: 0 the dataset is complete; 1 the work failed (objects not stored, or no pairs "
-              "produced); 2 bad arguments or environment (found before any work starts)")
+              "produced); 2 bad arguments or environment (found before any work starts); 3 the dataset is in "
+              "use by another live synth; 130 interrupted (Ctrl-C: the line printed says how to continue)")
+#: exit status when another live ``synth`` holds the dataset folder
+EXIT_IN_USE = 3
+#: exit status after Ctrl-C (the shell's 128 + SIGINT)
+EXIT_INTERRUPTED = 128 + int(signal.SIGINT)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -96,9 +112,38 @@ MAX_FAILURE_LINES = 20
 def run(args: argparse.Namespace) -> int:
     """Run the job; exit 0 only once the manifest is written (every shard confirmed in the store)
     and it holds pairs, 1 when objects could not be stored (each named with its last error) or
-    no pairs came out, 2 for unusable arguments or environment (before any work)."""
+    no pairs came out, 2 for unusable arguments or environment (before any work), 3 when another
+    live synth holds the dataset, 130 after Ctrl-C."""
+    from pairforge.pipeline.execution import log_worker_output
+
+    log_worker_output(True)  # Ray workers' output (tracebacks included) into the log file
+    previous = signal.signal(signal.SIGINT, _first_interrupt)
+    try:
+        return _run(args)
+    except KeyboardInterrupt as exc:
+        return interrupted(exc, args)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _first_interrupt(signum, frame) -> None:
+    """Ctrl-C: stop the job (a KeyboardInterrupt, cleaned up on the way out); another Ctrl-C
+    during that cleanup exits at once."""
+    signal.signal(signal.SIGINT, _second_interrupt)
+    raise KeyboardInterrupt
+
+
+def _second_interrupt(signum, frame) -> None:
+    sys.stderr.write("pairforge synth: interrupted again: exiting without waiting for the cleanup "
+                     "(committed shards are kept; an embedded Ray is stopped by its watchdog)\n")
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
+
+
+def _run(args: argparse.Namespace) -> int:
     from pairforge.pipeline import JobError, SourceError, synth
     from pairforge.pipeline.storage import StorageError, StorageSetupError
+    from pairforge.runlock import Locked
 
     try:
         config = build_config(args)
@@ -106,6 +151,9 @@ def run(args: argparse.Namespace) -> int:
         if args.dry_run:
             return dry_run(args.source, args.out, config, as_json=args.json)
         res = synth(args.source, args.out, config)
+    except Locked as exc:  # another live synth is making this dataset
+        print(f"pairforge synth: error: {exc}", file=sys.stderr)
+        return EXIT_IN_USE
     except (SourceError, JobError, ValueError) as exc:
         print(f"pairforge synth: error: {with_option(str(exc))}", file=sys.stderr)
         return 2
@@ -125,6 +173,68 @@ def run(args: argparse.Namespace) -> int:
     return report(res, as_json=args.json)
 
 
+def interrupted(exc: KeyboardInterrupt, args: argparse.Namespace) -> int:
+    """After Ctrl-C: one line, what was kept and the command that continues; exit 130."""
+    from pairforge.pipeline import storage
+    from pairforge.pipeline.job import JobInterrupted
+
+    signal.signal(signal.SIGINT, _second_interrupt)  # from here on, only the line and the log are left
+    if getattr(args, "dry_run", False):
+        print("pairforge synth: interrupted (--dry-run: nothing was written)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if isinstance(exc, JobInterrupted):
+        from pairforge.logs import write_log
+
+        write_log(exc.url, "synth")  # in the dataset's logs/, said nowhere else: the line below is all
+        kept = (f"{exc.committed} of {exc.total} shards committed and kept in {storage.redact(exc.url)}"
+                if exc.committed else f"no shard was committed yet in {storage.redact(exc.url)}")
+    else:
+        kept = "before the job started: nothing was written"
+    print(f"pairforge synth: interrupted: {kept}; continue with: {resume_command(args)}", file=sys.stderr)
+    sys.stderr.flush()
+    return EXIT_INTERRUPTED
+
+
+def resume_command(args: argparse.Namespace, argv: list[str] | None = None) -> str:
+    """The command line that continues this job: the user's own arguments (``sys.argv``) with any
+    ``--resume`` option replaced by ``--resume`` at the end; rebuilt from the parsed options when
+    this process was not started as ``pairforge … synth …`` (a Python caller of ``main``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "synth" not in argv:
+        argv = ["synth", *_options_of(args)]
+    kept: list[str] = []
+    skip_value = False
+    for a in argv:
+        if skip_value:
+            skip_value = False
+            if a in ("auto", "none"):
+                continue
+        name = a.split("=", 1)[0]
+        if len(name) > 4 and "--resume".startswith(name):  # --resume, --resume=auto and argparse's abbreviations
+            skip_value = "=" not in a
+            continue
+        kept.append(a)
+    return shlex.join(["pairforge", *kept, "--resume"])
+
+
+def _options_of(args: argparse.Namespace) -> list[str]:
+    """Options that reproduce ``args`` (those that differ from their defaults; ``--resume`` left out)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    sub = parser.add_subparsers(dest="command")
+    defaults = vars(add_parser(sub).parse_args(["--source", "x", "--out", "y"]))
+    out: list[str] = []
+    for dest, value in vars(args).items():
+        if dest in ("resume", "command", "verbose", "verbose_all") or dest not in defaults:
+            continue
+        if dest in ("source", "out") or value != defaults[dest]:
+            flag = "--" + dest.replace("_", "-")
+            if value is True:
+                out.append(flag)
+            elif value not in (None, False):
+                out += [flag, str(value)]
+    return out
+
+
 def keep_log(folder_url: str, command: str) -> None:
     """This run's log (third-party chatter kept off the terminal) into the dataset's ``logs/``."""
     from pairforge.logs import third_party_count, write_log
@@ -138,7 +248,8 @@ def keep_log(folder_url: str, command: str) -> None:
 
 def report(res, *, as_json: bool = False) -> int:
     """The result on stdout (a summary and the dataset URL last, or one JSON object), what went
-    wrong on stderr; the exit status."""
+    wrong on stderr; the exit status.  Without ``--json`` the URL is printed only for a complete
+    dataset with pairs: a script taking stdout's last line never gets a failed job's folder."""
     empty = res.ok and not res.manifest["totals"]["samples"]
     if empty:
         print(f"pairforge synth: error: {no_pairs_reason(res.manifest)}", file=sys.stderr)
@@ -146,12 +257,11 @@ def report(res, *, as_json: bool = False) -> int:
         _print_failure(res)
     if as_json:
         print(json.dumps(result_json(res, empty)))
-    else:
-        if res.ok:
-            t = res.manifest["totals"]
-            print(f"{res.status}: {t['samples']} pairs in {t['shards']} shards from {t['inputs']} inputs "
-                  f"({t['skipped_inputs']} skipped{': ' + str(t['skipped_by_reason']) if t['skipped_inputs'] else ''})")
-            _print_listing_skips(res.manifest.get("source", {}))
+    elif res.ok and not empty:
+        t = res.manifest["totals"]
+        print(f"{res.status}: {t['samples']} pairs in {t['shards']} shards from {t['inputs']} inputs "
+              f"({t['skipped_inputs']} skipped{': ' + str(t['skipped_by_reason']) if t['skipped_inputs'] else ''})")
+        _print_listing_skips(res.manifest.get("source", {}))
         print(res.url)
     sys.stdout.flush()
     return 0 if res.ok and not empty else 1
@@ -400,10 +510,12 @@ def _print_failure(res) -> None:
     """Each object that failed, with its last error; shards a stopped run never got to, counted."""
     from pairforge.pipeline.execution import NOT_RUN
 
+    from pairforge.pipeline import storage
+
     shards = [n for n in res.failed if n != "manifest.json"]
     print(f"failed: {len(shards)} of {res.shards_total} shards not committed"
-          f"{' (and manifest.json not written)' if 'manifest.json' in res.failed else ''}; no manifest; "
-          "re-run with --resume", file=sys.stderr)
+          f"{' (and manifest.json not written)' if 'manifest.json' in res.failed else ''} in "
+          f"{storage.redact(res.url)}; no manifest; re-run with --resume", file=sys.stderr)
     errors = sorted((n, e) for n, e in res.failed.items() if not e.startswith(NOT_RUN))
     for name, err in errors[:MAX_FAILURE_LINES]:
         print(f"  {name}: {err}", file=sys.stderr)
