@@ -1,31 +1,61 @@
 """Turn the bytes of one source file into an RGB uint8 image, or a reason to skip it.
 
 Real photo collections contain everything: truncated uploads, HTML error pages saved as .jpg,
-16-bit scans, palette GIFs, CMYK print files, transparent PNGs, phone photos that are only
-upright through their EXIF orientation, thumbnails and decompression bombs.  One bad file must
-never kill a shard, so :func:`decode_image` either returns a normalised ``HxWx3 uint8`` array
-or raises :class:`SkipInput` with a short machine-readable reason that ends up in the shard's
-stats file.  Conversions (documented in docs/pipeline.md):
+corrupt downloads, 16-bit scans, palette GIFs, CMYK print files, transparent PNGs, phone photos
+that are only upright through their EXIF orientation, thumbnails and decompression bombs.  One
+bad file must never kill a shard, so :func:`decode_image` either returns a normalised
+``HxWx3 uint8`` array or raises :class:`SkipInput` with a short machine-readable reason that ends
+up in the shard's stats file.  Conversions (documented in docs/pipeline.md):
 
 * EXIF orientation is applied (the pixels are stored upright).
 * 16-bit / 32-bit integer images are scaled to 8 bits by their full range (not clipped).
 * palette, 1-bit, grayscale and CMYK images become RGB.
 * alpha is composited over white (transparent pixels carry arbitrary colour otherwise).
 * the first frame of an animation is used.
+
+Corrupt data is an error, never a picture: libjpeg only *warns* about a damaged JPEG stream
+("Corrupt JPEG data: premature end of data segment", "extraneous bytes before marker") and fills
+what it could not decode with gray, and Pillow hides those warnings.  JPEGs are therefore decoded
+by libjpeg-turbo through simplejpeg with ``strict=True``, which turns every libjpeg warning into
+an error; with the same settings as Pillow's (accurate DCT, smooth upsampling) its pixels are
+Pillow's, bit for bit.  PNGs must carry intact critical chunks (CRC) up to IEND, and a WebP file
+must be as long as its RIFF header says.  The pixel limit is decided from the header, before any
+pixel is allocated.
 """
 from __future__ import annotations
 
 import io
+import struct
+import threading
 import warnings
+import zlib
+from os import PathLike
+from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+import simplejpeg
+from PIL import Image, ImageFile
 
 #: default pixel limit: ~100 megapixels (a 12k x 8k image); beyond this we skip, not decode
 DEFAULT_MAX_PIXELS = 100_000_000
 
 # truncated files must fail loudly, never decode as half-grey images
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+#: Pillow's decompression-bomb limit is a process-wide global (89.5 MP by default, below ours);
+#: :func:`open_header` sets it to the caller's limit only while it parses a header, under this lock
+_PIL_LIMIT_LOCK = threading.Lock()
+
+#: EXIF orientation -> the array operation that makes the pixels upright (as Pillow's exif_transpose)
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
+    8: lambda a: np.rot90(a, 1),
+}
 
 
 class SkipInput(Exception):
@@ -57,39 +87,60 @@ def _flatten_alpha(rgba: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, dict]:
-    """Decode ``data`` to ``(HxWx3 uint8, info)``; raise :class:`SkipInput` when unusable.
+def open_header(source: bytes | str | PathLike | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The image opened lazily (header parsed, no pixels decoded), within ``max_pixels``.
 
-    ``info`` records what was done (original mode/size, conversions) for the sample's JSON.
+    The size limit is decided here, from the header: an image over ``max_pixels`` raises
+    :class:`SkipInput` ``too_large`` before any pixel memory exists.  Pillow's own bomb check
+    would otherwise refuse images between its default 89.5 MP and our documented limit.  Pillow
+    reads its limit from a module global, so it is set to ``max_pixels`` (and its bomb warning
+    made an error) only for the header parse, under a lock, and restored right after: calling
+    this leaves no process-wide setting changed, and concurrent decodes in threads do not race.
+    Bytes, a path or a binary file are accepted (for a header-only look at local files).
     """
-    if not data:
-        raise SkipInput("empty_file")
+    fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+        with _PIL_LIMIT_LOCK, warnings.catch_warnings():
+            saved = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = max_pixels
+            try:
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                im = Image.open(fp)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise SkipInput("too_large", str(exc)[:120]) from None
     except Image.UnidentifiedImageError:
         raise SkipInput("not_an_image") from None
     except Exception as exc:  # noqa: BLE001 - any parser failure is a bad file, not a crash
         raise SkipInput("corrupt", f"{type(exc).__name__}: {exc}"[:160]) from None
-
     w, h = im.size
     if w * h > max_pixels:
+        im.close()
         raise SkipInput("too_large", f"{w}x{h} > {max_pixels} pixels")
+    return im
+
+
+def image_size(source: bytes | str | PathLike | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """``(width, height)`` from the header alone, or the :class:`SkipInput` the decoder would raise there."""
+    with open_header(source, max_pixels) as im:
+        return im.size
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, dict]:
+    """Decode ``data`` to ``(HxWx3 uint8, info)``; raise :class:`SkipInput` when unusable.
+
+    ``info`` records what was done (original mode/size, conversions) for the sample's JSON.
+    Damaged or truncated data raises ``corrupt`` (see the module docstring for how it is found).
+    """
+    if not data:
+        raise SkipInput("empty_file")
+    im = open_header(data, max_pixels)
+    w, h = im.size
     info: dict = {"format": im.format, "mode": im.mode, "size": [w, h], "conversions": []}
+    check_container(im.format, data)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im.load()
-            if getattr(im, "n_frames", 1) > 1:
-                info["conversions"].append("first_frame")
-            orientation = im.getexif().get(0x0112, 1)
-            if orientation not in (0, 1):  # store pixels upright, as a viewer would show them
-                im = ImageOps.exif_transpose(im)
-                info["conversions"].append(f"exif_orientation_{orientation}")
-            arr = _pil_to_rgb(im, info)
+        arr = _decode_pixels(im, data, info)
     except SkipInput:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -101,6 +152,96 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise SkipInput("unsupported_mode", f"shape {arr.shape}")
     return np.ascontiguousarray(arr), info
+
+
+def _decode_pixels(im: Image.Image, data: bytes, info: dict) -> np.ndarray:
+    """The upright RGB pixels of an opened image; JPEGs through the strict decoder."""
+    conv = info["conversions"]
+    if im.format in ("JPEG", "MPO"):
+        pixels = _strict_jpeg(im, data)  # None for CMYK: Pillow converts those, after the check
+    else:
+        im.load()
+        pixels = None
+    if getattr(im, "n_frames", 1) > 1:
+        conv.append("first_frame")
+    orientation = im.getexif().get(0x0112, 1)
+    if orientation in _UPRIGHT:  # store pixels upright, as a viewer would show them
+        conv.append(f"exif_orientation_{orientation}")
+    if pixels is None:
+        arr = _pil_to_rgb(im, info)
+    elif pixels.shape[2] == 1:
+        conv.append("gray_to_rgb")  # as _pil_to_rgb names it for an "L" image
+        arr = np.repeat(pixels, 3, axis=2)
+    else:
+        arr = pixels
+    if orientation in _UPRIGHT:
+        arr = _UPRIGHT[orientation](arr)
+    return arr
+
+
+def _strict_jpeg(im: Image.Image, data: bytes) -> np.ndarray | None:
+    """The JPEG's pixels (HxWx3 RGB or HxWx1 gray) decoded by libjpeg-turbo with every warning an
+    error (``corrupt``); None for a CMYK/YCCK JPEG, which is checked here and left to Pillow,
+    which knows Adobe's inverted CMYK.
+
+    RGB and grayscale JPEGs (nearly all photos) are decoded once, here, with Pillow's settings:
+    the pixels are the ones Pillow would give.
+    """
+    colorspace = {"RGB": "RGB", "L": "GRAY"}.get(im.mode, "CMYK")
+    try:
+        arr = simplejpeg.decode_jpeg(data, colorspace=colorspace, strict=True)
+    except ValueError as exc:  # libjpeg's error or warning, e.g. "Corrupt JPEG data: ..."
+        raise SkipInput("corrupt", f"JPEG: {exc}"[:160]) from None
+    if colorspace == "CMYK":
+        im.load()
+        return None
+    return arr
+
+
+def check_container(fmt: str | None, data: bytes) -> None:
+    """Raise ``corrupt`` for a PNG or WebP whose container shows damage or truncation.
+
+    Pillow checks neither a PNG's image-data CRCs nor that a PNG reaches IEND, so a flipped byte
+    or a lost tail can decode without a word.
+    """
+    if fmt == "PNG":
+        _check_png(data)
+    elif fmt == "WEBP":
+        _check_webp(data)
+
+
+def _check_png(data: bytes) -> None:
+    """Every critical chunk (IHDR, PLTE, IDAT, IEND) complete and CRC-intact, image data present.
+
+    Ancillary chunks (text, EXIF, ...) are not checked, as libpng only warns about them.
+    """
+    view = memoryview(data)
+    pos, idat = 8, False
+    while True:
+        if pos + 12 > len(data):
+            raise SkipInput("corrupt", f"PNG: truncated at byte {pos} (no IEND chunk)")
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        end = pos + 12 + length
+        if end > len(data):
+            raise SkipInput("corrupt", f"PNG: truncated inside the {kind.decode('latin-1')} chunk at byte {pos}")
+        if not kind[0] & 0x20:  # critical chunk: bit 5 of the first letter is 0 (upper case)
+            (crc,) = struct.unpack_from(">I", data, end - 4)
+            if zlib.crc32(view[pos + 4:end - 4]) != crc:
+                raise SkipInput("corrupt", f"PNG: CRC mismatch in the {kind.decode('latin-1')} chunk at byte {pos}")
+        idat = idat or kind == b"IDAT"
+        if kind == b"IEND":
+            break
+        pos = end
+    if not idat:
+        raise SkipInput("corrupt", "PNG: no image data (IDAT chunk)")
+
+
+def _check_webp(data: bytes) -> None:
+    """The file holds as many bytes as its RIFF header says (lossy VP8 data carries no checksum)."""
+    if len(data) >= 12 and data[:4] == b"RIFF":
+        (size,) = struct.unpack_from("<I", data, 4)
+        if size + 8 > len(data):
+            raise SkipInput("corrupt", f"WebP: truncated ({len(data)} of {size + 8} bytes)")
 
 
 def _pil_to_rgb(im: Image.Image, info: dict) -> np.ndarray:

@@ -5,6 +5,12 @@ from ``(dataset seed, key)``; the albumentations pipeline is re-seeded per patch
 box and the flip/rotation depend on nothing else — not on which worker runs it, how many
 patches were cut before it, or global RNG state.  The applied parameters (crop box, flip,
 rot90, upscale factor) go into the sample's JSON so a patch can be re-cut from its source.
+
+A patch with nothing to learn from never becomes a sample: :func:`degenerate` finds one-colour
+patches and patches that are mostly rows (or columns) of one colour — what a decoder leaves where
+a damaged stream ended, a padded border, a blown-out area.  :meth:`Patcher.training_patches`
+drops those (each counted in the shard's stats as ``flat_patch``) and skips an image none of
+whose patches is usable as ``flat_image``.
 """
 from __future__ import annotations
 
@@ -26,6 +32,18 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 Policy = Literal["skip", "upscale"]
 POLICIES = get_args(Policy)
+
+#: A patch each of whose channels has a standard deviation below this (in 8-bit levels) is one
+#: colour up to rounding.  Sensor noise alone exceeds it: the flattest patches of the bundled
+#: photos measure 2.8 (rocket.jpg's sky at 64 px), 8.5 at 128 px, 19 at 256 px; only
+#: astronaut.png's pure-black background (0,0,0) comes below it, at 64 px.
+FLAT_STD = 0.5
+#: A patch at least this fraction of whose rows (or columns) are exactly one and the same colour
+#: is fill with a sliver of content, like the gray rows a JPEG decoder writes after a damaged
+#: stream.  Real photos come close only where they are clipped: astronaut.png's pure-black
+#: background reaches 94% in a few 64 px windows (3 of 12,769; 173 of them reach 50%), 23% at
+#: 128 px, and no other bundled photo has a single constant row in any patch of 64 px or more.
+FLAT_RUN_FRACTION = 0.9
 
 
 @dataclass(frozen=True)
@@ -65,8 +83,45 @@ class Patch(NamedTuple):
     meta: dict
 
 
+class DroppedPatch(NamedTuple):
+    """A patch cut but not kept, and why (listed in the shard's stats)."""
+
+    key: str
+    reason: str
+    detail: str
+
+
 def patch_key(image_key: str, j: int) -> str:
     return f"{image_key}_{j:03d}"
+
+
+def degenerate(pixels: np.ndarray) -> str | None:
+    """Why an HxWx3 uint8 patch is no training data, or None when it is.
+
+    One colour (every channel's standard deviation below :data:`FLAT_STD`), or at least
+    :data:`FLAT_RUN_FRACTION` of its rows or columns exactly one and the same colour.  Both
+    thresholds sit well away from real photo content (measured: see their comments), so a
+    patch of sky, fog or a plain wall is kept.
+    """
+    import cv2
+
+    p = np.ascontiguousarray(pixels)
+    h, w, c = p.shape
+    std = float(cv2.meanStdDev(p)[1].max())  # ~40x faster than numpy's float64 std on 512 px
+    if std < FLAT_STD:
+        return f"one colour (std {std:.2f} < {FLAT_STD})"
+    flat = p.reshape(h, w * c)
+    rows = (flat[:, c:] == flat[:, :-c]).all(axis=1)  # every pixel equals its left neighbour
+    cols = (flat[1:] == flat[:-1]).all(axis=0).reshape(w, c).all(axis=1)  # ... its upper neighbour
+    for name, constant, colours in (("rows", rows, p[:, 0]), ("columns", cols, p[0])):
+        if constant.mean() < FLAT_RUN_FRACTION:
+            continue
+        values, counts = np.unique(colours[constant], axis=0, return_counts=True)
+        share = counts.max() / len(constant)
+        if share >= FLAT_RUN_FRACTION:
+            colour = tuple(int(v) for v in values[counts.argmax()])
+            return f"{share:.0%} of its {name} are the one colour {colour}"
+    return None
 
 
 class Patcher:
@@ -133,3 +188,21 @@ class Patcher:
                     meta["rot90"] = int(params.get("factor", 0))
             out.append(Patch(key, np.ascontiguousarray(res["image"]), meta))
         return out
+
+    def training_patches(self, img: np.ndarray, image_key: str, seed: int) -> tuple[list[Patch], list[DroppedPatch]]:
+        """:meth:`patches` without the degenerate ones, and those dropped (``flat_patch``).
+
+        Raises :class:`SkipInput` ``flat_image`` when no patch is left (a constant image, or a
+        decoder's fill everywhere the crops fell).
+        """
+        kept: list[Patch] = []
+        dropped: list[DroppedPatch] = []
+        for patch in self.patches(img, image_key, seed):
+            why = degenerate(patch.pixels)
+            if why is None:
+                kept.append(patch)
+            else:
+                dropped.append(DroppedPatch(patch.key, "flat_patch", f"patch {patch.key}: {why}"))
+        if not kept:
+            raise SkipInput("flat_image", f"all {len(dropped)} patches are flat; {dropped[0].detail}"[:160])
+        return kept, dropped

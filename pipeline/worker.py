@@ -32,7 +32,7 @@ from pairforge.degradations import StageTimer
 
 from . import storage
 from .decode import DEFAULT_MAX_PIXELS, SkipInput, decode_image
-from .patching import Patch, PatchConfig, Patcher
+from .patching import DroppedPatch, Patch, PatchConfig, Patcher
 from .shards import EncodeConfig, ShardResult, encode_sample, write_shard, write_stats
 from .sources import SourceItem, image_key
 
@@ -95,19 +95,25 @@ class LoadedImage:
     item: SourceItem
     decode_info: dict      # the original format/mode/size and the conversions made; in each sample's JSON
     patches: list[Patch]
+    dropped: list[DroppedPatch] = field(default_factory=list)  # degenerate patches, not stored
 
 
 @dataclass(frozen=True)
 class SkippedImage:
-    """An input that gives no samples, and why (listed in the shard's stats)."""
+    """An input that gives no samples, or (``patch`` set) one patch of an input not stored, and
+    why (listed in the shard's stats, counted by reason in the manifest)."""
 
     index: int
     name: str
     reason: str
     detail: str
+    patch: str | None = None
 
     def to_dict(self) -> dict:
-        return {"index": self.index, "name": self.name, "reason": self.reason, "detail": self.detail}
+        out = {"index": self.index, "name": self.name, "reason": self.reason, "detail": self.detail}
+        if self.patch is not None:
+            out["patch"] = self.patch
+        return out
 
 
 @dataclass(frozen=True)
@@ -264,6 +270,8 @@ class ShardProcessor:
                 tally.skipped.append(image)
                 continue
             tally.images_ok += 1
+            tally.skipped.extend(SkippedImage(image.index, image.item.name, d.reason, d.detail, d.key)
+                                 for d in image.dropped)
             for patch in image.patches:
                 batch.append(BatchEntry(patch, image))
                 if len(batch) >= self.spec.batch_size:
@@ -308,8 +316,8 @@ class ShardProcessor:
                 img, info = decode_image(data, self.spec.max_pixels)
             del data
             with timer.stage("patch"):
-                patches = self.patcher.patches(img, image_key(idx), self.spec.seed)
-            return LoadedImage(idx, item, info, patches)
+                patches, dropped = self.patcher.training_patches(img, image_key(idx), self.spec.seed)
+            return LoadedImage(idx, item, info, patches, dropped)
         except SkipInput as skip:
             return SkippedImage(idx, item.name, skip.reason, skip.detail)
         except storage.StorageError:
