@@ -250,8 +250,12 @@ def test_synth_skips_corrupt_and_flat_inputs_and_stores_none_of_them(corrupt_dir
     for outcome in expected.values():
         if outcome != "ok":
             want[outcome] = want.get(outcome, 0) + 1
+    skipped_inputs = sum(want.values())
     want["flat_patch"] = len(filled_dropped)
     assert done["skipped_by_reason"] == dict(sorted(want.items()))
+    totals = json.loads((Path(url) / "manifest.json").read_text())["totals"]
+    assert done["skipped_inputs"] == totals["skipped_inputs"] == skipped_inputs  # dropped patches counted apart
+    assert totals["skipped_patches"] == len(filled_dropped)
 
     from pairforge.pipeline import read_pairs
 

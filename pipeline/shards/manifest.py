@@ -78,14 +78,16 @@ def unconfirmed_shards(dataset_url: str, stats: dict[str, dict], storage_options
 def build_manifest(job: dict, stats: dict[str, dict]) -> dict:
     """The manifest dict from the job description and the committed shards' stats."""
     shards, skipped_by_reason = [], {}
-    total = inputs = skipped = 0
+    total = inputs = skipped = patches_dropped = 0
     for name in job["shards"]:
         s = stats[name]
+        dropped = sum("patch" in item for item in s["skipped"])  # one degenerate patch of a used input
         shards.append({"name": name, "count": s["count"], "bytes": s["bytes"], "sha256": s["sha256"],
-                       "inputs": s["inputs"], "skipped": len(s["skipped"])})
+                       "inputs": s["inputs"], "skipped": len(s["skipped"]) - dropped})
         total += s["count"]
         inputs += s["inputs"]
-        skipped += len(s["skipped"])
+        skipped += len(s["skipped"]) - dropped
+        patches_dropped += dropped
         for item in s["skipped"]:
             skipped_by_reason[item["reason"]] = skipped_by_reason.get(item["reason"], 0) + 1
     return {
@@ -102,6 +104,7 @@ def build_manifest(job: dict, stats: dict[str, dict]) -> dict:
         "degradation": job["degradation_name"],
         "source": job["source"],
         "totals": {"samples": total, "shards": len(shards), "inputs": inputs, "skipped_inputs": skipped,
+                   **({"skipped_patches": patches_dropped} if patches_dropped else {}),
                    "skipped_by_reason": dict(sorted(skipped_by_reason.items())),
                    "bytes": sum(s["bytes"] for s in shards)},
         "shards": shards,
