@@ -81,6 +81,18 @@ def run_dir(dataset) -> Path:
     return _run(dataset, "tiny")
 
 
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory) -> Path:
+    """A tiny generator export on its own (no dataset needed), for upscale."""
+    from pairforge.training.config import load_config
+    from pairforge.training.models import build_generator
+
+    out = tmp_path_factory.mktemp("upscale-export") / "export"
+    build_generator(load_config(preset="tiny").generator, seed=3).eval().export(out, base="tiny(seed=3)",
+                                                                             lora_on_base=True)
+    return out
+
+
 def _eval(args: list[str], out: Path, weights: Path) -> int:
     return main(["eval", *args, "--out", str(out), "--weights", str(weights), "--device", "cpu", "--crop-border", "0"])
 
@@ -202,12 +214,12 @@ def _upscale(src: Path, dst: Path, model: Path, *extra: str) -> int:
                  "--scale", "2", *extra])
 
 
-def test_upscale_refuses_an_existing_output_unless_overwrite(run_dir, tmp_path, capsys) -> None:
+def test_upscale_refuses_an_existing_output_unless_overwrite(export_dir, tmp_path, capsys) -> None:
     photo = _png(tmp_path / "photo.png")
     precious = _png(tmp_path / "precious.png", 5, 5, seed=1)
     before = precious.read_bytes()
     capsys.readouterr()
-    assert _upscale(photo, precious, run_dir / "export") == 2
+    assert _upscale(photo, precious, export_dir) == 2
     (line,) = _lines(capsys.readouterr().err)
     assert str(precious) in line and "--overwrite" in line
     assert precious.read_bytes() == before
@@ -222,40 +234,42 @@ def test_upscale_refuses_an_existing_output_unless_overwrite(run_dir, tmp_path, 
     for name in ("a.png", "b.png"):
         _png(tmp_path / "in" / name)
     _png(tmp_path / "out" / "b.png", 3, 3)
-    assert _upscale(tmp_path / "in", tmp_path / "out", run_dir / "export") == 2
+    assert _upscale(tmp_path / "in", tmp_path / "out", export_dir) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "out" / "b.png") in err and not (tmp_path / "out" / "a.png").exists()
 
-    assert _upscale(photo, precious, run_dir / "export", "--overwrite") == 0
+    assert _upscale(photo, precious, export_dir, "--overwrite") == 0
     assert Image.open(precious).size == (14, 12)
 
 
-def test_upscale_never_writes_over_an_input(run_dir, tmp_path, capsys) -> None:
+def test_upscale_never_writes_over_an_input(export_dir, tmp_path, capsys) -> None:
     photo = _png(tmp_path / "photo.png")
     before = photo.read_bytes()
     capsys.readouterr()
-    assert _upscale(photo, photo, run_dir / "export", "--overwrite") == 2
-    (line,) = _lines(capsys.readouterr().err)
-    assert "overwrite an input" in line and photo.read_bytes() == before
+    for flags in ([], ["--overwrite"]):
+        assert _upscale(photo, photo, export_dir, *flags) == 2
+        (line,) = _lines(capsys.readouterr().err)
+        assert "overwrite an input" in line and photo.read_bytes() == before
     # the input's own folder as the output folder: refused, nothing lands among the inputs
     folder = tmp_path / "pics"
     _png(folder / "a.png")
     _png(folder / "b.jpg", seed=2)
     listing = sorted(p.name for p in folder.iterdir())
-    assert _upscale(folder, folder, run_dir / "export", "--overwrite") == 2
-    assert "is the input folder" in capsys.readouterr().err
-    assert sorted(p.name for p in folder.iterdir()) == listing
+    for flags in ([], ["--overwrite"]):
+        assert _upscale(folder, folder, export_dir, *flags) == 2
+        assert "is the input folder" in capsys.readouterr().err
+        assert sorted(p.name for p in folder.iterdir()) == listing
     # one file into the folder that holds it: its output would be the input itself
-    assert _upscale(folder / "a.png", folder, run_dir / "export", "--overwrite") == 2
+    assert _upscale(folder / "a.png", folder, export_dir, "--overwrite") == 2
     assert "overwrite an input" in capsys.readouterr().err
 
 
 @no_cuda
-def test_upscale_device_errors_are_one_line_exit_2(run_dir, tmp_path, capsys) -> None:
+def test_upscale_device_errors_are_one_line_exit_2(export_dir, tmp_path, capsys) -> None:
     photo = _png(tmp_path / "photo.png")
     for device in ("cuda", "nonsense"):
         capsys.readouterr()
-        assert main(["upscale", str(photo), str(tmp_path / f"{device}.png"), "--model", str(run_dir / "export"),
+        assert main(["upscale", str(photo), str(tmp_path / f"{device}.png"), "--model", str(export_dir),
                      "--device", device]) == 2
         (line,) = _lines(capsys.readouterr().err)
         assert "--device " + device in line and not (tmp_path / f"{device}.png").exists()

@@ -113,11 +113,21 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def check_outputs(pairs: list[tuple[Path, Path]], overwrite: bool) -> None:
     """Before any model loads: no output may be an input (ever), and no output may exist already
-    unless ``overwrite``; each a :class:`UsageError` naming the files."""
-    inputs = [src for src, _ in pairs]
-    onto_input = [dst for _, dst in pairs if any(_same_file(dst, src) for src in inputs)]
+    unless ``overwrite``; each a :class:`UsageError` naming the files. Inputs are compared by
+    resolved path and by file identity (hard links), in one pass over a folder of any size."""
+    paths = {src.resolve() for src, _ in pairs}
+    ids = {_file_id(src) for src, _ in pairs} - {None}
+    onto_input = [dst for _, dst in pairs if dst.resolve() in paths or _file_id(dst) in ids]
     if onto_input:
         raise UsageError(f"output {_names(onto_input)} would overwrite an input (refused even with --overwrite); "
                          "choose another output")
