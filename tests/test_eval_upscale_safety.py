@@ -5,13 +5,15 @@ Everything goes through the real command line (``pairforge.clusters.cli.main``) 
 dataset (3 shards × 2 pairs, synthesized inline from the test photos), a real tiny exported
 generator and the real perceptual weights. The run's data split is written by the trainer's own
 ``split_data`` and ``write_run_files`` (a real training run costs minutes of DeepSpeed start-up;
-tests/test_training_small_data.py trains for real).
+tests/test_demo.py trains for real and its eval stage asks for ``--pairs held-out``, which exits 2
+unless the run recorded its split).
 """
 from __future__ import annotations
 
 import csv
 import json
 import shutil
+import tarfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -53,8 +55,6 @@ def dataset(photo_dir, tmp_path_factory) -> dict:
     assert [s["count"] for s in shards] == [2, 2, 2], shards
     keys = {}
     for s in shards:  # sample keys per shard, straight from the tars
-        import tarfile
-
         with tarfile.open(Path(res.url) / s["name"]) as tar:
             keys[s["name"]] = sorted({m.name.split(".", 1)[0] for m in tar.getmembers()})
     return {"url": res.url, "root": root, "shards": [s["name"] for s in shards], "keys": keys}
