@@ -99,6 +99,7 @@ def test_a_second_synth_into_a_held_dataset_exits_3_naming_the_first(photo_dir, 
     assert again.stdout.startswith("reused: ") and again.stdout.strip().splitlines()[-1] == str(ds)
 
 
+@pytest.mark.slow  # four CLI runs against moto: ~75 s on 2 loaded cores
 def test_s3_lease_refuses_a_second_synth_and_a_stale_lease_is_taken_over(s3_server, photo_dir):
     bucket = s3_server.make_bucket()
     name = bucket[len("s3://"):]
