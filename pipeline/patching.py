@@ -74,6 +74,19 @@ class PatchConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def size_problem(self, w: int, h: int, size: int | None = None) -> str | None:
+        """Why a ``w``×``h`` image gives no patch (the ``too_small`` detail), or None.
+
+        One rule for the workers (:meth:`Patcher._fit`) and ``synth --dry-run``, which judges
+        from the header alone.  ``size`` overrides ``self.size`` as in :class:`Patcher`.
+        """
+        size = int(size or self.size)
+        if min(w, h) < self.min_side:
+            return f"{w}x{h} below min_side {self.min_side}"
+        if min(w, h) < size and self.min_size_policy == "skip":
+            return f"{w}x{h} < patch {size}"
+        return None
+
 
 class Patch(NamedTuple):
     """One HR patch as cut: its sample key, its pixels (HxWx3 uint8) and how it was cut."""
@@ -156,12 +169,11 @@ class Patcher:
     def _fit(self, img: np.ndarray) -> tuple[np.ndarray, float | None]:
         h, w = img.shape[:2]
         short = min(h, w)
-        if short < self.cfg.min_side:
-            raise SkipInput("too_small", f"{w}x{h} below min_side {self.cfg.min_side}")
+        problem = self.cfg.size_problem(w, h, self.size)
+        if problem:
+            raise SkipInput("too_small", problem)
         if short >= self.size:
             return img, None
-        if self.cfg.min_size_policy == "skip":
-            raise SkipInput("too_small", f"{w}x{h} < patch {self.size}")
         import cv2
 
         s = self.size / short

@@ -269,3 +269,20 @@ def test_synth_skips_corrupt_and_flat_inputs_and_stores_none_of_them(corrupt_dir
     assert 1 <= by_source["filled.png"] == PER_IMAGE - len(filled_dropped)
     assert {p["key"] for p in pairs}.isdisjoint(e["patch"] for e in filled_dropped)
     assert done["pairs"] == len(pairs)
+
+
+def test_dry_run_judges_the_pixel_limit_as_the_workers_do(tmp_path):
+    """``synth --dry-run`` reads headers through the decoder's own check: a 95 MP image is
+    within the documented limit (it was refused by Pillow's 89.5 MP bomb limit before), 101 MP
+    is ``too_large``, and an image smaller than the patch is ``too_small``, as in a real run."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "header_95mp.png").write_bytes(header_only_png(10_000, 9_500))
+    (src / "header_101mp.png").write_bytes(header_only_png(10_100, 10_000))
+    (src / "tiny.png").write_bytes(_save(np.zeros((40, 40, 3), np.uint8), "PNG"))
+    res = subprocess.run([*PAIRFORGE, "synth", "--source", str(src), "--out", str(tmp_path / "out"), *SMALL,
+                          "--dry-run", "--json"], capture_output=True, text=True, timeout=300)
+    plan = json.loads(res.stdout.strip().splitlines()[-1])
+    reasons = {s["name"]: s["reason"] for s in plan["skipped_inputs"]}
+    assert reasons == {"header_101mp.png": "too_large", "tiny.png": "too_small"}, plan["skipped_inputs"]
+    assert plan["usable_inputs"] == 1 and not (tmp_path / "out").exists()

@@ -348,96 +348,23 @@ def result_json(res, empty: bool) -> dict:
 
 
 # --------------------------------------------------------------------------- --dry-run
-#: encoded bytes per raw pixel byte, measured on photos (HR; LR views are noisier and compress less)
-ENCODED_RATIO = {"png": (0.55, 0.75), "webp": (0.45, 0.65), "jpg": (0.15, 0.75)}
-#: per pair: its JSON record and the tar headers/padding of its members
-PAIR_OVERHEAD_BYTES = 4300
 #: skipped inputs listed one per line (the rest counted)
 MAX_SKIP_LINES = 20
 
 
 def dry_run(source: str, out: str, config, *, as_json: bool = False) -> int:
-    """Print what ``synth`` would do: exit 0, or 1 when it would produce no pairs."""
-    from pairforge.pipeline.job import plan_job
+    """Print the plan (:func:`pipeline.plan.dry_run_plan`): exit 0, or 1 when it would produce no pairs."""
+    from pairforge.pipeline.plan import dry_run_plan
 
-    plan = plan_job(source, out, config.dataset)
-    skipped = {item.name: why for item in plan.listing.items if (why := probe_input(item, plan.patch, config.dataset))}
-    usable = len(plan.listing.items) - len(skipped)
-    d = config.dataset
-    pairs = usable * d.patch.per_image
-    report = {
-        "dry_run": True, "dataset_id": plan.dataset_id, "url": plan.url, "state": dataset_state(plan),
-        "preset": plan.degradation.name, "scale": int(plan.degradation.scale), "hr_size": plan.patch.size,
-        "inputs": len(plan.listing.items), "usable_inputs": usable,
-        "skipped_inputs": [{"name": n, "reason": r, "detail": det} for n, (r, det) in sorted(skipped.items())],
-        "listing_skipped": plan.listing.skipped, "ignored_files": plan.listing.ignored,
-        "pairs": pairs, "lr_images": pairs * d.views, "shards": len(plan.shard_names),
-        "images_per_shard": d.images_per_shard, "estimated_bytes": estimate_bytes(pairs, plan, d),
-    }
+    report = dry_run_plan(source, out, config.dataset)
     if as_json:
         print(json.dumps(report, default=str))
     else:
-        print(format_plan(report, d))
-    if not pairs:
+        print(format_plan(report, config.dataset))
+    if not report["pairs"]:
         print("pairforge synth: error: this job would produce no pairs (every input skipped; reasons above)",
               file=sys.stderr)
-    return 0 if pairs else 1
-
-
-def probe_input(item, patch, dataset) -> tuple[str, str] | None:
-    """``(reason, detail)`` a worker would skip a local input for, read from its header only
-    (None: usable, or not a local file). The reasons are the workers' (see pipeline/decode.py
-    and pipeline/patching.py)."""
-    import os
-    import warnings
-
-    from PIL import Image
-
-    if item.offset is not None or "://" in item.url or not os.path.isfile(item.url):
-        return None
-    if os.path.getsize(item.url) == 0:
-        return "empty_file", ""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(item.url) as im:
-                w, h = im.size
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        return "too_large", str(exc)[:120]
-    except Image.UnidentifiedImageError:
-        return "not_an_image", ""
-    except Exception as exc:  # noqa: BLE001 - any parser failure is a bad file
-        return "corrupt", f"{type(exc).__name__}: {exc}"[:160]
-    if w * h > dataset.max_pixels:
-        return "too_large", f"{w}x{h} > {dataset.max_pixels} pixels"
-    if min(w, h) < patch.min_side:
-        return "too_small", f"{w}x{h} below min_side {patch.min_side}"
-    if min(w, h) < patch.size and patch.min_size_policy == "skip":
-        return "too_small", f"{w}x{h} < patch {patch.size}"
-    return None
-
-
-def dataset_state(plan) -> str:
-    """new / unfinished (how far) / complete, for the dataset folder this job maps to."""
-    from pairforge.pipeline import storage
-    from pairforge.pipeline.shards import stats_name
-
-    names = set(storage.listdir(plan.url))
-    if "manifest.json" in names:
-        return "complete (synth would reuse it and do nothing)"
-    if "job.json" in names:
-        done = sum(stats_name(n) in names for n in plan.shard_names)
-        return f"unfinished ({done} of {len(plan.shard_names)} shards committed; --resume continues it)"
-    return "new"
-
-
-def estimate_bytes(pairs: int, plan, dataset) -> int:
-    """Shard bytes for ``pairs`` pairs, from the measured compression ratios of each format."""
-    hr_ratio = ENCODED_RATIO[dataset.encode.hr_format][0]
-    lr_ratio = ENCODED_RATIO[dataset.encode.lr_format][1]
-    hr = plan.patch.size ** 2 * 3
-    lr = (plan.patch.size // int(plan.degradation.scale)) ** 2 * 3
-    return int(pairs * (hr * hr_ratio + dataset.views * lr * lr_ratio + PAIR_OVERHEAD_BYTES))
+    return 0 if report["pairs"] else 1
 
 
 def format_plan(r: dict, dataset) -> str:
