@@ -286,3 +286,11 @@ def test_dry_run_judges_the_pixel_limit_as_the_workers_do(tmp_path):
     reasons = {s["name"]: s["reason"] for s in plan["skipped_inputs"]}
     assert reasons == {"header_101mp.png": "too_large", "tiny.png": "too_small"}, plan["skipped_inputs"]
     assert plan["usable_inputs"] == 1 and not (tmp_path / "out").exists()
+
+
+def test_the_summary_shows_dropped_patches_when_no_input_was_skipped():
+    from pairforge.clusters.commands.synth import skipped_summary
+
+    t = {"skipped_inputs": 0, "skipped_patches": 3, "skipped_by_reason": {"flat_patch": 3}}
+    assert skipped_summary(t) == "0 skipped, 3 patches dropped: {'flat_patch': 3}"
+    assert skipped_summary({"skipped_inputs": 0, "skipped_by_reason": {}}) == "0 skipped"

@@ -260,11 +260,19 @@ def report(res, *, as_json: bool = False) -> int:
     elif res.ok and not empty:
         t = res.manifest["totals"]
         print(f"{res.status}: {t['samples']} pairs in {t['shards']} shards from {t['inputs']} inputs "
-              f"({t['skipped_inputs']} skipped{': ' + str(t['skipped_by_reason']) if t['skipped_inputs'] else ''})")
+              f"({skipped_summary(t)})")
         _print_listing_skips(res.manifest.get("source", {}))
         print(res.url)
     sys.stdout.flush()
     return 0 if res.ok and not empty else 1
+
+
+def skipped_summary(totals: dict) -> str:
+    """"3 inputs skipped, 2 patches dropped: {reason: count}": patches dropped from usable images
+    (one-colour or fill-dominated) are shown even when no whole input was skipped."""
+    inputs, patches = totals["skipped_inputs"], totals.get("skipped_patches", 0)
+    text = f"{inputs} skipped" + (f", {patches} patches dropped" if patches else "")
+    return text + (f": {totals['skipped_by_reason']}" if inputs or patches else "")
 
 
 # --------------------------------------------------------------------------- checks before any work
