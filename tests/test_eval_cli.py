@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from test_eval_metrics import ref_psnr, ref_ssim
-from test_perceptual import CALIB_NAMES, calibration, weights_dir  # noqa: F401
 
 from pairforge.clusters.cli import main
 
@@ -71,7 +70,7 @@ def realsr_like(tmp_path: Path) -> Path:
     return root
 
 
-def test_sr_hr_mode_through_the_cli(realsr_like: Path, tmp_path: Path, weights_dir: Path) -> None:  # noqa: F811
+def test_sr_hr_mode_through_the_cli(realsr_like: Path, tmp_path: Path, weights_dir: Path) -> None:
     out = tmp_path / "out"
     proc = subprocess.run([PAIRFORGE, "eval", "--sr", str(realsr_like / "mysr"), "--hr", str(realsr_like / "HR"),
                            "--lr", str(realsr_like / "LR"), "--out", str(out), "--weights", str(weights_dir)],
@@ -105,26 +104,27 @@ def test_sr_hr_mode_through_the_cli(realsr_like: Path, tmp_path: Path, weights_d
         assert "pip install pyiqa" in proc.stderr
 
 
-def test_lpips_dists_golden_values_through_eval(tmp_path: Path, calibration: dict,  # noqa: F811
-                                                weights_dir: Path) -> None:  # noqa: F811
+def test_lpips_dists_golden_values_through_eval(tmp_path: Path, calibration: dict,
+                                                weights_dir: Path) -> None:
     """Two of pyiqa's calibration pairs (512×384; a far and a near one) as SR/HR folders: eval's
     LPIPS-alex and DISTS per image equal the official scores, as in tests/test_perceptual.py."""
-    picked = [CALIB_NAMES.index(n) for n in ("I04", "I08")]
+    names = calibration["names"]
+    picked = [names.index(n) for n in ("I04", "I08")]
     for i in picked:
         for kind, folder in (("dist", "sr"), ("ref", "hr")):
             img = (calibration[kind][i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-            _save(img, tmp_path / folder / f"{CALIB_NAMES[i]}.png")
+            _save(img, tmp_path / folder / f"{names[i]}.png")
     out = tmp_path / "out"
     assert main(["eval", "--sr", str(tmp_path / "sr"), "--hr", str(tmp_path / "hr"), "--out", str(out),
                  "--weights", str(weights_dir), "--crop-border", "0"]) == 0
     rows = {r["image"]: r for r in _csv(out / "per_image.csv")}
-    assert list(rows) == [CALIB_NAMES[i] for i in picked]
+    assert list(rows) == [names[i] for i in picked]
     for metric in ("lpips", "dists"):
-        scores = torch.tensor([float(rows[CALIB_NAMES[i]][metric]) for i in picked])
+        scores = torch.tensor([float(rows[names[i]][metric]) for i in picked])
         official = [calibration["official"][metric][i] for i in picked]
         for i, ours, text in zip(picked, scores.tolist(), official):
             tol = 0.5 * 10.0 ** -len(text.split(".")[1]) + 1e-5  # half a unit in the last printed digit
-            assert abs(ours - float(text)) <= tol, f"{metric} {CALIB_NAMES[i]}: ours {ours:.6f} vs official {text}"
+            assert abs(ours - float(text)) <= tol, f"{metric} {names[i]}: ours {ours:.6f} vs official {text}"
 
 
 def _bicubic_run(args: list[str], out: Path, weights: Path) -> tuple[dict, dict[str, bytes]]:
@@ -135,7 +135,7 @@ def _bicubic_run(args: list[str], out: Path, weights: Path) -> tuple[dict, dict[
     return doc, images
 
 
-def test_bicubic_row_is_reproducible_bit_for_bit(realsr_like: Path, tmp_path: Path, weights_dir: Path,  # noqa: F811
+def test_bicubic_row_is_reproducible_bit_for_bit(realsr_like: Path, tmp_path: Path, weights_dir: Path,
                                                  capsys: pytest.CaptureFixture) -> None:
     args = ["--lr", str(realsr_like / "LR"), "--hr", str(realsr_like / "HR"), "--crops", "1"]
     doc1, img1 = _bicubic_run(args, tmp_path / "a", weights_dir)
@@ -152,7 +152,7 @@ def test_bicubic_row_is_reproducible_bit_for_bit(realsr_like: Path, tmp_path: Pa
     assert _read(tmp_path / "a" / "crops" / "Canon_000.png").shape[1] > 3 * 60
 
 
-def test_preset_mode_is_reproducible_and_replayable(tmp_path: Path, weights_dir: Path) -> None:  # noqa: F811
+def test_preset_mode_is_reproducible_and_replayable(tmp_path: Path, weights_dir: Path) -> None:
     from pairforge.degradations import replay
 
     for k, (h, w) in enumerate([(130, 98), (97, 121)]):  # not multiples of 4: cropped first
@@ -174,7 +174,7 @@ def test_preset_mode_is_reproducible_and_replayable(tmp_path: Path, weights_dir:
     assert np.array_equal(lr[0].permute(1, 2, 0).numpy(), _read(tmp_path / "a" / "images" / "lr" / "img0.png"))
 
 
-def test_dataset_mode_scores_view_0(tmp_path: Path, weights_dir: Path,  # noqa: F811
+def test_dataset_mode_scores_view_0(tmp_path: Path, weights_dir: Path,
                                     capsys: pytest.CaptureFixture) -> None:
     from pairforge.pipeline import SynthConfig, read_pairs, synth
     from pairforge.training.metrics import psnr_y
@@ -200,7 +200,7 @@ def test_dataset_mode_scores_view_0(tmp_path: Path, weights_dir: Path,  # noqa: 
 
 
 def test_model_mode_runs_the_export_beside_bicubic(realsr_like: Path, tmp_path: Path,
-                                                   weights_dir: Path) -> None:  # noqa: F811
+                                                   weights_dir: Path) -> None:
     from pairforge.training.config import load_config
     from pairforge.training.models import build_generator
 
@@ -220,7 +220,7 @@ def test_model_mode_runs_the_export_beside_bicubic(realsr_like: Path, tmp_path: 
     assert table.index("| run7 |") < table.index("| D3SR [1]") and "arXiv 2410.04224" in table
 
 
-def test_published_rows_need_dataset_and_protocol(realsr_like: Path, tmp_path: Path, weights_dir: Path,  # noqa: F811
+def test_published_rows_need_dataset_and_protocol(realsr_like: Path, tmp_path: Path, weights_dir: Path,
                                                   capsys: pytest.CaptureFixture) -> None:
     base = ["eval", "--sr", str(realsr_like / "mysr"), "--hr", str(realsr_like / "HR"), "--weights", str(weights_dir)]
     assert main([*base, "--out", str(tmp_path / "a"), "--dataset-name", "RealSR"]) == 0
@@ -236,7 +236,7 @@ def test_published_rows_need_dataset_and_protocol(realsr_like: Path, tmp_path: P
     assert "## RealSR, protocol whole-image" in capsys.readouterr().out
 
 
-def test_clear_errors(realsr_like: Path, tmp_path: Path, weights_dir: Path, capsys: pytest.CaptureFixture) -> None:  # noqa: F811
+def test_clear_errors(realsr_like: Path, tmp_path: Path, weights_dir: Path, capsys: pytest.CaptureFixture) -> None:
     base = ["eval", "--hr", str(realsr_like / "HR"), "--weights", str(weights_dir), "--out", str(tmp_path / "o")]
     # a missing SR file is named
     (realsr_like / "mysr" / "Canon_001_LR4.png").unlink()

@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_perceptual import weights_dir  # noqa: F401
 
 from pairforge.clusters.cli import main
 
@@ -98,7 +97,7 @@ def _eval(args: list[str], out: Path, weights: Path) -> int:
 
 
 # --------------------------------------------------------------------------- which pairs eval scores
-def test_run_export_on_its_own_dataset_scores_only_held_out_pairs(dataset, run_dir, tmp_path,  # noqa: F811
+def test_run_export_on_its_own_dataset_scores_only_held_out_pairs(dataset, run_dir, tmp_path,
                                                                    weights_dir, capsys) -> None:
     split = json.loads((run_dir / "run.json").read_text())["split"]
     assert [e["name"] for e in split["held_out"]] == dataset["shards"][-1:]
@@ -118,7 +117,7 @@ def test_run_export_on_its_own_dataset_scores_only_held_out_pairs(dataset, run_d
     assert "none of them training pairs" in (out / "table.md").read_text()
 
 
-def test_pairs_all_counts_the_training_pairs(dataset, run_dir, tmp_path, weights_dir, capsys) -> None:  # noqa: F811
+def test_pairs_all_counts_the_training_pairs(dataset, run_dir, tmp_path, weights_dir, capsys) -> None:
     out = tmp_path / "all"
     assert _eval(["--model", str(run_dir / "export"), "--data", dataset["url"], "--pairs", "all"],
                  out, weights_dir) == 0
@@ -160,7 +159,7 @@ def _copy(dataset: dict, tmp_path: Path) -> Path:
     return copy
 
 
-def test_a_deleted_shard_stops_eval_before_anything_is_scored(dataset, tmp_path, weights_dir, capsys) -> None:  # noqa: F811
+def test_a_deleted_shard_stops_eval_before_anything_is_scored(dataset, tmp_path, weights_dir, capsys) -> None:
     ds = _copy(dataset, tmp_path)
     gone = dataset["shards"][1]
     (ds / gone).unlink()
@@ -171,7 +170,7 @@ def test_a_deleted_shard_stops_eval_before_anything_is_scored(dataset, tmp_path,
     assert gone in line and "missing" in line and "Traceback" not in line
 
 
-def test_damage_found_mid_scoring_exits_1_and_keeps_the_scored_pairs(dataset, tmp_path, weights_dir,  # noqa: F811
+def test_damage_found_mid_scoring_exits_1_and_keeps_the_scored_pairs(dataset, tmp_path, weights_dir,
                                                                       capsys) -> None:
     ds = _copy(dataset, tmp_path)
     bad = dataset["shards"][2]
@@ -193,7 +192,7 @@ def test_damage_found_mid_scoring_exits_1_and_keeps_the_scored_pairs(dataset, tm
 
 
 @no_cuda
-def test_eval_device_cuda_without_cuda_is_one_line_exit_2(dataset, tmp_path, weights_dir, capsys) -> None:  # noqa: F811
+def test_eval_device_cuda_without_cuda_is_one_line_exit_2(dataset, tmp_path, weights_dir, capsys) -> None:
     for device in ("cuda", "nonsense"):
         out = tmp_path / device
         assert main(["eval", "--model", "bicubic", "--data", dataset["url"], "--out", str(out),

