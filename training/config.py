@@ -82,6 +82,10 @@ class DiscriminatorConfig:
     #: train every backbone weight (random-init tiny discriminators)
     train_backbone: bool = False
     head_hidden: int = 256
+    #: what the MLP patch head does first with the mid-block features: "groupnorm" (GroupNorm +
+    #: SiLU, as a UNet's output) or "none" (keeps each sample's feature scale, which a random-init
+    #: discriminator needs to see blur; see models/discriminator.PatchHead)
+    head_norm: Literal["groupnorm", "none"] = "groupnorm"
     #: range of the shared diffusion time t ~ U[t_min, t_max] for real and fake latents
     t_min: int = 0
     t_max: int = 999

@@ -32,6 +32,60 @@ def g_adv_loss(fake_logits: torch.Tensor, kind: str = "nonsaturating") -> torch.
     raise ValueError(f"unknown GAN loss {kind!r}")
 
 
+# --------------------------------------------------------------------------- D diagnostics
+#: the diffusion-time buckets the discriminator is measured in, [lo, hi): at small t the real and
+#: fake latents are nearly noise-free, at large t both are nearly pure noise and no D can tell them
+#: apart, so one average over t would hide whether D learns where it can
+D_T_BUCKETS: tuple[tuple[int, int], ...] = ((0, 100), (100, 300), (300, 600), (600, 1000))
+
+
+def bucket_name(lo: int, hi: int) -> str:
+    """``t0_100`` for [0, 100): the suffix of the metric keys ``d_margin_*`` / ``d_acc_*``."""
+    return f"t{lo}_{hi}"
+
+
+#: the bucket whose accuracy ``pairforge train`` prints with each validation line
+LOW_T_BUCKET = bucket_name(*D_T_BUCKETS[0])
+
+
+def d_bucket_sums(real_logits: torch.Tensor, fake_logits: torch.Tensor, t: torch.Tensor) -> dict[str, float]:
+    """Per-t-bucket sums of D's per-sample outputs, to be added over micro-batches and ranks and
+    turned into means by :func:`d_bucket_metrics` (a micro-batch may hold no sample of a bucket, so
+    means of means would be wrong).
+
+    Per sample i (real and fake noised to the same t_i): the mean real patch logit, the mean fake
+    patch logit, and the patch accuracy ½·(share of real patches > 0 + share of fake patches < 0).
+    Keys ``d_n_<b>``, ``d_real_<b>``, ``d_fake_<b>``, ``d_hits_<b>`` for every bucket (zeros when
+    empty), so every rank reports the same keys.
+    """
+    r = real_logits.detach().float().flatten(1)
+    f = fake_logits.detach().float().flatten(1)
+    acc = 0.5 * ((r > 0).float().mean(1) + (f < 0).float().mean(1))
+    t = t.detach().to(r.device)
+    out: dict[str, float] = {}
+    for lo, hi in D_T_BUCKETS:
+        m = (t >= lo) & (t < hi)
+        b = bucket_name(lo, hi)
+        out[f"d_n_{b}"] = float(m.sum())
+        out[f"d_real_{b}"] = float(r.mean(1)[m].sum())
+        out[f"d_fake_{b}"] = float(f.mean(1)[m].sum())
+        out[f"d_hits_{b}"] = float(acc[m].sum())
+    return out
+
+
+def d_bucket_metrics(sums: dict[str, float]) -> dict[str, float]:
+    """``d_margin_<b>`` (mean real logit − mean fake logit; > 0 when D ranks real above fake) and
+    ``d_acc_<b>`` (patch accuracy; 0.5 is chance) for each bucket that saw samples."""
+    out: dict[str, float] = {}
+    for lo, hi in D_T_BUCKETS:
+        b = bucket_name(lo, hi)
+        n = sums.get(f"d_n_{b}", 0.0)
+        if n > 0:
+            out[f"d_margin_{b}"] = (sums[f"d_real_{b}"] - sums[f"d_fake_{b}"]) / n
+            out[f"d_acc_{b}"] = sums[f"d_hits_{b}"] / n
+    return out
+
+
 def mse_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(sr.float(), hr.float())
 

@@ -1,5 +1,8 @@
 """The run report: loss curves (PNG), an LR | SR | HR grid (PNG), and report.md/report.html
-with validation PSNR/SSIM/LPIPS/DISTS of the generator beside the bicubic baseline.
+with validation PSNR/SSIM/LPIPS/DISTS of the generator beside the bicubic baseline, and the
+discriminator's accuracy and real−fake logit margin per diffusion-time bucket (on training
+batches and on the held-out pairs) beside the losses: a D at chance (accuracy 0.5, margin 0)
+means the adversarial term teaches the generator nothing.
 
 Every report states which perceptual backbone produced LPIPS/DISTS (real ImageNet weights,
 or a random backbone when the user asked for one).
@@ -10,6 +13,8 @@ import html
 import json
 import shutil
 from pathlib import Path
+
+from pairforge.training.losses import D_T_BUCKETS, LOW_T_BUCKET, bucket_name
 
 
 #: the validation table's columns, with the record key and format of each cell
@@ -65,12 +70,59 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
+def bucket_label(lo: int, hi: int) -> str:
+    return f"t∈[{lo},{hi})"
+
+
+def discriminator_rows(val: list[dict]) -> list[list[str]]:
+    """Per validation record: step, then D's accuracy and margin for each t bucket ("–" if absent)."""
+    rows = []
+    for v in val:
+        row = [str(v["step"])]
+        for lo, hi in D_T_BUCKETS:
+            b = bucket_name(lo, hi)
+            acc, margin = v.get(f"d_acc_{b}"), v.get(f"d_margin_{b}")
+            row.append("–" if acc is None else f"{acc:.2f} / {margin:+.3f}")
+        rows.append(row)
+    return rows
+
+
+def discriminator_table_markdown(val: list[dict]) -> list[str]:
+    """The held-out discriminator table (records without D measurements are left out)."""
+    val = [v for v in val if f"d_acc_{LOW_T_BUCKET}" in v]
+    if not val:
+        return []
+    header = ["step"] + [f"{bucket_label(lo, hi)} acc / margin" for lo, hi in D_T_BUCKETS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in discriminator_rows(val)]
+
+
+def _plot_discriminator(ax_acc, ax_margin, metrics: list[dict], val: list[dict]) -> None:
+    """Accuracy and margin per t bucket: lines on training batches, markers on held-out pairs."""
+    for i, (lo, hi) in enumerate(D_T_BUCKETS):
+        b, colour, label = bucket_name(lo, hi), f"C{i}", bucket_label(lo, hi)
+        for ax, key in ((ax_acc, f"d_acc_{b}"), (ax_margin, f"d_margin_{b}")):
+            tr = [(m["step"], m[key]) for m in metrics if key in m]
+            if tr:
+                ax.plot(*zip(*tr), color=colour, alpha=0.8, label=f"{label} train")
+            va = [(v["step"], v[key]) for v in val if key in v]
+            if va:
+                ax.plot(*zip(*va), "o--", color=colour, label=f"{label} held-out")
+    ax_acc.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax_acc.set(title="discriminator accuracy per t (0.5 = chance)", xlabel="step", ylim=(0, 1))
+    ax_margin.axhline(0.0, color="grey", lw=0.8, ls=":")
+    ax_margin.set(title="discriminator margin: real − fake logit", xlabel="step")
+    for ax in (ax_acc, ax_margin):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="x-small")
+
+
 def plot_losses(metrics: list[dict], val: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 5, figsize=(25, 4))
     steps = [m["step"] for m in metrics]
     for key in ("loss_g", "mse", "ea_dists", "g_adv"):
         ys = [(m["step"], m[key]) for m in metrics if key in m]
@@ -93,6 +145,7 @@ def plot_losses(metrics: list[dict], val: list[dict], path: Path) -> None:
         axes[2].legend(loc="upper left")
         ax2.legend(loc="lower right")
         axes[2].set_title("validation (held-out pairs)")
+    _plot_discriminator(axes[3], axes[4], metrics, val)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -118,11 +171,19 @@ def build_report(out_dir: str | Path) -> Path:
         lines.append("- **WARNING: a random (untrained) perceptual backbone was used on request; LPIPS/DISTS "
                      "below are not comparable with published numbers.**")
     lines += ["", "## Validation (held-out pairs, Y-channel PSNR/SSIM)", ""] + validation_table_markdown(val)
+    d_table = discriminator_table_markdown(val)
+    if d_table:
+        lines += ["", "## Discriminator on held-out pairs (accuracy / real − fake logit margin; 0.50 is chance)",
+                  ""] + d_table
     if metrics:
         m = metrics[-1]
         lines += ["", "## Last logged step", "",
                   f"loss_g {m['loss_g']:.4f}, loss_d {m['loss_d']:.4f}, "
                   f"{m.get('samples_per_s', 0):.1f} samples/s"]
+        low = f"d_acc_{LOW_T_BUCKET}"
+        if low in m:
+            lines.append(f"discriminator on training batches, {bucket_label(*D_T_BUCKETS[0])}: accuracy "
+                         f"{m[low]:.2f}, margin {m[f'd_margin_{LOW_T_BUCKET}']:+.3f}")
     lines += ["", "## Loss curves", "", "![loss curves](loss_curves.png)", ""]
     if samples:
         lines += ["## LR (bicubic ↑) | SR | HR", "", "![LR | SR | HR](image_grid.png)", ""]

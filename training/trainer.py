@@ -55,17 +55,21 @@ from pairforge.training.logging_utils import RunLogger, image_grid
 from pairforge.training.preflight import check_dataset
 from pairforge.logs import attach_rank_log
 from pairforge.training.quiet import prints_to_log, settle_rank_environment
-from pairforge.training.losses import GeneratorLoss, backbone_sources, build_perceptual, d_loss
+from pairforge.training.losses import (LOW_T_BUCKET, D_T_BUCKETS, GeneratorLoss, backbone_sources, bucket_name,
+                                       build_perceptual, d_bucket_metrics, d_bucket_sums, d_loss)
 from pairforge.training.models import build_discriminator, build_generator
 from pairforge.training.runlock import RunDirLocked, RunLock
 from pairforge.training.runlock import acquire as acquire_run_dir
-from pairforge.training.validation import evaluate
+from pairforge.training.validation import discriminator_sums, evaluate
 
 #: test hook (see the module docstring): the step after which a rank SIGKILLs itself
 TEST_KILL_AT_STEP_ENV = "PAIRFORGE_TEST_KILL_AT_STEP"
 
 #: the per-micro-batch values averaged into each metrics.jsonl record (when present)
 LOGGED_LOSSES = ("loss_g", "loss_d", "d_real", "d_fake", "mse", "ea_dists", "dists", "lpips", "g_adv")
+#: per t bucket, D's per-sample sums (losses.d_bucket_sums) that each record turns into
+#: ``d_margin_<bucket>`` and ``d_acc_<bucket>`` (losses.d_bucket_metrics)
+D_BUCKET_SUMS = tuple(f"d_{k}_{bucket_name(lo, hi)}" for lo, hi in D_T_BUCKETS for k in ("n", "real", "fake", "hits"))
 #: the validation metrics averaged over every rank's held-out slice
 VALIDATION_METRICS = ("sr_psnr", "sr_ssim", "sr_lpips", "sr_dists", "bicubic_psnr", "bicubic_ssim",
                       "bicubic_lpips", "bicubic_dists")
@@ -112,7 +116,10 @@ def generator_step(engine_g, engine_d, loss_fn, lr_up, hr, cfg: TrainConfig, noi
 
 
 def discriminator_step(engine_d, out_g, hr, cfg: TrainConfig, noise_gen, device):
-    """One discriminator micro-step: real E(x) vs detached ẑ, noised to one shared t."""
+    """One discriminator micro-step: real E(x) vs detached ẑ, noised to one shared t.
+
+    Returns (loss_d, real_logits, fake_logits, t): the logits from before this step's update, and
+    each sample's t, so the caller can measure D per t bucket."""
     d_cfg = cfg.discriminator
     z_real, z_fake = out_g["z_real"].detach(), out_g["z_fake"].detach()
     t = torch.randint(d_cfg.t_min, d_cfg.t_max + 1, (hr.shape[0],), device=device, generator=noise_gen)
@@ -123,7 +130,7 @@ def discriminator_step(engine_d, out_g, hr, cfg: TrainConfig, noise_gen, device)
     loss_d = d_loss(real_logits, fake_logits, cfg.loss.gan)
     engine_d.backward(loss_d)
     engine_d.step()
-    return loss_d, real_logits, fake_logits
+    return loss_d, real_logits, fake_logits, t
 
 
 # --------------------------------------------------------------------------- the run's objects
@@ -344,9 +351,10 @@ def train_on_batch(s: Session, batch: dict, use_adv: bool) -> dict[str, float]:
     n = s.nets
     out_g, loss_g, parts = generator_step(n.engine_g, n.engine_d, n.loss_fn, lr_up, hr, s.cfg, n.noise_gen,
                                           use_adv, s.device)
-    loss_d, real_logits, fake_logits = discriminator_step(n.engine_d, out_g, hr, s.cfg, n.noise_gen, s.device)
+    loss_d, real_logits, fake_logits, t = discriminator_step(n.engine_d, out_g, hr, s.cfg, n.noise_gen, s.device)
     return {"loss_g": float(loss_g.detach()), "loss_d": float(loss_d.detach()),
-            "d_real": float(real_logits.detach().mean()), "d_fake": float(fake_logits.detach().mean()), **parts}
+            "d_real": float(real_logits.detach().mean()), "d_fake": float(fake_logits.detach().mean()), **parts,
+            **d_bucket_sums(real_logits, fake_logits, t)}
 
 
 class LossWindow:
@@ -366,11 +374,13 @@ class LossWindow:
 
 
 def train_record(s: Session, step: int, window: LossWindow, use_adv: bool, t_start: float) -> dict:
-    """One metrics.jsonl record: the window's means averaged over ranks (a collective)."""
-    means = _all_mean(window.means(LOGGED_LOSSES), s.device)
+    """One metrics.jsonl record: the window's means averaged over ranks (a collective), with D's
+    margin and accuracy per t bucket on the window's training batches (buckets it saw)."""
+    means = _all_mean(window.means(LOGGED_LOSSES + D_BUCKET_SUMS), s.device)
     samples = step * s.samples_per_step
     return {"step": step, "epoch": samples / max(s.data.n_train, 1), "samples": samples,
-            **{k: v for k, v in means.items() if k in ("loss_g", "loss_d") or k in window.sums},
+            **{k: v for k, v in means.items() if k in ("loss_g", "loss_d") or k in window.sums and k in LOGGED_LOSSES},
+            **d_bucket_metrics(means),
             "adv_on": use_adv, "lr_g": s.cfg.optim_g.lr, "lr_d": s.cfg.optim_d.lr,
             "samples_per_s": s.logger.rate(), "time_s": time.perf_counter() - t_start}
 
@@ -378,22 +388,40 @@ def train_record(s: Session, step: int, window: LossWindow, use_adv: bool, t_sta
 def validate(s: Session, at_step: int) -> dict:
     """Score the generator and bicubic on the held-out pairs (every rank its slice, then summed);
     rank 0 logs the record, an image grid and a one-line summary. Returns the record."""
-    engine_g = s.nets.engine_g
+    engine_g, module_d = s.nets.engine_g, s.nets.engine_d.module
     g_dtype = engine_g.module.dtype  # after DeepSpeed's cast (bf16/fp16/fp32)
     engine_g.eval()
-    sums, n, first = evaluate(lambda lr_up: engine_g(lr_up.to(g_dtype))["sr"],
-                              batch_val(s.val_pairs, s.cfg.data.batch_size), s.nets.val_nets, s.device)
+    module_d.eval()
+    batches = lambda: batch_val(s.val_pairs, s.cfg.data.batch_size)  # noqa: E731 (read twice)
+    sums, n, first = evaluate(lambda lr_up: engine_g(lr_up.to(g_dtype))["sr"], batches(), s.nets.val_nets,
+                              s.device)
+    # D on the same held-out pairs: real E(x_H) vs G's latent, at fixed per-bucket t and noise
+    # (seeded, so every validation of a run draws the same t and noise)
+    d_sums = discriminator_sums(lambda lr_up, hr: engine_g.module(lr_up.to(g_dtype), hr.to(g_dtype)), module_d,
+                                batches(), s.device, seed=s.cfg.seed * 1009 + s.rank)
     engine_g.train()
-    tot = _all_sum({**{k: sums.get(k, 0.0) for k in VALIDATION_METRICS}, "n": float(n)}, s.device)
+    module_d.train()
+    tot = _all_sum({**{k: sums.get(k, 0.0) for k in VALIDATION_METRICS}, "n": float(n),
+                    **{k: d_sums.get(k, 0.0) for k in D_BUCKET_SUMS}}, s.device)
     rec = {"step": at_step, **{k: tot[k] / max(tot["n"], 1) for k in VALIDATION_METRICS}, "n": int(tot["n"]),
-           "backbone": s.nets.backbones.get("lpips", "?")}
+           **d_bucket_metrics(tot), "backbone": s.nets.backbones.get("lpips", "?")}
     s.logger.log_validation(rec)
     if s.rank == 0 and first is not None:
         s.logger.log_images(at_step, image_grid(*first))
         print(f"[pairforge] val step {at_step}: PSNR {rec['sr_psnr']:.2f} (bicubic {rec['bicubic_psnr']:.2f}) "
-              f"LPIPS {rec['sr_lpips']:.4f} (bicubic {rec['bicubic_lpips']:.4f}) [{rec['backbone']}]",
-              flush=True)
+              f"LPIPS {rec['sr_lpips']:.4f} (bicubic {rec['bicubic_lpips']:.4f}) [{rec['backbone']}]"
+              f"{low_t_words(rec)}", flush=True)
     return rec
+
+
+def low_t_words(rec: dict) -> str:
+    """`` D acc t<100 0.73 (margin +0.41)``: how well D tells the held-out real latents from G's at
+    small t (0.50 is chance), for the validation line; empty when not measured."""
+    acc, margin = rec.get(f"d_acc_{LOW_T_BUCKET}"), rec.get(f"d_margin_{LOW_T_BUCKET}")
+    if acc is None:
+        return ""
+    hi = D_T_BUCKETS[0][1]
+    return f"; D acc t<{hi} {acc:.2f} (margin {margin:+.3f})"
 
 
 def save_checkpoint(s: Session, at_step: int) -> None:

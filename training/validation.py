@@ -6,14 +6,18 @@ crop: the validation crops are small and compared run to run, not with the paper
 (``pairforge eval`` crops the border as the papers do).
 LPIPS/DISTS run with the configured backbone (real ImageNet weights unless the user asked
 for a random backbone) and every result carries ``backbone`` so reports can say which.
+
+The discriminator is measured on the same pairs (:func:`discriminator_sums`): whether it tells
+the held-out real latents from the generator's, per diffusion-time bucket.
 """
 from __future__ import annotations
 
 import torch
 
+from pairforge.training.losses import D_T_BUCKETS, d_bucket_sums
 from pairforge.training.metrics import psnr_y, ssim_y
 
-__all__ = ["metric_sums", "evaluate", "psnr_y", "ssim_y"]
+__all__ = ["metric_sums", "evaluate", "discriminator_sums", "psnr_y", "ssim_y"]
 
 
 @torch.no_grad()
@@ -46,3 +50,29 @@ def evaluate(generate, batches, nets: dict, device, dtype=torch.float32) -> tupl
         if first is None:
             first = (lr_up.cpu(), sr.cpu(), hr.cpu())
     return sums, n, first
+
+
+@torch.no_grad()
+def discriminator_sums(latents, discriminator, batches, device, seed: int = 0) -> dict[str, float]:
+    """D's per-bucket sums (:func:`~pairforge.training.losses.d_bucket_sums`) on held-out pairs.
+
+    ``latents(lr_up, hr)`` returns the generator's dict (``z_real``, ``z_fake``, ``sr``). Every
+    pair is scored once per bucket of :data:`~pairforge.training.losses.D_T_BUCKETS`: real and fake
+    noised to one t drawn in the bucket (independent noise, as in training). ``seed`` fixes t and
+    noise, so validations of one run differ only by the networks.
+    """
+    gen = torch.Generator(device=device).manual_seed(seed)
+    sums: dict[str, float] = {}
+    for b in batches:
+        lr_up, hr = b["lr_up"].to(device), b["hr"].to(device)
+        out = latents(lr_up, hr)
+        z_real, z_fake = out["z_real"], out["z_fake"]
+        for lo, hi in D_T_BUCKETS:
+            t = torch.randint(lo, hi, (hr.shape[0],), device=device, generator=gen)
+            noise_r = torch.randn(z_real.shape, device=device, generator=gen)
+            noise_f = torch.randn(z_fake.shape, device=device, generator=gen)
+            real = discriminator(z_real, t, noise_r, image01=hr.to(z_real.dtype))
+            fake = discriminator(z_fake, t, noise_f, image01=out["sr"])
+            for k, v in d_bucket_sums(real, fake, t).items():
+                sums[k] = sums.get(k, 0.0) + v
+    return sums
