@@ -61,6 +61,10 @@ def make_optimizer(module: torch.nn.Module, optim_cfg) -> torch.optim.Optimizer:
                              weight_decay=optim_cfg.weight_decay, eps=optim_cfg.eps)
 
 
+#: DeepSpeed's name for its CPU shared-memory collective op (op_builder/cpu/comm.py)
+SHM_COMM_OP = "deepspeed_shm_comm"
+
+
 def init_distributed() -> None:
     """Join the process group described by RANK/WORLD_SIZE/MASTER_* (set by our launcher,
     torchrun or the deepspeed launcher); gloo on CPU, nccl on GPU."""
@@ -74,7 +78,35 @@ def init_distributed() -> None:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    else:
+        skip_shm_comm_op()
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+
+
+def skip_shm_comm_op() -> bool:
+    """Tell DeepSpeed not to JIT-build its CPU shared-memory collective; call before
+    ``deepspeed.init_distributed`` in a CPU (gloo) rank. Returns whether it was switched off.
+
+    Why: on the CPU accelerator DeepSpeed's ``TorchBackend`` builds ``deepspeed_shm_comm`` with
+    ninja and g++ when it is created (``comm/torch.py: build_shm_op``): 100-200 s on 2 cores on
+    a machine's first run, and again whenever its cache folder is new or seen through another
+    path. The op serves only ``inference_all_reduce`` (tensor-parallel inference kernels); every
+    collective training uses (ZeRO's reduce/all-gather, the trainer's all-reduces) goes to
+    ``torch.distributed`` on gloo, so the losses do not change. DeepSpeed builds it only while
+    ``deepspeed.ops.__compatible_ops__`` marks it compatible; that dict is probed once
+    (~0.4 s) and cached in the module, and DeepSpeed keeps edits to it, so marking the op
+    incompatible there is the switch. The rest of the probe is untouched.
+    """
+    try:
+        import deepspeed.ops
+
+        compatible = deepspeed.ops.__compatible_ops__
+    except (ImportError, AttributeError):  # another DeepSpeed layout: it builds as before
+        return False
+    if not isinstance(compatible, dict):
+        return False
+    compatible[SHM_COMM_OP] = False
+    return True
 
 
 def build_engine(module: torch.nn.Module, engine_cfg, optim_cfg, micro_batch: int,
