@@ -26,9 +26,11 @@ def train(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 @pytest.fixture()
 def stand_in(tmp_path) -> str:
-    """A dataset manifest with no shards behind it: passes the dataset check, could not train."""
+    """A dataset manifest and a 1-byte file as its shard: passes the dataset checks (the shard is
+    there at its recorded size), could not train."""
     ds = tmp_path / "ds"
     ds.mkdir()
+    (ds / "shard-000000.tar").write_bytes(b"x")
     (ds / "manifest.json").write_text(json.dumps({
         "format": "pairforge-shards-v1", "dataset_id": "stand-in", "hr_size": 64, "scale": 4,
         "totals": {"samples": 4}, "shards": [{"name": "shard-000000.tar", "count": 4, "bytes": 1, "sha256": "x"}]}))

@@ -280,9 +280,11 @@ def test_damaged_checkpoints_are_named_skipped_and_set_aside(torchrun_killed):
 
 # ------------------------------------------------------------------------------ --print-launch refusals
 def _print_launch(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    """``--print-launch`` on a stand-in dataset (a manifest only: the checks pass, nothing trains)."""
+    """``--print-launch`` on a stand-in dataset (a manifest and a 1-byte shard: the checks pass,
+    nothing trains)."""
     ds = tmp_path / "ds"
     ds.mkdir(exist_ok=True)
+    (ds / "shard-000000.tar").write_bytes(b"x")
     (ds / "manifest.json").write_text(json.dumps({
         "format": "pairforge-shards-v1", "dataset_id": "stand-in", "hr_size": 64, "scale": 4,
         "totals": {"samples": 4}, "shards": [{"name": "shard-000000.tar", "count": 4, "bytes": 1, "sha256": "x"}]}))

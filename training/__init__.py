@@ -91,6 +91,10 @@ def train(config: str | os.PathLike | TrainConfig, data: str, out: str | os.Path
     TrainConfig. ``overrides`` is a nested dict or {"dotted.key": value}. Returns
     {"rc", "out", "report", "metrics", "export"}; rc != 0 if a rank failed.
 
+    Before anything starts, the dataset must suit the config and every shard its manifest lists
+    must be in the store at its recorded size, else ``DatasetMismatch`` (``ShardsUnusable`` for
+    shards, naming them). Ctrl-C stops the ranks and raises ``KeyboardInterrupt``.
+
     A directory holding a previous run (a checkpoint or logged steps) is continued with
     ``resume="auto"``, deleted first with ``overwrite=True``, and otherwise refused
     (``RunDirNotEmpty``) before anything starts.
@@ -116,7 +120,7 @@ def train(config: str | os.PathLike | TrainConfig, data: str, out: str | os.Path
         cfg = from_dict(config.to_dict(), ov)
     else:
         cfg = load_config(config, overrides=ov)
-    check_dataset(cfg, str(data))  # before a rank starts or anything is written
+    check_dataset(cfg, str(data), shards=True)  # before a rank starts or anything is written
     outp = Path(out)
     check_run_dir(outp, resume, overwrite)
     with acquire_run_dir(outp) as lock:  # before anything is written into the run directory

@@ -13,6 +13,13 @@ fallback). DataLoader workers follow their rank: torch's worker loop exits once 
 changes (``ManagerWatchdog``, checked at least every 5 s); a forkserver's workers see the same
 when the forkserver exits with its rank.
 
+**Ctrl-C stops the run once, quietly.** A terminal sends SIGINT to the launcher and every
+rank (one process group). A rank that ``spawn_local`` started leaves at once, printing nothing
+(:func:`exit_quietly_on_interrupt`; its peer watch does the same while the main thread sits in
+C++ code); the launcher stops what is left and raises ``KeyboardInterrupt`` once, which
+``pairforge train`` turns into one line naming the checkpoint kept and the ``--resume``
+command (exit 130).
+
 **A rank that dies stops the job, and is named.** However the ranks were started (``spawn_local``,
 torchrun, the DeepSpeed launcher), every rank runs a :class:`PeerWatch`: a thread that checks
 the other ranks on its machine (their pids, exchanged once at start-up) every quarter second
@@ -29,6 +36,7 @@ rank variables themselves; ``pairforge train`` then runs the trainer in-process.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -44,7 +52,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 #: set by spawn_local in each rank's environment: the launcher's pid, which the rank must not outlive
 LAUNCHER_PID_ENV = "PAIRFORGE_LAUNCHER_PID"
@@ -54,6 +62,8 @@ _ORPHANED_EXIT_CODE = 70
 PEER_LOST_EXIT_CODE = 71
 #: exit status of a rank stopped by SIGTERM (the shell's 128 + 15)
 TERMINATED_EXIT_CODE = 128 + int(signal.SIGTERM)
+#: exit status of a rank (and of ``pairforge train``) stopped by Ctrl-C (the shell's 128 + 2)
+INTERRUPTED_EXIT_CODE = 128 + int(signal.SIGINT)
 
 
 #: rendezvous ports come from below Linux's ephemeral range (32768–60999 by default)
@@ -84,11 +94,14 @@ def free_port(attempts: int = 50) -> int:
 
 
 def default_env() -> dict[str, str]:
-    """A stable cache for DeepSpeed's JIT-built CPU ops, so only the first run on a machine builds them.
+    """A stable cache for the ops DeepSpeed JIT-builds, so only the first run on a machine builds them.
 
-    One folder per Python environment: two environments (two checkouts, two venvs) sharing one
-    folder make ninja see the other's build as stale and rebuild the op (~25-100 s) on every
-    alternation."""
+    CPU (gloo) ranks build none since ``engines.skip_shm_comm_op``; GPU runs may. One folder
+    per Python environment as its path reads (``sys.prefix``, not resolved): two environments
+    (two checkouts, two venvs) sharing one folder make ninja see the other's build as stale
+    and rebuild the op (~25-100 s) on every alternation, and so would one environment reached
+    through a symlink and through its real path, because the build commands name the op's
+    sources by that path."""
     env = {}
     if "TORCH_EXTENSIONS_DIR" not in os.environ:
         import hashlib
@@ -136,6 +149,19 @@ def _parent_death_signal() -> Callable[[], None] | None:
     return arm
 
 
+def _rank_preexec(arm: Callable[[], None] | None) -> Callable[[], None]:
+    """The ``preexec_fn`` of a local rank: SIGINT ignored from birth (an ignored signal stays
+    ignored across exec, and Python then installs no KeyboardInterrupt handler) until the rank
+    installs :func:`exit_quietly_on_interrupt`, so a Ctrl-C during its imports prints no
+    traceback either; then the parent-death signal, where there is one."""
+    def start() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if arm is not None:
+            arm()
+
+    return start
+
+
 def launched_by_pairforge() -> bool:
     """True in a rank that ``spawn_local`` started (its launcher then holds the run lock)."""
     return os.environ.get(LAUNCHER_PID_ENV) == str(os.getppid())
@@ -168,7 +194,21 @@ def watch_launcher(poll_s: float = 1.0) -> threading.Thread | None:
 
     thread = threading.Thread(target=watch, daemon=True, name="pairforge-launcher-watchdog")
     thread.start()
+    exit_quietly_on_interrupt()
     return thread
+
+
+def exit_quietly_on_interrupt() -> bool:
+    """In a rank started by ``spawn_local`` (main thread): SIGINT ends the process at once with
+    :data:`INTERRUPTED_EXIT_CODE`, printing nothing. A terminal's Ctrl-C reaches the launcher
+    too, and the launcher says once what was kept and how to resume; a ``KeyboardInterrupt``
+    unwinding through DeepSpeed and the DataLoader printed a traceback per rank instead. What an
+    interrupted checkpoint save left half-written, ``--resume auto`` names and sets aside, as
+    after ``kill -9``. Returns whether the handler was installed (not for other ranks)."""
+    if not launched_by_pairforge() or threading.current_thread() is not threading.main_thread():
+        return False
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(INTERRUPTED_EXIT_CODE))
+    return True
 
 
 # --------------------------------------------------------------------------- peers on this machine
@@ -267,8 +307,10 @@ class PeerWatch:
     rank itself had been terminated.
     """
 
-    def __init__(self, rank: int, peers: Sequence[Peer], poll_s: float = 0.25):
+    def __init__(self, rank: int, peers: Sequence[Peer], poll_s: float = 0.25, quiet_interrupt: bool | None = None):
         me = next(p for p in peers if p.rank == rank)
+        #: SIGINT ends this rank silently (ranks of ``spawn_local``, whose launcher reports Ctrl-C)
+        self.quiet_interrupt = launched_by_pairforge() if quiet_interrupt is None else quiet_interrupt
         self.rank = rank
         self.watched = [p for p in peers if p.rank != rank and p.machine == me.machine]
         self.host = socket.gethostname()
@@ -310,12 +352,14 @@ class PeerWatch:
             os.register_at_fork(after_in_child=_plain_sigterm_in_child)
             _fork_hook_installed = True
 
-    def _signals(self) -> set[int]:
-        """Signal numbers that arrived in the last ``poll_s`` (empty without a wakeup fd)."""
+    def _signals(self, wait_s: float | None = None) -> set[int]:
+        """Signal numbers that arrived in the last ``wait_s`` (default ``poll_s``; empty without a
+        wakeup fd)."""
+        wait_s = self.poll_s if wait_s is None else wait_s
         if self._wakeup is None:
-            time.sleep(self.poll_s)
+            time.sleep(wait_s)
             return set()
-        ready, _, _ = select.select([self._wakeup], [], [], self.poll_s)
+        ready, _, _ = select.select([self._wakeup], [], [], wait_s)
         if not ready:
             return set()
         try:
@@ -325,13 +369,20 @@ class PeerWatch:
 
     def _watch(self) -> None:
         while True:
-            if int(signal.SIGTERM) in self._signals():
-                self._terminated()
+            self._handle(self._signals())
             if not self._stopped.is_set():
                 gone = self.gone()
                 if gone:
+                    # a peer that left on Ctrl-C is no news: the same SIGINT is waiting here
+                    self._handle(self._signals(wait_s=0.0))
                     self._exit(PEER_LOST_EXIT_CODE, self.lost_message(gone, "stops too rather than wait "
                                                                                "for it in a collective"))
+
+    def _handle(self, signals: set[int]) -> None:
+        if int(signal.SIGINT) in signals and self.quiet_interrupt:
+            self._exit(INTERRUPTED_EXIT_CODE, None)
+        if int(signal.SIGTERM) in signals:
+            self._terminated()
 
     def lost_message(self, gone: Sequence[Peer], then: str) -> str:
         dead = ", ".join(f"rank {p.rank} (pid {p.pid} on host {self.host})" for p in gone)
@@ -387,6 +438,10 @@ def spawn_local(job_path: str | os.PathLike, nprocs: int, extra_env: dict | None
     The ranks die with this process (see the module docstring). ``inherit_fds`` are handed to
     every rank: the run lock's descriptor, so the run directory stays locked until the last
     rank has exited, even when this launcher is killed first.
+
+    Ctrl-C (SIGINT here, or a rank that left on it first) stops every rank and then raises
+    ``KeyboardInterrupt`` here, once: the caller says what was kept. A second Ctrl-C while the
+    ranks are being stopped is ignored.
     """
     port = free_port()
     try:
@@ -395,45 +450,75 @@ def spawn_local(job_path: str | os.PathLike, nprocs: int, extra_env: dict | None
     except Exception:
         gpus = 0
     threads = cpu_threads_per_rank(nprocs, loader_workers) if gpus == 0 else None
-    die_with_launcher = _parent_death_signal()
+    start_rank = _rank_preexec(_parent_death_signal())
     procs: list[subprocess.Popen] = []
-    for r in range(nprocs):
-        env = dict(os.environ)
-        env.update(default_env())
-        env.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(nprocs), LOCAL_WORLD_SIZE=str(nprocs),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **{LAUNCHER_PID_ENV: str(os.getpid())})
-        if threads is not None:
-            env.setdefault("OMP_NUM_THREADS", str(threads))
-        env.update(extra_env or {})
-        procs.append(subprocess.Popen([sys.executable, "-m", "pairforge.training.trainer", str(job_path)], env=env,
-                                      preexec_fn=die_with_launcher, pass_fds=inherit_fds))
-    rc = 0
+    rc, interrupted = 0, False
     try:
-        while True:
-            codes = [p.poll() for p in procs]
-            failure = first_failure(codes)
-            if failure is not None:
-                rank, rc = failure
-                others = sum(c is None for c in codes)
-                sys.stderr.write(f"[pairforge] rank {rank} (pid {procs[rank].pid}) {_exit_description(rc)}"
-                                 + (f": stopping the other {others} rank(s)\n" if others else "\n"))
-                sys.stderr.flush()
-                break
-            if all(c == 0 for c in codes):
-                return 0
-            time.sleep(poll_s)
+        for r in range(nprocs):
+            env = dict(os.environ)
+            env.update(default_env())
+            env.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(nprocs), LOCAL_WORLD_SIZE=str(nprocs),
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **{LAUNCHER_PID_ENV: str(os.getpid())})
+            if threads is not None:
+                env.setdefault("OMP_NUM_THREADS", str(threads))
+            env.update(extra_env or {})
+            procs.append(subprocess.Popen([sys.executable, "-m", "pairforge.training.trainer", str(job_path)],
+                                          env=env, preexec_fn=start_rank, pass_fds=inherit_fds))
+        rc, interrupted = _wait_for_ranks(procs, poll_s)
     except KeyboardInterrupt:
-        rc = 130
-    for p in procs:  # only the processes we started
+        rc, interrupted = INTERRUPTED_EXIT_CODE, True
+    with _interrupts_ignored():
+        _stop(procs)
+    if interrupted:
+        raise KeyboardInterrupt
+    return rc
+
+
+def _wait_for_ranks(procs: Sequence[subprocess.Popen], poll_s: float) -> tuple[int, bool]:
+    """``(exit code, interrupted)`` once every rank exited 0 or one failed (named on stderr);
+    a rank that left on SIGINT means Ctrl-C, which this launcher will see too: no message."""
+    while True:
+        codes = [p.poll() for p in procs]
+        failure = first_failure(codes)
+        if failure is not None:
+            rank, rc = failure
+            if rc in (INTERRUPTED_EXIT_CODE, -int(signal.SIGINT)):
+                return rc, True
+            others = sum(c is None for c in codes)
+            sys.stderr.write(f"[pairforge] rank {rank} (pid {procs[rank].pid}) {_exit_description(rc)}"
+                             + (f": stopping the other {others} rank(s)\n" if others else "\n"))
+            sys.stderr.flush()
+            return rc, False
+        if all(c == 0 for c in codes):
+            return 0, False
+        time.sleep(poll_s)
+
+
+def _stop(procs: Sequence[subprocess.Popen], grace_s: float = 20.0) -> None:
+    """SIGTERM the ranks still running (only the processes we started), SIGKILL after ``grace_s``."""
+    for p in procs:
         if p.poll() is None:
             p.terminate()
     for p in procs:
         try:
-            p.wait(timeout=20)
+            p.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
-    return rc
+
+
+@contextlib.contextmanager
+def _interrupts_ignored() -> Iterator[None]:
+    """SIGINT ignored inside the block (main thread only; elsewhere a no-op): a Ctrl-C pressed
+    again, or already pending, must not cut the ranks' clean-up short with a traceback."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # --------------------------------------------------------------------------- cluster command lines

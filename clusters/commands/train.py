@@ -5,12 +5,15 @@ DeepSpeed launcher or torchrun (RANK/WORLD_SIZE already set) the trainer runs in
 ``--print-launch hostfile|torchrun`` prints those cluster command lines.
 
 Before any rank starts (seconds, one message, exit 2): the dataset exists, holds pairs and
-suits the crop; ``--out`` holds no previous run unless ``--resume``/``--overwrite``; a resumed
+suits the crop, and every shard its manifest lists is in the store at its recorded size; ``--out`` holds no previous run unless ``--resume``/``--overwrite``; a resumed
 ZeRO checkpoint gets the rank count it was written with; the pretrained folders and the
 perceptual weights the config needs are present.
 
 ``--out`` has one owner at a time (``DIR/run.lock``): a second train on it exits with status 3
 and names the owner while the first is alive; a dead owner's lock is taken over.
+
+Ctrl-C stops every rank and ends with one line: the checkpoint kept (or none) and the exact
+command that continues the run (these arguments with ``--resume auto``); exit status 130.
 """
 from __future__ import annotations
 
@@ -25,8 +28,13 @@ from typing import Iterator
 
 #: exit status when --out belongs to another live `pairforge train` (see training/runlock.py)
 EXIT_RUN_DIR_IN_USE = 3
-EXIT_CODES = ("exit status: 0 trained; 1 a rank failed; 2 bad arguments or environment (found before any "
-              f"rank starts); {EXIT_RUN_DIR_IN_USE} the run directory is in use by another live train")
+#: exit status after Ctrl-C (the shell's 128 + SIGINT); the last line names the --resume command
+EXIT_INTERRUPTED = 130
+EXIT_CODES = ("exit status: 0 trained; 1 a rank failed (damaged data found while training included); 2 bad "
+              "arguments or environment, a dataset shard missing or resized included (found before any rank "
+              f"starts); {EXIT_RUN_DIR_IN_USE} the run directory is in use by another live train; "
+              f"{EXIT_INTERRUPTED} interrupted (Ctrl-C): the last line says which checkpoint was kept and the "
+              "command that resumes from it")
 
 
 class Refusal(Exception):
@@ -136,6 +144,44 @@ def _cluster_args(argv: list[str]) -> list[str]:
 
 
 def run(args) -> int:
+    """``pairforge train``; a Ctrl-C at any point (imports and checks included) ends with the
+    one interrupt line and exit 130."""
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        return _interrupted(args, _is_cluster_rank(args))
+
+
+def _is_cluster_rank(args) -> bool:
+    """Started by torchrun or the DeepSpeed launcher: this process is one rank."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and args.ranks in (None, 1)
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """A Ctrl-C inside the block is raised as ``KeyboardInterrupt`` when the block ends. For
+    ``import torch``: interrupted inside its C++ module initialisation, the process aborts
+    ("terminate called after throwing an instance of 'pybind11::error_already_set'")."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def _run(args) -> int:
+    with _interrupts_deferred():
+        import torch  # noqa: F401 - every path below needs it; imported here, where Ctrl-C cannot abort it
+
     from pairforge.training.config import ConfigError, load_config
 
     try:
@@ -149,7 +195,7 @@ def run(args) -> int:
     from pairforge.training import RunDirLocked, RunDirNotEmpty
     from pairforge.training.preflight import DatasetMismatch
 
-    cluster = "RANK" in os.environ and "WORLD_SIZE" in os.environ and args.ranks in (None, 1)
+    cluster = _is_cluster_rank(args)
     try:
         ranks = preflight(cfg, args, cluster)
     except Refusal as exc:
@@ -159,6 +205,8 @@ def run(args) -> int:
     try:
         with _stdout_to_stderr(args.json):  # --json: stdout carries only the result
             res = _run_as_rank(cfg, args, resume) if cluster else _run_local_ranks(cfg, args, resume, ranks)
+    except KeyboardInterrupt:  # the ranks are stopped (training/launch.py spawn_local)
+        return _interrupted(args, cluster, ranks)
     except RunDirLocked as exc:
         print(f"pairforge train: {exc}", file=sys.stderr)
         return EXIT_RUN_DIR_IN_USE
@@ -220,7 +268,7 @@ def preflight(cfg, args, cluster: bool) -> int:
     if args.overwrite and args.resume == "auto":
         raise Refusal("--resume continues the run in --out and --overwrite deletes it: pass one of them")
     try:
-        check_dataset(cfg, args.data)
+        check_dataset(cfg, args.data, shards=True)  # every shard there, at its recorded size
         check_run_dir(Path(args.out), args.resume, args.overwrite)
     except (DatasetMismatch, OSError, ValueError, RunDirNotEmpty) as exc:  # OSError: StorageError too
         raise Refusal(str(exc)) from None
@@ -380,6 +428,63 @@ def _result(out: str, rc: int, ranks: int) -> dict:
             last = json.loads(lines[-1]).get("step")
     return {"ok": rc == 0, "rc": rc, "out": str(outp), "ranks": ranks, "step": last,
             "report": str(outp / "report.md"), "metrics": str(metrics), "export": str(outp / "export")}
+
+
+def resume_command(argv: list[str] | None = None) -> str:
+    """This command line as the one that continues its run: ``--resume auto`` instead of any
+    ``--resume``/``--overwrite`` (``--overwrite`` would delete what was kept)."""
+    out, rest = [], iter(sys.argv[1:] if argv is None else argv)
+    for a in rest:
+        if a == "--resume":
+            nxt = next(rest, None)
+            if nxt is not None and nxt not in ("auto", "none"):
+                out.append(nxt)  # `--resume` alone, followed by another flag
+        elif a != "--overwrite" and not a.startswith("--resume="):
+            out.append(a)
+    return shlex.join(["pairforge", *out, "--resume", "auto"])
+
+
+def kept_checkpoint(out: str | os.PathLike) -> int | None:
+    """The step of the newest intact checkpoint in ``out`` (what ``--resume auto`` continues
+    from), or None."""
+    ckpt = Path(out) / "checkpoints"
+    if not ckpt.is_dir():
+        return None
+    try:
+        from pairforge.training.checkpoint import newest_intact
+    except Exception:  # noqa: BLE001 - Ctrl-C cut `import torch` short: it cannot be imported again here
+        return _latest_written(ckpt)
+    try:
+        found = newest_intact(ckpt)
+    except OSError:
+        return None
+    return None if found is None else found.step
+
+
+def _latest_written(ckpt: Path) -> int | None:
+    """The step ``latest.json`` names (the checkpoint saved last), read without torch."""
+    try:
+        return int(json.loads((ckpt / "latest.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _interrupted(args, cluster: bool, ranks: int | None = None) -> int:
+    """Ctrl-C: one line saying what was kept and the command that continues (exit 130). Under a
+    cluster launcher only rank 0 says it."""
+    if cluster and os.environ.get("RANK", "0") != "0":
+        return EXIT_INTERRUPTED
+    if getattr(args, "print_launch", None):  # nothing ran
+        print("pairforge train: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    step = kept_checkpoint(args.out)
+    kept = (f"kept the checkpoint at step {step} in {Path(args.out) / 'checkpoints'}" if step is not None
+            else "no checkpoint was kept (the run starts again from step 0)")
+    print(f"pairforge train: interrupted; {kept}; continue with: {resume_command()}", file=sys.stderr, flush=True)
+    if args.json:
+        res = _result(args.out, EXIT_INTERRUPTED, ranks or args.ranks or 1)
+        print(json.dumps({**res, "interrupted": True, "checkpoint_step": step}), flush=True)
+    return EXIT_INTERRUPTED
 
 
 def _report(res: dict, args) -> int:
