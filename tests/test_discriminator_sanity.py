@@ -189,3 +189,21 @@ def test_generator_adversarial_gradient_moves_fake_towards_real(dist_env, traine
         fake_after = d(gen(lr_up)["z_fake"], t, noise).mean().item()
     print(f"{variant}: g_adv {parts['g_adv']:.4f}, G moved {moved}, D(fake) {fake_before:+.4f} → {fake_after:+.4f}")
     assert (moved and fake_after > fake_before) == teaches
+
+
+def test_bucket_metrics_margin_accuracy_and_empty_buckets():
+    """Per-bucket means from summed parts (a micro-batch may miss a bucket), and the validation
+    line's low-t words."""
+    from pairforge.training.trainer import low_t_words
+
+    real = torch.tensor([[1.0, 3.0], [-1.0, 1.0], [2.0, 2.0]]).view(3, 1, 1, 2)
+    fake = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0]]).view(3, 1, 1, 2)
+    sums = d_bucket_sums(real, fake, torch.tensor([5, 99, 700]))
+    assert sums["d_n_t100_300"] == 0 and sums["d_n_t0_100"] == 2  # every key present, even when empty
+    m = d_bucket_metrics(sums)
+    assert set(m) == {"d_margin_t0_100", "d_acc_t0_100", "d_margin_t600_1000", "d_acc_t600_1000"}
+    assert m["d_margin_t0_100"] == pytest.approx(((2.0 - -1.0) + (0.0 - 1.0)) / 2)
+    assert m["d_acc_t0_100"] == pytest.approx((1.0 + 0.25) / 2)  # sample 2: ½·(½ real > 0 + 0 fake < 0)
+    assert m["d_acc_t600_1000"] == pytest.approx(0.5)  # a fake logit of exactly 0 is not "< 0"
+    assert low_t_words(m) == "; D acc t<100 0.62 (margin +1.000)"
+    assert low_t_words({}) == ""
