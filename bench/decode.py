@@ -60,9 +60,9 @@ def main() -> None:
         for label, data in ((name, blob), (f"{Path(name).stem}@q90.jpg", jpeg.getvalue())):
             h, w = arr.shape[:2]
             patch = np.ascontiguousarray(arr[:min(h, args.patch), :min(w, args.patch)])
-            rows.append((label, f"{w}x{h}", best_ms(lambda: pillow_only(data), args.repeats),
-                         best_ms(lambda: decode_image(data), args.repeats),
-                         best_ms(lambda: degenerate(patch), args.repeats)))
+            rows.append((label, f"{w}x{h}", best_ms(lambda data=data: pillow_only(data), args.repeats),
+                         best_ms(lambda data=data: decode_image(data), args.repeats),
+                         best_ms(lambda patch=patch: degenerate(patch), args.repeats)))
     print(f"{'image':<28}{'size':>10}{'pillow ms':>11}{'decode_image ms':>17}{'ratio':>7}{'flat check ms':>15}")
     for label, size, old, new, flat in rows:
         print(f"{label:<28}{size:>10}{old:>11.2f}{new:>17.2f}{new / old:>7.2f}{flat:>15.3f}")

@@ -516,8 +516,8 @@ def degrade(hr: torch.Tensor, preset: str = "realesrgan-x4plus", device="cpu", s
 if __name__ == "__main__":  # quick visual check: python -m bench.naive_reference out.png
     import sys
 
-    from skimage import data
     from PIL import Image
+    from skimage import data
 
     img = torch.from_numpy(data.astronaut()[:400, :400].copy()).permute(2, 0, 1)[None]
     hr = img.repeat(4, 1, 1, 1)

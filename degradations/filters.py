@@ -33,7 +33,6 @@ from .canvas import Canvas, _border_index
 from .config import MAX_KERNEL_SIZE
 from .kernels import build_kernels, gaussian_kernel1d
 
-
 #: Output rows per strip in ``_depthwise``. Set from each sample's own height only, so a
 #: sample is cut the same way whatever batch it is in.
 _STRIP_ROWS = 64

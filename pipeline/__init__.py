@@ -17,8 +17,15 @@ from __future__ import annotations
 
 from .job import JobError, SynthResult, synth
 from .patching import PatchConfig
-from .shards import (EncodeConfig, ShardIntegrityError, UnsafeMemberError, load_manifest, read_pairs, shard_urls,
-                     verify_shard)
+from .shards import (
+    EncodeConfig,
+    ShardIntegrityError,
+    UnsafeMemberError,
+    load_manifest,
+    read_pairs,
+    shard_urls,
+    verify_shard,
+)
 from .sources import SourceError
 from .storage import StorageConfig, StorageError
 from .synth_config import DatasetConfig, RunConfig, SynthConfig

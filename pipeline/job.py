@@ -39,8 +39,17 @@ from . import storage
 from .execution import InlineExecutor, RayExecutor, RunReport, init_ray, shutdown_ray
 from .identity import config_hash, dataset_id
 from .patching import PatchConfig
-from .shards import (MANIFEST_NAME, PIPELINE_VERSION, build_manifest, committed_shards, pretty_json, read_json,
-                     shard_name, stats_name, unconfirmed_shards)
+from .shards import (
+    MANIFEST_NAME,
+    PIPELINE_VERSION,
+    build_manifest,
+    committed_shards,
+    pretty_json,
+    read_json,
+    shard_name,
+    stats_name,
+    unconfirmed_shards,
+)
 from .sources import Listing, SourceError, list_source
 from .synth_config import DEFAULT_PRESET, DatasetConfig, RunConfig, SynthConfig
 from .worker import JobSpec, ShardTask

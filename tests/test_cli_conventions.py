@@ -10,10 +10,10 @@ import json
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 PAIRFORGE = [sys.executable, "-m", "pairforge.clusters.cli"]
 ROOT = Path(__file__).resolve().parents[1]

@@ -40,8 +40,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-
 from faultproxy import FaultProxy
+
 from pairforge.pipeline.storage import ENV_VARS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

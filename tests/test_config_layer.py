@@ -5,8 +5,8 @@ import pytest
 import yaml
 
 from pairforge.config import ConfigError, Presets, fingerprint
-from pairforge.degradations import DegradationConfig
 from pairforge.degradations import ConfigError as DegradationConfigError
+from pairforge.degradations import DegradationConfig
 from pairforge.training import ConfigError as TrainingConfigError
 from pairforge.training.config import from_dict as training_from_dict
 

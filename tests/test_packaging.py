@@ -5,8 +5,9 @@ An editable install finds a package missing from that list anyway, so only a reg
 """
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -29,6 +29,7 @@ from pairforge.training.perceptual.edge import ea_dists
 from pairforge.training.perceptual.pypi import PyPIUnreachable, sha256_file
 from pairforge.training.perceptual.safe_pickle import UnsafePickleError, load_numpy_pickle
 
+
 @pytest.fixture(scope="session")
 def dists(weights_dir: Path) -> DISTS:
     return DISTS(weights_dir=weights_dir)

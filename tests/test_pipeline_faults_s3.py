@@ -17,8 +17,8 @@ import threading
 import time
 
 import pytest
-
 from faultproxy import FaultProxy
+
 from pairforge.pipeline import SynthConfig, synth
 from pairforge.pipeline.storage import ENV_VARS, StorageConfig, s3_options
 

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from faultproxy import FaultProxy
 from proctools import kill_all, process_table
 

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import pytest
+from proctools import descendants, kill_all, wait_until_gone
 
 from pairforge.clusters.commands.train import resume_command
-from proctools import descendants, kill_all, wait_until_gone
 
 FAST = ["--preset", "tiny", "--workers", "1", "--batch-size", "2", "--crop-size", "32", "--val-every", "0",
         "--ckpt-every", "2", "--log-every", "1", "--perceptual-backbone", "random",

@@ -17,11 +17,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from proctools import descendants, kill_all
 
 from pairforge.pipeline.shards import load_manifest
 from pairforge.training import train
 from pairforge.training.preflight import ShardsUnusable
-from proctools import descendants, kill_all
 
 FAST = ["--preset", "tiny", "--workers", "1", "--batch-size", "2", "--crop-size", "32", "--val-every", "0",
         "--ckpt-every", "0", "--log-every", "1", "--perceptual-backbone", "random",

@@ -83,8 +83,13 @@ def _fake_checkpoint(root, step: int, *, sizes: bool = True, marker: bool = True
 
 
 def test_resume_takes_the_newest_intact_checkpoint_and_names_the_others(tmp_path):
-    from pairforge.training.checkpoint import (DAMAGED_DIR, choose_resumable, recorded_world_size, set_aside,
-                                               skipped_warning)
+    from pairforge.training.checkpoint import (
+        DAMAGED_DIR,
+        choose_resumable,
+        recorded_world_size,
+        set_aside,
+        skipped_warning,
+    )
 
     for step in (2, 4, 6, 8):
         _fake_checkpoint(tmp_path, step)

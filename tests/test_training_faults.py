@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from proctools import children, cmdline, descendants, kill_all, process_table, wait_until_gone
 
 from pairforge.training.launch import free_port
-from proctools import children, cmdline, descendants, kill_all, process_table, wait_until_gone
 from pairforge.training.runlock import RunDirLocked, acquire
 
 EXIT_RUN_DIR_IN_USE = 3

@@ -5,7 +5,6 @@ by name) so they do not depend on prepared ImageNet weights; nothing here report
 """
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from proctools import descendants, environ, kill_all, process_table, wait_until_gone
 
 from pairforge.training.launch import PEER_LOST_EXIT_CODE, LaunchError, first_failure, free_port, read_hostfile

@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from PIL import Image
 
 from pairforge.training.colorfix import adain_color_fix, apply_color_fix, wavelet_color_fix
 from pairforge.training.inference import Tiling, _pad_to, blend_tiles, tile_geometry, upscale_tensor
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from pairforge.training.models.generator import OneStepGenerator
 
 pytestmark = pytest.mark.timeout(300)

@@ -11,8 +11,21 @@ its dataset with it too); this module keeps the names train has always imported.
 """
 from __future__ import annotations
 
-from pairforge.runlock import (HEARTBEAT_S, LOCK_NAME, STALE_AFTER_S, Locked, Owner, RunDirLocked, RunLock,
-                               _parse_owner, _presumed_alive, _process_exists, _read_owner, _try_flock, acquire)
+from pairforge.runlock import (
+    HEARTBEAT_S,
+    LOCK_NAME,
+    STALE_AFTER_S,
+    Locked,
+    Owner,
+    RunDirLocked,
+    RunLock,
+    _parse_owner,
+    _presumed_alive,
+    _process_exists,
+    _read_owner,
+    _try_flock,
+    acquire,
+)
 
 __all__ = ["HEARTBEAT_S", "LOCK_NAME", "STALE_AFTER_S", "Locked", "Owner", "RunDirLocked", "RunLock", "acquire",
            "_parse_owner", "_presumed_alive", "_process_exists", "_read_owner", "_try_flock"]

@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-
 #: the eval stage's colour fix: a one-step diffusion SR model drifts in brightness on a few dozen
 #: training pairs; OSEDiff and StableSR fix colour against the input at test time in the same way
 DEMO_COLOR_FIX = "wavelet"
@@ -224,8 +223,8 @@ def write_demo_grid(url: str, export_dir: Path, png: Path, rows: int = 3, tile: 
     import torch.nn.functional as F
 
     from pairforge.training.evaluate import dataset_pairs, select_dataset_pairs
-    from pairforge.training.logging_utils import save_png
     from pairforge.training.inference import load_generator, upscale_tensor
+    from pairforge.training.logging_utils import save_png
 
     gen = load_generator(export_dir, "cpu")
     held_out = select_dataset_pairs(url, export_dir, "held-out")  # the run's own record (RUN/run.json)

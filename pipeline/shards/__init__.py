@@ -8,10 +8,19 @@ in that order only (layout ← codec, manifest ← writer, reader), so there is 
 """
 from .codec import EncodeConfig, UnsafeMemberError, decode_image_bytes, decode_sample, encode_image, encode_sample
 from .layout import FORMAT, MANIFEST_NAME, PIPELINE_VERSION, SAFE_EXTS, shard_name, stats_name
-from .manifest import (build_manifest, committed_shards, load_manifest, pretty_json, read_json,
-                       unconfirmed_shards)
-from .reader import (ON_DAMAGE, ShardIntegrityError, ShardReader, ShardSource, SkippedShards, dataset_shard,
-                     read_pairs, shard_sources, shard_urls, verify_shard)
+from .manifest import build_manifest, committed_shards, load_manifest, pretty_json, read_json, unconfirmed_shards
+from .reader import (
+    ON_DAMAGE,
+    ShardIntegrityError,
+    ShardReader,
+    ShardSource,
+    SkippedShards,
+    dataset_shard,
+    read_pairs,
+    shard_sources,
+    shard_urls,
+    verify_shard,
+)
 from .writer import ShardResult, write_shard, write_stats
 
 __all__ = [
