@@ -55,8 +55,9 @@ def test_every_record_replays_from_the_saved_hr_crop(tmp_path):
 
 def test_the_sheet_is_headed_with_preset_and_seed(tmp_path):
     """The same call with and without the header differs only in the header band."""
-    from pairforge.pipeline.inspect import contact_sheet
     import numpy as np
+
+    from pairforge.pipeline.inspect import contact_sheet
 
     sample = {"key": "k", "hr": np.zeros((64, 64, 3), np.uint8), "lr": [np.zeros((16, 16, 3), np.uint8)],
               "params": {}}

@@ -9,8 +9,17 @@ from collections import Counter
 import pytest
 
 from pairforge.degradations.rng import SampleRng
-from pairforge.training.data import (Part, ShardStream, compose, drop, keep_part, make_train_loader, part_order,
-                                     plan_parts, shuffle_windows)
+from pairforge.training.data import (
+    Part,
+    ShardStream,
+    compose,
+    drop,
+    keep_part,
+    make_train_loader,
+    part_order,
+    plan_parts,
+    shuffle_windows,
+)
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -18,8 +18,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from pairforge.config import (BASE_KEY, ConfigError, Presets, deep_merge, fingerprint, from_plain,
-                              set_dotted)
+from pairforge.config import BASE_KEY, ConfigError, Presets, deep_merge, fingerprint, from_plain, set_dotted
 
 PRESET_DIR = Path(__file__).with_name("presets")
 log = logging.getLogger(__name__)

@@ -46,18 +46,27 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from pairforge.logs import attach_rank_log
 from pairforge.training import checkpoint as ckpt
 from pairforge.training.config import TrainConfig, from_dict
 from pairforge.training.data import batch_val, load_val_pairs, make_train_loader, split_train_val
 from pairforge.training.engines import build_engines, frozen, init_distributed
 from pairforge.training.launch import PeerWatch, launched_by_pairforge, watch_launcher, watch_peers
 from pairforge.training.logging_utils import RunLogger, image_grid
-from pairforge.training.preflight import check_dataset
-from pairforge.logs import attach_rank_log
-from pairforge.training.quiet import prints_to_log, settle_rank_environment
-from pairforge.training.losses import (LOW_T_BUCKET, D_T_BUCKETS, GeneratorLoss, backbone_sources, bucket_name,
-                                       build_perceptual, d_bucket_metrics, d_bucket_sums, d_loss)
+from pairforge.training.losses import (
+    D_T_BUCKETS,
+    LOW_T_BUCKET,
+    GeneratorLoss,
+    backbone_sources,
+    bucket_name,
+    build_perceptual,
+    d_bucket_metrics,
+    d_bucket_sums,
+    d_loss,
+)
 from pairforge.training.models import build_discriminator, build_generator
+from pairforge.training.preflight import check_dataset
+from pairforge.training.quiet import prints_to_log, settle_rank_environment
 from pairforge.training.runlock import RunDirLocked, RunLock
 from pairforge.training.runlock import acquire as acquire_run_dir
 from pairforge.training.validation import discriminator_sums, evaluate
