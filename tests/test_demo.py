@@ -62,6 +62,8 @@ def test_demo_writes_a_report_with_validation_against_bicubic(tmp_path: Path, pe
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", src
     # the perceptual metrics are the real ones unless asked otherwise
     assert "random perceptual backbone" not in text
+    # the discriminator's held-out measurements are shown, with a sentence read from them
+    assert "The diffusion discriminator on held-out pairs" in text and "patch accuracy at t&nbsp;&lt;&nbsp;100" in text
 
 
 def _rows(psnr: float, lpips: float, dists: float) -> list[dict]:
@@ -78,3 +80,15 @@ def test_demo_verdict_follows_the_metrics() -> None:
     for rows in (_rows(24.9, 0.60, 0.40), _rows(25.2, 0.70, 0.43)):  # PSNR-Y lost / both perceptual lost
         assert "does not reach the demo's aim" in demo_verdict(rows)
     assert demo_verdict(_rows(25.2, 0.6, 0.4)[1:]) == ""  # no bicubic row: no verdict
+
+
+def test_the_discriminator_sentence_follows_its_measurements() -> None:
+    from pairforge.training.report import discriminator_table_html
+
+    def record(acc: float, margin: float) -> list[dict]:
+        return [{"step": 200, "d_acc_t0_100": acc, "d_margin_t0_100": margin}]
+
+    assert "tells the model's output from real HR" in discriminator_table_html(record(0.71, 0.8))
+    assert "does not yet tell" in discriminator_table_html(record(0.52, 0.001))
+    assert "ranks the model's output above real HR" in discriminator_table_html(record(0.26, -5.3))
+    assert "No discriminator measurements" in discriminator_table_html([{"step": 0}])

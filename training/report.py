@@ -96,6 +96,29 @@ def discriminator_table_markdown(val: list[dict]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in discriminator_rows(val)]
 
 
+def discriminator_table_html(val: list[dict]) -> str:
+    """The held-out discriminator table as HTML, with one sentence read from its last row: a
+    reader should not have to know that 0.5 is chance to see whether the adversarial half works."""
+    val = [v for v in val if f"d_acc_{LOW_T_BUCKET}" in v]
+    if not val:
+        return "<p>No discriminator measurements were logged.</p>"
+    header = ["step"] + [f"{bucket_label(lo, hi)} acc / margin" for lo, hi in D_T_BUCKETS]
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                   for row in discriminator_rows(val))
+    acc, margin = val[-1][f"d_acc_{LOW_T_BUCKET}"], val[-1][f"d_margin_{LOW_T_BUCKET}"]
+    if acc >= 0.6 and margin > 0:
+        verdict = "it tells the model's output from real HR on held-out pairs"
+    elif acc <= 0.4 or margin < 0:
+        verdict = ("it ranks the model's output above real HR on held-out pairs: it has fitted the training "
+                   "pairs, not learned what real looks like")
+    else:
+        verdict = "it does not yet tell the model's output from real HR on held-out pairs (0.5 is chance)"
+    words = (f"<p>At step {val[-1]['step']} the discriminator's patch accuracy at t&nbsp;&lt;&nbsp;100 is "
+             f"{acc:.2f} (margin {margin:+.3f}): {html.escape(verdict, quote=False)}.</p>")
+    return f"<table border=1><tr>{head}</tr>{rows}</table>{words}"
+
+
 def _plot_discriminator(ax_acc, ax_margin, metrics: list[dict], val: list[dict]) -> None:
     """Accuracy and margin per t bucket: lines on training batches, markers on held-out pairs."""
     for i, (lo, hi) in enumerate(D_T_BUCKETS):

@@ -242,7 +242,12 @@ def write_demo_grid(url: str, export_dir: Path, png: Path, rows: int = 3, tile: 
 
 def write_demo_report(out: Path, inspect_report: dict, train_dir: Path, timings: dict[str, float]) -> Path:
     """One page for the whole demo: dataset pictures, then what training did with them."""
-    from pairforge.training.report import read_jsonl, used_random_backbone, validation_table_html
+    from pairforge.training.report import (
+        discriminator_table_html,
+        read_jsonl,
+        used_random_backbone,
+        validation_table_html,
+    )
 
     val = read_jsonl(train_dir / "validation.jsonl")
     run = json.loads((train_dir / "run.json").read_text()) if (train_dir / "run.json").exists() else {}
@@ -270,6 +275,9 @@ bundled photos ({t['skipped_inputs']} skipped), preset <code>{html.escape(str(in
 <h3>Validation during training (the raw generator on 64 px centre crops of held-out pairs; PSNR/SSIM on Y
 without border crop, LPIPS-alex and DISTS with ImageNet weights)</h3>
 {validation_table_html(val)}
+<h3>The diffusion discriminator on held-out pairs (real HR latents against the generator's, both noised to
+the same t; patch accuracy, 0.5 = chance, and the real − fake logit margin, per timestep bucket)</h3>
+{discriminator_table_html(val)}
 <h2>3. <code>pairforge eval</code> on the held-out shard</h2>
 <p>Whole held-out pairs (LR view 0), PSNR/SSIM on Y with a 4-pixel border crop as BasicSR computes them,
 LPIPS-alex and DISTS on the whole image.</p>
