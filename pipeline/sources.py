@@ -36,6 +36,7 @@ from typing import Hashable, Iterable
 
 from . import storage
 
+#: the one list of image file extensions every command reads (synth, upscale, eval, degrade)
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pnm")
 LIST_EXTS = (".txt", ".lst", ".list")
 #: real photos shipped with scikit-image (colour, at least 300 px on the short side)
@@ -137,7 +138,9 @@ def _hash_items(named_paths: list[tuple[str, str]]) -> tuple[list[SourceItem], l
     return items, skipped
 
 
-def _is_image_name(name: str) -> bool:
+def is_image_name(name: str) -> bool:
+    """Whether a file name is one every command reads as an image: one of :data:`IMAGE_EXTS`
+    (any case), not hidden. The one list, for synth's sources, ``upscale`` and ``eval`` alike."""
     return name.lower().endswith(IMAGE_EXTS) and not os.path.basename(name).startswith(".")
 
 
@@ -275,7 +278,7 @@ def _scan_one_folder(root: str, rel_dir: str, via_link: bool,
                 links.append((rel, ident))      # entered later: real folders keep their real names
             elif scan.enter(rel, ident):
                 subfolders.append(rel)
-        elif stat.S_ISREG(st.st_mode) and _is_image_name(entry.name):
+        elif stat.S_ISREG(st.st_mode) and is_image_name(entry.name):
             scan.images.append((via_link or entry.is_symlink(), rel, entry.path, ident))
         else:
             scan.ignored += 1
@@ -292,7 +295,7 @@ def _unstattable_reason(entry: os.DirEntry, exc: OSError) -> str | None:
         return DANGLING_SYMLINK
     if is_dir:
         return UNREADABLE_FOLDER
-    if is_link or _is_image_name(entry.name):
+    if is_link or is_image_name(entry.name):
         return UNREADABLE
     return None
 
@@ -324,7 +327,7 @@ def list_s3_prefix(url: str, storage_options: dict | None = None) -> Listing:
     for key, info in found.items():
         if info.get("type") == "directory":
             continue
-        if not _is_image_name(key):
+        if not is_image_name(key):
             ignored += 1
             continue
         etag = str(info.get("ETag", info.get("etag", ""))).strip('"')
@@ -463,7 +466,7 @@ def list_source(spec: str, storage_options: dict | None = None, *, min_side: int
     if not os.path.exists(url):
         raise SourceError(f"source {spec!r} does not exist")
     if os.path.isfile(url):
-        if _is_image_name(url):
+        if is_image_name(url):
             items, unreadable = _hash_items([(os.path.basename(url), url)])
             return _finish(spec, "file", items, skipped=unreadable)
         raise SourceError(f"source file {spec!r} is neither an image, a .txt/.lst list nor a .tar shard")

@@ -63,11 +63,11 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pairforge.degradations.rng import SampleRng
 from pairforge.pipeline.shards import ShardReader, dataset_shard, decode_sample, load_manifest
+from pairforge.training import pixels
 
 #: a stage turns an iterator of items into an iterator of (other) items, lazily
 Stage = Callable[[Iterator[Any]], Iterator[Any]]
@@ -248,9 +248,8 @@ def to_tensors(sample: dict, view: int, crop: int | None, rng: np.random.Generat
             y0, x0 = int(rng.integers(0, lr.shape[0] - lc + 1)), int(rng.integers(0, lr.shape[1] - lc + 1))
         lr = lr[y0:y0 + lc, x0:x0 + lc]
         hr = hr[y0 * scale:(y0 + lc) * scale, x0 * scale:(x0 + lc) * scale]
-    hr_t = torch.from_numpy(np.ascontiguousarray(hr)).permute(2, 0, 1).float() / 255
-    lr_t = torch.from_numpy(np.ascontiguousarray(lr)).permute(2, 0, 1).float() / 255
-    lr_up = F.interpolate(lr_t[None], size=hr_t.shape[-2:], mode="bicubic", align_corners=False)[0].clamp(0, 1)
+    hr_t, lr_t = pixels.to_float(hr), pixels.to_float(lr)
+    lr_up = pixels.bicubic_input(lr_t, size=hr_t.shape[-2:])  # the generator's input, as inference makes it
     return {"hr": hr_t, "lr_up": lr_up, "key": sample["key"]}
 
 

@@ -32,8 +32,8 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from pairforge.training import pixels
 from pairforge.training.metrics import psnr_y, ssim_y
 from pairforge.training.published import PublishedRow
 
@@ -49,7 +49,6 @@ COLUMNS = (("psnr_y", "PSNR↑", ".2f"), ("ssim_y", "SSIM↑", ".4f"), ("lpips",
 #: no-reference metrics: our key -> pyiqa metric name (MANIQA as the papers report it, PIPAL-trained)
 NO_REFERENCE = {"niqe": "niqe", "musiq": "musiq", "maniqa": "maniqa-pipal", "clipiqa": "clipiqa"}
 _FULL_REFERENCE = ("psnr_y", "ssim_y", "lpips", "dists")
-_IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm")
 #: name suffixes that test sets and SR tools add (Canon_001_HR / Canon_001_LR4 / img_x4 / img_SR)
 _SUFFIX = re.compile(r"[_\-.]?(hr|gt|lr\d*|lq|sr|x\d+|out|output|result)$", re.IGNORECASE)
 
@@ -71,21 +70,20 @@ class Pair:
 
 # ----------------------------------------------------------------------------- reading
 def read_image(path: Path) -> np.ndarray:
-    """An image file as HWC uint8 RGB (EXIF orientation applied); EvalError if unreadable."""
-    from pairforge.pipeline.decode import SkipInput, decode_image
-
+    """An image file as HWC uint8 RGB through the one reader (:func:`pixels.read_image`, the
+    pixels ``upscale`` and ``synth`` see); EvalError (one line) if unreadable."""
     try:
-        return decode_image(Path(path).read_bytes())[0]
-    except SkipInput as exc:
-        raise EvalError(f"cannot read {path}: {exc}") from None
+        return pixels.read_image(path)
+    except pixels.UnreadableImage as exc:
+        raise EvalError(str(exc)) from None
 
 
 def _list_images(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise EvalError(f"{folder} is not a folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_EXTS and not p.name.startswith("."))
+    files = sorted(p for p in folder.iterdir() if pixels.is_image_name(p.name))
     if not files:
-        raise EvalError(f"{folder} holds no images ({', '.join(_IMAGE_EXTS)})")
+        raise EvalError(f"{folder} holds no images ({', '.join(pixels.IMAGE_EXTS)})")
     out: dict[str, Path] = {}
     for p in files:
         if p.stem in out:
@@ -399,22 +397,13 @@ def infer_scale(pair: Pair) -> int:
 
 # ----------------------------------------------------------------------------- methods
 def _to_tensor(img: np.ndarray) -> torch.Tensor:
-    """HWC uint8 → (1, 3, H, W) float32 in [0, 1]."""
-    return torch.from_numpy(np.require(img, requirements=["C", "W"])).permute(2, 0, 1)[None].float() / 255
-
-
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(1, 3, H, W) in [0, 1] → HWC uint8, rounded as :func:`pairforge.training.metrics.quantize`."""
-    return (x[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    """HWC uint8 → (1, 3, H, W) float32 in [0, 1] (:func:`pixels.to_float`)."""
+    return pixels.to_float(img)[None]
 
 
 def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
-    """torch bicubic (a = −0.75, align_corners=False, clamped), on the CPU in float32: the
-    generator's input. Not MATLAB's ``imresize`` (antialiased, a = −0.5), so papers' bicubic rows
-    computed with MATLAB differ slightly."""
-    h, w = lr.shape[:2]
-    up = F.interpolate(_to_tensor(lr), size=(h * scale, w * scale), mode="bicubic", align_corners=False)
-    return _to_uint8(up)
+    """The generator's own input (:func:`pixels.bicubic_input`), written as 8 bits: the bicubic row."""
+    return pixels.to_uint8(pixels.bicubic_input(pixels.to_float(lr), scale))
 
 
 class ModelMethod:
@@ -437,22 +426,13 @@ class ModelMethod:
     def __call__(self, lr: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             sr = self._upscale(self.generator, _to_tensor(lr), self.scale, **self.options)
-        return _to_uint8(sr)
+        return pixels.to_uint8(sr)
 
 
 def model_name(export_dir: Path) -> str:
     """``runs/d3sr/export`` → ``d3sr``; any other folder → its own name."""
     p = Path(export_dir).resolve()
     return p.parent.name if p.name == "export" and p.parent.name else p.name
-
-
-def export_scale(export_dir: Path) -> int | None:
-    """The upscaling factor an export records in ``pairforge_generator.json``, if it records one."""
-    meta_path = Path(export_dir) / "pairforge_generator.json"
-    if not meta_path.exists():
-        raise EvalError(f"{export_dir} is not a pairforge generator export (no pairforge_generator.json)")
-    scale = json.loads(meta_path.read_text()).get("scale")
-    return int(scale) if scale is not None else None
 
 
 # ----------------------------------------------------------------------------- scoring

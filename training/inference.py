@@ -41,7 +41,6 @@ On CUDA the stages run under bf16 autocast (weights stay fp32; norms run in fp32
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from contextlib import contextmanager
@@ -49,11 +48,11 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import pixels
 from .colorfix import apply_color_fix
 
 #: output-pixel side of a UNet tile (64 latents for an 8× VAE: SD2.1-base's native 512 px)
@@ -374,7 +373,7 @@ def upscale_tensor(generator, lr: torch.Tensor, scale: int, tile: int = DEFAULT_
     dev = next(generator.parameters()).device
     geo = tile_geometry(generator, tile, overlap, vae_tile)
     f = geo.factor
-    ref = F.interpolate(lr.to(dev).float(), scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
+    ref = pixels.bicubic_input(lr, scale).to(dev)  # on the CPU, bit for bit training's LR↑
     h, w = ref.shape[-2:]
     x = _pad_to(ref, geo.multiple)
     use_bf16 = dev.type == "cuda" if bf16 is None else bf16
@@ -418,12 +417,6 @@ def check_device(name: str | None) -> str:
 
 
 # --------------------------------------------------------------------------- files
-def export_scale(export_dir: str | Path) -> int | None:
-    """The SR scale an export records (``scale`` in pairforge_generator.json), if any."""
-    meta = json.loads((Path(export_dir) / "pairforge_generator.json").read_text())
-    return int(meta["scale"]) if meta.get("scale") else None
-
-
 def load_generator(export_dir: str | Path, device: str | None = None, dtype: torch.dtype = torch.float32):
     from pairforge.training.models.generator import OneStepGenerator
 
@@ -432,20 +425,17 @@ def load_generator(export_dir: str | Path, device: str | None = None, dtype: tor
 
 
 def read_image(path: str | Path) -> torch.Tensor:
-    """(1,3,h,w) float in [0,1]; EXIF orientation applied, alpha dropped. Raises on unreadable files."""
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im).convert("RGB")  # forces the decode inside the caller's try
-    arr = np.asarray(im)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float() / 255
+    """(1,3,h,w) float in [0,1], read through the one reader (:func:`pixels.read_image`: the
+    pipeline's decoder, so a file gives the pixels ``eval`` and ``synth`` see);
+    :class:`pixels.UnreadableImage` (one line) when the file cannot be read or decoded."""
+    return pixels.to_float(pixels.read_image(path))[None]
 
 
 def write_image(image: torch.Tensor, path: str | Path) -> Path:
-    """Save (1,3,H,W) in [0,1] as 8-bit RGB; the format follows the suffix."""
+    """Save (1,3,H,W) in [0,1] as 8-bit RGB (:func:`pixels.to_uint8`'s rounding); the format follows the suffix."""
     from PIL import Image
 
-    arr = (image[0].permute(1, 2, 0).float().numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+    arr = pixels.to_uint8(image)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path)
     return Path(path)
@@ -477,7 +467,7 @@ def main(argv=None) -> int:
         why = "is the input" if dst.resolve() == src.resolve() else "exists already (--overwrite replaces it)"
         print(f"{p.prog}: error: output {dst} {why}", file=sys.stderr)
         return 2
-    scale = a.scale or export_scale(a.export_dir) or DEFAULT_SCALE
+    scale = a.scale or pixels.export_scale(a.export_dir) or DEFAULT_SCALE
     print(upscale_file(a.export_dir, a.input, a.output, scale, a.tile, a.overlap, a.device, a.color_fix))
     return 0
 

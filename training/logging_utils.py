@@ -35,9 +35,12 @@ def image_grid(lr_up: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor, max_rows
 
 
 def save_png(img: torch.Tensor, path: Path) -> None:
+    """(3, H, W) in [0, 1] as an 8-bit PNG, rounded by the one rule (:func:`pixels.to_uint8`)."""
     from PIL import Image
 
-    arr = (img.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype("uint8")
+    from pairforge.training.pixels import to_uint8
+
+    arr = to_uint8(img)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path)
 

@@ -47,8 +47,8 @@ def _images(source: str, limit: int, size: int) -> tuple[list[tuple[str, np.ndar
     """Up to ``limit`` images of ``source`` (listed and decoded as synth does) whose short side is at
     least ``size``, and the names (with sizes) of the ones left out for being smaller."""
     from pairforge.pipeline import storage
-    from pairforge.pipeline.decode import SkipInput, decode_image
     from pairforge.pipeline.sources import SourceError, list_source
+    from pairforge.training.pixels import UnreadableImage, decode_bytes
 
     try:
         listing = list_source(source)
@@ -58,8 +58,8 @@ def _images(source: str, limit: int, size: int) -> tuple[list[tuple[str, np.ndar
     for item in listing.items:
         try:
             data = storage.read_bytes(item.url, offset=item.offset, size=item.size)
-            img, _ = decode_image(data)
-        except (SkipInput, OSError):
+            img = decode_bytes(data, item.name)  # the one reader: the pixels synth, upscale and eval see
+        except (UnreadableImage, OSError):
             continue
         if min(img.shape[:2]) < size:
             too_small.append(f"{item.name} {img.shape[1]}×{img.shape[0]}")

@@ -164,10 +164,11 @@ def _scale(args: argparse.Namespace, mode: str, first) -> int:  # noqa: ANN001
     """One scale for the run: the export's, the preset's, --scale, or the first pair's sizes."""
     from pairforge.degradations import load_preset
     from pairforge.training import evaluate as ev
+    from pairforge.training.pixels import export_scale
 
     claims = {}
     if args.model and args.model != "bicubic":
-        claims["export"] = ev.export_scale(Path(args.model))
+        claims["export"] = export_scale(Path(args.model))  # ExportError (a ValueError): one line, exit 2
     if mode == "preset":
         claims["preset"] = load_preset(args.preset).scale
     if first is not None and first.lr is not None:

@@ -2,9 +2,12 @@
 
 INPUT is an image file, a folder (its images, sorted by name) or a glob. OUTPUT is a file when
 INPUT names one file (unless OUTPUT is a folder or has no suffix), otherwise a folder that
-receives one PNG per input (sub-folders of a glob are kept). An input that cannot be read is named on stderr and skipped, the others are written,
-and the command exits 1; it exits 0 only when every input was written, and 2 on bad arguments
-or an export that does not load (before any image is processed).
+receives one PNG per input (sub-folders of a glob are kept). Images are read as ``eval`` and
+``synth`` read them (:mod:`pairforge.training.pixels`: alpha over white, 16-bit scaled, EXIF
+rotation applied, corrupt data refused). Of a folder or glob, an input that cannot be read is
+named on stderr and skipped, the others are written, and the command exits 1; it exits 0 only
+when every input was written, and 2 on bad arguments, a single INPUT file that cannot be read,
+or an export that does not load (before any model loads).
 
 Existing outputs are never replaced without ``--overwrite`` (the command names them and exits 2
 before loading the model), and an input is never written over, not even with ``--overwrite``: an
@@ -59,9 +62,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _is_image(path: Path) -> bool:
-    from pairforge.pipeline.sources import IMAGE_EXTS
+    from pairforge.training.pixels import is_image_name
 
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTS and not path.name.startswith(".")
+    return path.is_file() and is_image_name(path.name)
 
 
 def find_inputs(spec: str) -> tuple[list[Path], Path | None]:
@@ -152,10 +155,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("--batch-size must be ≥ 1")
     if args.tile_overlap < 0 or (args.tile > 0 and 2 * args.tile_overlap > args.tile):
         raise UsageError("--tile-overlap must be between 0 and half of --tile")
-    if not (Path(args.model) / "pairforge_generator.json").is_file():
-        raise UsageError(f"--model {args.model} is not a generator export "
-                         "(no pairforge_generator.json; use RUN/export of `pairforge train`)")
     from pairforge.training.inference import check_device
+    from pairforge.training.pixels import export_scale
+
+    export_scale(args.model)  # ExportError (a ValueError): the one message for a folder that is no export
 
     args.device = check_device(args.device)  # DeviceUnavailable (a ValueError): one line, exit 2
 
@@ -163,16 +166,16 @@ def _check_args(args: argparse.Namespace) -> None:
 def _upscale_one(gen, src: Path, dst: Path, scale: int, args: argparse.Namespace) -> str | None:
     """Read, upscale, write one image; returns why it failed, or None."""
     import torch
-    from PIL import Image
 
     from pairforge.training.inference import read_image, upscale_tensor, write_image
+    from pairforge.training.pixels import UnreadableImage
 
     if _same_file(dst, src):  # check_outputs refused this already; kept as the last guard before a write
         return f"output {dst} would overwrite the input"
     try:
         lr = read_image(src)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        return f"cannot read {src}: {e}"
+    except UnreadableImage as e:  # the decoder's one line: corrupt, not_an_image, too_large …
+        return str(e)
     try:
         sr = upscale_tensor(gen, lr, scale, tile=args.tile, overlap=args.tile_overlap, batch=args.batch_size,
                             vae_tile=args.vae_tile, color_fix=args.color_fix, bf16=False if args.fp32 else None)
@@ -189,15 +192,18 @@ def _upscale_one(gen, src: Path, dst: Path, scale: int, args: argparse.Namespace
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from pairforge.training.inference import DEFAULT_SCALE, export_scale, load_generator
+    from pairforge.training.inference import DEFAULT_SCALE, load_generator
+    from pairforge.training.pixels import export_scale, read_image
 
     try:
         _check_args(args)
         pairs = plan(args)
         check_outputs(pairs, args.overwrite)
+        if len(pairs) == 1 and Path(args.input).is_file():
+            read_image(pairs[0][0])  # the one file the user named: unreadable is bad usage (exit 2), checked before the model loads
         scale = args.scale or export_scale(args.model) or DEFAULT_SCALE
         gen = load_generator(args.model, args.device)
-    except (UsageError, OSError, ValueError) as exc:  # OSError/ValueError: an export that does not load
+    except (UsageError, OSError, ValueError) as exc:  # OSError/ValueError: an export that does not load, an unreadable INPUT
         print(f"pairforge upscale: error: {exc}", file=sys.stderr)
         return 2
     failed = []
