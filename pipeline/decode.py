@@ -112,7 +112,7 @@ def open_header(source: bytes | str | PathLike | BinaryIO, max_pixels: int = DEF
         raise SkipInput("too_large", str(exc)[:120]) from None
     except Image.UnidentifiedImageError:
         raise SkipInput("not_an_image") from None
-    except Exception as exc:  # noqa: BLE001 - any parser failure is a bad file, not a crash
+    except Exception as exc:  # noqa: BLE001 - any parser failure is a bad file, not a crash - any parser failure is a bad file, not a crash
         raise SkipInput("corrupt", f"{type(exc).__name__}: {exc}"[:160]) from None
     w, h = im.size
     if w * h > max_pixels:
@@ -147,7 +147,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.
         raise SkipInput("too_large", str(exc)[:120]) from None
     except MemoryError:
         raise SkipInput("too_large", "out of memory while decoding") from None
-    except Exception as exc:  # noqa: BLE001 - truncated streams raise OSError/SyntaxError/...
+    except Exception as exc:  # noqa: BLE001 - any parser failure is a bad file, not a crash - truncated streams raise OSError/SyntaxError/...
         raise SkipInput("corrupt", f"{type(exc).__name__}: {exc}"[:160]) from None
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise SkipInput("unsupported_mode", f"shape {arr.shape}")
@@ -280,5 +280,5 @@ def _pil_to_rgb(im: Image.Image, info: dict) -> np.ndarray:
     try:
         conv.append(f"{mode}_to_rgb")
         return np.asarray(im.convert("RGB"))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any parser failure is a bad file, not a crash
         raise SkipInput("unsupported_mode", f"{mode}: {exc}"[:160]) from None

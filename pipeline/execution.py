@@ -522,7 +522,7 @@ class RayExecutor:
             for a in actors:
                 try:
                     ray.kill(a)
-                except Exception:  # noqa: BLE001
+                except Exception:  # noqa: BLE001 - best-effort clean-up; the original failure is what gets reported
                     pass
 
     def _wait_ready(self, actors: list) -> list[dict]:
@@ -565,7 +565,7 @@ class RayExecutor:
                     queue.append(task)
                 try:
                     ray.kill(actors[ai])
-                except Exception:  # noqa: BLE001
+                except Exception:  # noqa: BLE001 - best-effort clean-up; the original failure is what gets reported
                     pass
                 actors[ai] = cls.remote(spec_ref, device, threads)
                 # calls still queued on the dead actor would fail too: hand them to the new one

@@ -107,7 +107,7 @@ def _describe(rec: dict) -> list[str]:
         from pairforge.degradations import describe_record
 
         return describe_record(rec).splitlines()
-    except Exception:  # noqa: BLE001 - older/other record formats: generic key=value caption
+    except Exception:  # noqa: BLE001 - no usable system font: Pillow's built-in one is legible enough - older/other record formats: generic key=value caption
         return [_caption(rec)]
 
 
@@ -167,7 +167,7 @@ def _font(size: int):
         from matplotlib import font_manager
 
         return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - any reader failure is reported as this shard's problem
         return ImageFont.load_default()
 
 

@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import naive_reference as nr  # noqa: E402
+from bench import naive_reference as nr  # noqa: E402 - importable only once the repo root is on sys.path
 
 
 def _hr(b=2, size=160, seed=0):

@@ -368,7 +368,10 @@ def test_shards_spread_over_both_nodes_byte_identical_to_embedded(cluster, refer
 def test_driver_killed_mid_job_resumes_byte_identical(cluster, reference, photos, tmp_path):
     cmd = cli(str(tmp_path), photos, address=cluster.address)
     proc = start_cli(cmd)
-    committed = lambda: list(tmp_path.glob("*/*.stats.json"))  # noqa: E731
+
+    def committed() -> list:
+        return list(tmp_path.glob("*/*.stats.json"))
+
     wait_until(lambda: len(committed()) >= 2, proc, "two shards were committed")
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)

@@ -158,7 +158,9 @@ def test_cuda_matches_parameters_and_replays(hr, backend):
     lr_cpu, rec_cpu = Degrader(cfg, device="cpu")(hr, keys=keys, seed=9)
     lr_gpu, rec_gpu = Degrader(cfg, device="cuda")(hr, keys=keys, seed=9)
     assert lr_gpu.device.type == "cuda" and lr_gpu.shape == lr_cpu.shape
-    strip = lambda r: {k: v for k, v in r.items() if k not in ("jpeg_codec", "device_type")}  # noqa: E731
+    def strip(r):
+        return {k: v for k, v in r.items() if k not in ("jpeg_codec", "device_type")}
+
     assert [strip(r) for r in rec_gpu] == [strip(r) for r in rec_cpu]
     assert torch.equal(replay(hr[2:3].cuda(), rec_gpu[2]), lr_gpu[2:3])
     single, _ = Degrader(cfg, device="cuda")(hr[4:5], keys=[keys[4]], seed=9)

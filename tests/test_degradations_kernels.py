@@ -13,7 +13,9 @@ def _moments(k: torch.Tensor):
     k = k.double()
     ax = torch.arange(k.shape[-1], dtype=torch.float64) - (k.shape[-1] - 1) / 2
     yy, xx = torch.meshgrid(ax, ax, indexing="ij")
-    m = lambda f: float((k * f).sum())  # noqa: E731
+    def m(f):
+        return float((k * f).sum())
+
     return m(xx), m(yy), m(xx * xx), m(yy * yy), m(xx * yy)
 
 

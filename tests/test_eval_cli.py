@@ -27,8 +27,8 @@ PAIRFORGE = str(Path(sys.executable).with_name("pairforge"))
 
 def _pyiqa_importable() -> bool:
     try:
-        import pyiqa  # noqa: F401
-    except Exception:  # noqa: BLE001
+        import pyiqa  # noqa: F401 - imported only to learn whether it can be
+    except Exception:  # noqa: BLE001 - pyiqa missing or broken: its comparison is skipped
         return False
     return True
 
@@ -194,7 +194,9 @@ def test_dataset_mode_scores_view_0(tmp_path: Path, weights_dir: Path,
     samples = list(read_pairs(res.url))
     assert sorted(rows) == sorted(str(s["key"]) for s in samples) and len(samples) == 2
     for s in samples:
-        t = lambda a: torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float() / 255  # noqa: E731
+        def t(a):
+            return torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float() / 255
+
         up = F.interpolate(t(s["lr"][0]), scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
         assert float(rows[str(s["key"])]["psnr_y"]) == pytest.approx(float(psnr_y(up, t(s["hr"]), 4)[0]), abs=1e-9)
 

@@ -58,7 +58,9 @@ def image_pair(seed: int, h: int = 37, w: int = 53, noise: float = 12.0) -> tupl
     low = torch.rand(1, 3, h // 6 + 2, w // 6 + 2, generator=g)
     hr = F.interpolate(low, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
     sr = (hr + noise / 255 * torch.randn(hr.shape, generator=g)).clamp(0, 1)
-    to8 = lambda t: (t[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # noqa: E731
+    def to8(t):
+        return (t[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
     return to8(sr), to8(hr)
 
 

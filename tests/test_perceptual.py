@@ -76,7 +76,9 @@ def _sobel_by_hand(x: torch.Tensor) -> torch.Tensor:
     g = x.double().numpy().mean(axis=1)
     p = np.pad(g, ((0, 0), (1, 1), (1, 1)))
     h, w = g.shape[1:]
-    s = lambda dy, dx: p[:, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]  # noqa: E731
+    def s(dy, dx):
+        return p[:, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+
     gx = (s(-1, 1) + 2 * s(0, 1) + s(1, 1)) - (s(-1, -1) + 2 * s(0, -1) + s(1, -1))
     gy = (s(1, -1) + 2 * s(1, 0) + s(1, 1)) - (s(-1, -1) + 2 * s(-1, 0) + s(-1, 1))
     return torch.from_numpy(np.sqrt(gx**2 + gy**2 + 1e-6)[:, None]).float()

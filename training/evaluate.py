@@ -468,7 +468,7 @@ def _no_network() -> Iterator[None]:
     downloaded and nothing waits on retries."""
     real = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
 
-    def refuse(*args, **_kw) -> None:  # noqa: ANN002, ANN003
+    def refuse(*args, **_kw) -> None:
         raise _NetworkRefused(f"network disabled while loading metrics (tried {args[-1]!r})")
 
     socket.socket.connect = socket.socket.connect_ex = refuse  # type: ignore[method-assign]
@@ -518,7 +518,7 @@ class NoReferenceMetrics:
         self.skipped: list[dict[str, str]] = []
         wanted = [*NO_REFERENCE, *(["fid"] if want_fid else [])]
         try:
-            import pyiqa  # noqa: F401
+            import pyiqa  # noqa: F401 - imported only to learn whether it can be
         except Exception as exc:  # noqa: BLE001 - not installed, or broken: either way skipped
             reason = (f"pyiqa is not importable ({type(exc).__name__}: {exc}); `pip install pyiqa`, then put its "
                       f"weights in {_pyiqa_cache()} (pyiqa names each file on first use)")
@@ -534,7 +534,7 @@ class NoReferenceMetrics:
                 self.metrics[key] = metric
 
     @staticmethod
-    def _build(pyiqa, name: str, device: str):  # noqa: ANN001, ANN205
+    def _build(pyiqa, name: str, device: str):
         printed = io.StringIO()
         try:
             with _no_network(), contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):

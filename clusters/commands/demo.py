@@ -225,11 +225,17 @@ def write_demo_grid(url: str, export_dir: Path, png: Path, rows: int = 3, tile: 
     from pairforge.training.evaluate import dataset_pairs, select_dataset_pairs
     from pairforge.training.inference import load_generator, upscale_tensor
     from pairforge.training.logging_utils import save_png
+    from pairforge.training.pixels import to_float
 
     gen = load_generator(export_dir, "cpu")
     held_out = select_dataset_pairs(url, export_dir, "held-out")  # the run's own record (RUN/run.json)
-    to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float()[None] / 255  # noqa: E731
-    big = lambda x: F.interpolate(x, size=(tile, tile), mode="nearest")  # noqa: E731
+
+    def to_t(a: np.ndarray) -> torch.Tensor:
+        return to_float(a)[None]
+
+    def big(x):
+        return F.interpolate(x, size=(tile, tile), mode="nearest")
+
     lines = []
     for pair in dataset_pairs(held_out):
         if len(lines) < rows:
@@ -251,7 +257,9 @@ def write_demo_report(out: Path, inspect_report: dict, train_dir: Path, timings:
 
     val = read_jsonl(train_dir / "validation.jsonl")
     run = json.loads((train_dir / "run.json").read_text()) if (train_dir / "run.json").exists() else {}
-    rel = lambda p: html.escape(str(Path(p).resolve().relative_to(out.resolve())))  # noqa: E731
+    def rel(p):
+        return html.escape(str(Path(p).resolve().relative_to(out.resolve())))
+
     t = inspect_report["totals"]
     eval_table, verdict = eval_table_html(out / "eval", out / "eval-raw")
     warn = ("<p><b>WARNING: random perceptual backbone (asked for) — LPIPS/DISTS are not the real "

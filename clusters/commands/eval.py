@@ -105,7 +105,7 @@ def _print_published() -> int:
     return 0
 
 
-def _pairs(args: argparse.Namespace, mode: str, selection):  # noqa: ANN001, ANN202
+def _pairs(args: argparse.Namespace, mode: str, selection):
     from pairforge.training import evaluate as ev
 
     if mode == "sr":
@@ -121,7 +121,7 @@ class DatasetUnusable(Exception):
     """Shards the evaluation would read are missing or not their recorded size (exit 2, before any work)."""
 
 
-def _select(args: argparse.Namespace, mode: str):  # noqa: ANN202
+def _select(args: argparse.Namespace, mode: str):
     """The dataset pairs to score (``--data``), said on stderr, every shard checked to be there with
     its recorded size (one HEAD each) before any pair is scored; None for the other modes."""
     from pairforge.pipeline.storage import redact
@@ -139,7 +139,7 @@ def _select(args: argparse.Namespace, mode: str):  # noqa: ANN202
     return selection
 
 
-def _pairs_report(selection, result) -> tuple[dict, list[str]]:  # noqa: ANN001
+def _pairs_report(selection, result) -> tuple[dict, list[str]]:
     """What metrics.json and the table say about the scored pairs: how many were training pairs
     of the model (or that it cannot tell)."""
     if selection is None:
@@ -160,7 +160,7 @@ def _pairs_report(selection, result) -> tuple[dict, list[str]]:  # noqa: ANN001
     return info, [line]
 
 
-def _scale(args: argparse.Namespace, mode: str, first) -> int:  # noqa: ANN001
+def _scale(args: argparse.Namespace, mode: str, first) -> int:
     """One scale for the run: the export's, the preset's, --scale, or the first pair's sizes."""
     from pairforge.degradations import load_preset
     from pairforge.training import evaluate as ev
@@ -192,7 +192,7 @@ def _crop(args: argparse.Namespace, scale: int, notes: list[str]) -> int:
     return scale
 
 
-def _published_notes(args: argparse.Namespace, mode: str, notes: list[str]):  # noqa: ANN202
+def _published_notes(args: argparse.Namespace, mode: str, notes: list[str]):
     from pairforge.training.published import matching, protocol_note
 
     if args.dataset_name and not args.protocol:
@@ -246,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
     return _write(args, *done)
 
 
-def _evaluate(args: argparse.Namespace, mode: str):  # noqa: ANN202
+def _evaluate(args: argparse.Namespace, mode: str):
     """Everything up to the scores: device and data checked first (nothing loads before), then the
     metrics, the methods and the scoring. Returns what :func:`_write` reports."""
     from pairforge.training import evaluate as ev
@@ -273,7 +273,7 @@ def _evaluate(args: argparse.Namespace, mode: str):  # noqa: ANN202
     return result, settings, notes, selection
 
 
-def _write(args: argparse.Namespace, result, settings: dict, notes: list[str], selection) -> int:  # noqa: ANN001
+def _write(args: argparse.Namespace, result, settings: dict, notes: list[str], selection) -> int:
     """metrics.json, per_image.csv, table.md (also printed), the notes on stderr; the exit status."""
     from pairforge.training import evaluate as ev
 
@@ -293,7 +293,7 @@ def _write(args: argparse.Namespace, result, settings: dict, notes: list[str], s
     return 0
 
 
-def _stopped_early(result, files: str) -> int:  # noqa: ANN001
+def _stopped_early(result, files: str) -> int:
     """One line for a run that stopped mid-scoring: what stopped it and what was kept; 130 after
     Ctrl-C, else 1 (the work failed: a shard damaged or a store lost after the checks passed)."""
     p = result.partial

@@ -33,7 +33,7 @@ class FrozenPerceptual(nn.Module):
             p.requires_grad_(False)
         super().train(False)
 
-    def train(self, mode: bool = True) -> "FrozenPerceptual":  # noqa: D102
+    def train(self, mode: bool = True) -> "FrozenPerceptual":
         return super().train(False)
 
     @property

@@ -55,13 +55,13 @@ _ALLOWED = {
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:  # noqa: D102 - see module doc
+    def find_class(self, module: str, name: str) -> Any:  # only the globals in _ALLOWED (see the module doc)
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
             raise UnsafePickleError(f"refusing to load global {module}.{name}") from None
 
-    def persistent_load(self, pid: Any) -> Any:  # noqa: D102
+    def persistent_load(self, pid: Any) -> Any:
         raise UnsafePickleError("persistent ids are not allowed")
 
 
