@@ -5,8 +5,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.pairforge-installed
 DEMO_OUT ?= demo-out
+# extra pytest arguments, e.g. PYTEST_ARGS='-k synth' or PYTEST_ARGS='-m "not slow"'
+PYTEST_ARGS ?=
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test lint venv bench clean
 
 venv: $(STAMP)
 
@@ -17,8 +19,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $(STAMP)
 
-test: $(STAMP)
-	$(PY) -m pytest -q
+# lint first (seconds): a finding fails `make test` before the suite's minutes are spent
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(VENV)/bin/pairforge demo --out $(DEMO_OUT)
