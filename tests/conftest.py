@@ -207,3 +207,19 @@ def calibration() -> dict:
     assert header[1:] == [f"{n}.bmp" for n in CALIB_NAMES]
     official = {row[0]: row[1:] for row in rows[1:]}
     return {"ref": ref, "dist": dist, "official": official, "names": CALIB_NAMES}
+
+
+# --------------------------------------------------------------------------- a small pair dataset
+@pytest.fixture(scope="session")
+def training_pairs(tmp_path_factory) -> str:
+    """A small pairforge dataset made once per session (bundled photos, 64 px HR, 2 patches per
+    photo, 2 photos per shard, inline executor): the training fault suites train on it.  Tests
+    must not change it; one that damages shards copies it first."""
+    from pairforge.pipeline import SynthConfig, synth
+
+    cfg = SynthConfig.from_dict({"dataset": {"degradation": "realesrgan-x4plus", "seed": 5, "views": 1,
+                                             "images_per_shard": 2, "patch": {"size": 64, "per_image": 2}},
+                                 "run": {"executor": "inline", "progress": False, "device": "cpu"}})
+    res = synth("bundled", str(tmp_path_factory.mktemp("pairs")), cfg)
+    assert res.ok
+    return res.url

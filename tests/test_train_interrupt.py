@@ -31,18 +31,6 @@ RESUME_LINE = re.compile(r"^pairforge train: interrupted; kept the checkpoint at
                          r"continue with: (pairforge .*)$")
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> str:
-    from pairforge.pipeline import SynthConfig, synth
-
-    cfg = SynthConfig.from_dict({"dataset": {"degradation": "realesrgan-x4plus", "seed": 5, "views": 1,
-                                             "images_per_shard": 2, "patch": {"size": 64, "per_image": 2}},
-                                 "run": {"executor": "inline", "progress": False, "device": "cpu"}})
-    res = synth("bundled", str(tmp_path_factory.mktemp("pairs")), cfg)
-    assert res.ok
-    return res.url
-
-
 def _latest_step(out: Path) -> int:
     try:
         return int(json.loads((out / "checkpoints" / "latest.json").read_text())["step"])
@@ -61,9 +49,9 @@ def test_resume_command_replaces_resume_and_overwrite_and_keeps_the_rest():
 
 @pytest.mark.slow  # two ranks to a checkpoint, then a resume: ~1-2 min on 2 loaded cores
 @pytest.mark.timeout(600)
-def test_ctrl_c_ends_with_one_resume_line_and_the_printed_command_resumes(dataset, tmp_path):
+def test_ctrl_c_ends_with_one_resume_line_and_the_printed_command_resumes(training_pairs, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "pairforge.clusters.cli", "train", "--data", dataset, "--out", str(out), *FAST,
+    cmd = [sys.executable, "-m", "pairforge.clusters.cli", "train", "--data", training_pairs, "--out", str(out), *FAST,
            "--steps", "500", "--ranks", "2"]
     stderr_path, stdout_path = tmp_path / "stderr.txt", tmp_path / "stdout.txt"
     with stderr_path.open("w") as err, stdout_path.open("w") as std:

@@ -11,6 +11,7 @@ exit 1.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -29,16 +30,11 @@ FAST = ["--preset", "tiny", "--workers", "1", "--batch-size", "2", "--crop-size"
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory) -> Path:
-    """A tiny real dataset (3 shards) that the tests copy before damaging it."""
-    from pairforge.pipeline import SynthConfig, synth
-
-    cfg = SynthConfig.from_dict({"dataset": {"degradation": "realesrgan-x4plus", "seed": 5, "views": 1,
-                                             "images_per_shard": 2, "patch": {"size": 64, "per_image": 2}},
-                                 "run": {"executor": "inline", "progress": False, "device": "cpu"}})
-    res = synth("bundled", str(tmp_path_factory.mktemp("pairs")), cfg)
-    assert res.ok and len(res.manifest["shards"]) >= 2
-    return Path(res.url)
+def pristine(training_pairs: str) -> Path:
+    """The session's small real dataset (conftest), which the tests copy before damaging it."""
+    path = Path(training_pairs)
+    assert len(json.loads((path / "manifest.json").read_text())["shards"]) >= 2
+    return path
 
 
 def _copy(pristine: Path, tmp_path: Path) -> tuple[Path, list[str]]:

@@ -94,18 +94,6 @@ def _rank_env() -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------ the scenario
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> str:
-    from pairforge.pipeline import SynthConfig, synth
-
-    cfg = SynthConfig.from_dict({"dataset": {"degradation": "realesrgan-x4plus", "seed": 5, "views": 1,
-                                             "images_per_shard": 2, "patch": {"size": 64, "per_image": 2}},
-                                 "run": {"executor": "inline", "progress": False, "device": "cpu"}})
-    res = synth("bundled", str(tmp_path_factory.mktemp("pairs")), cfg)
-    assert res.ok
-    return res.url
-
-
 @dataclass
 class KilledLauncher:
     out: Path
@@ -119,16 +107,16 @@ class KilledLauncher:
 
 
 @pytest.fixture(scope="module")
-def killed_launcher(dataset, tmp_path_factory):
+def killed_launcher(training_pairs, tmp_path_factory):
     work = tmp_path_factory.mktemp("faults")
     out, log = work / "run", work / "launcher.log"
     with log.open("w") as sink:
-        launcher = subprocess.Popen(_train_cmd(dataset, out, "--steps", "200", "--ranks", "2"), cwd=work,
+        launcher = subprocess.Popen(_train_cmd(training_pairs, out, "--steps", "200", "--ranks", "2"), cwd=work,
                                     stdout=sink, stderr=subprocess.STDOUT)
     family: set[int] = set()
     try:
         _wait_for_step(out, 3, launcher, log, timeout_s=240)
-        again = _train_cmd(dataset, out, "--steps", "200", "--resume", "auto")
+        again = _train_cmd(training_pairs, out, "--steps", "200", "--resume", "auto")
         second_launcher = _run_bounded([*again, "--ranks", "2"], timeout_s=60, cwd=work)
         second_as_rank = _run_bounded(again, timeout_s=90, cwd=work, env=_rank_env())
         assert launcher.poll() is None, f"the first run ended before the kill:\n{log.read_text()[-3000:]}"
@@ -175,7 +163,7 @@ def test_a_second_train_refuses_while_the_first_is_alive(killed_launcher):
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_resume_after_the_kill_takes_over_and_continues_without_duplicate_steps(killed_launcher, dataset):
+def test_resume_after_the_kill_takes_over_and_continues_without_duplicate_steps(killed_launcher, training_pairs):
     k = killed_launcher
     left = RANKS_MUST_EXIT_WITHIN_S - (time.monotonic() - k.killed_at)
     survivors = wait_until_gone(set(k.ranks) | k.workers, max(left, 0.0))
@@ -183,7 +171,7 @@ def test_resume_after_the_kill_takes_over_and_continues_without_duplicate_steps(
     resumed_from = json.loads((k.out / "checkpoints" / "latest.json").read_text())["step"]
     assert resumed_from >= 2
     target = resumed_from + 2
-    res = _run_bounded(_train_cmd(dataset, k.out, "--steps", str(target), "--ranks", "2", "--resume", "auto"),
+    res = _run_bounded(_train_cmd(training_pairs, k.out, "--steps", str(target), "--ranks", "2", "--resume", "auto"),
                        timeout_s=200, cwd=k.workdir)
     assert res.rc == 0, res.output[-3000:]
     assert f"took over run directory {k.out} from pid {k.launcher_pid}" in res.output, res.output[-3000:]

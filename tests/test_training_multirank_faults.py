@@ -130,18 +130,6 @@ def wait_for_step(out: Path, step: int, launcher: subprocess.Popen, log: Path, t
 
 
 # ------------------------------------------------------------------------------ the scenarios
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> str:
-    from pairforge.pipeline import SynthConfig, synth
-
-    cfg = SynthConfig.from_dict({"dataset": {"degradation": "realesrgan-x4plus", "seed": 5, "views": 1,
-                                             "images_per_shard": 2, "patch": {"size": 64, "per_image": 2}},
-                                 "run": {"executor": "inline", "progress": False, "device": "cpu"}})
-    res = synth("bundled", str(tmp_path_factory.mktemp("pairs")), cfg)
-    assert res.ok
-    return res.url
-
-
 @dataclass
 class KilledRank:
     out: Path
@@ -157,7 +145,7 @@ class KilledRank:
     target: int
 
 
-def killed_rank(mode: str, dataset: str, work: Path, victim: int, kill_after_step: int, damage: bool,
+def killed_rank(mode: str, training_pairs: str, work: Path, victim: int, kill_after_step: int, damage: bool,
                 extra: tuple[str, ...] = ()) -> KilledRank:
     """Run one scenario (see the module docstring) and record what happened."""
     out, log = work / "run", work / "job.log"
@@ -166,7 +154,7 @@ def killed_rank(mode: str, dataset: str, work: Path, victim: int, kill_after_ste
         hostfile = work / "hostfile"
         hostfile.write_text("localhost slots=2\n")
     port = ("--master-port", str(free_port()))
-    first = printed_command(mode, dataset, out, "--steps", "200", *extra, *port, hostfile=hostfile)
+    first = printed_command(mode, training_pairs, out, "--steps", "200", *extra, *port, hostfile=hostfile)
     with log.open("w") as sink:
         job = subprocess.Popen(first, cwd=work, env=user_env(), stdout=sink, stderr=subprocess.STDOUT)
     family: set[int] = set()
@@ -202,7 +190,7 @@ def killed_rank(mode: str, dataset: str, work: Path, victim: int, kill_after_ste
         damaged, intact = intact[:2], intact[2:]
     resumed_from = intact[0]
     target = resumed_from + 2
-    again = printed_command(mode, dataset, out, "--steps", str(target), "--resume", "auto", *extra, *port,
+    again = printed_command(mode, training_pairs, out, "--steps", str(target), "--resume", "auto", *extra, *port,
                             hostfile=hostfile)
     resume = run_bounded(again, timeout_s=300, cwd=work)
     return KilledRank(out, victim, ranks[victim], exit_, exited_after, survivors, before, damaged, resumed_from,
@@ -210,16 +198,16 @@ def killed_rank(mode: str, dataset: str, work: Path, victim: int, kill_after_ste
 
 
 @pytest.fixture(scope="module")
-def deepspeed_killed(dataset, tmp_path_factory) -> KilledRank:
+def deepspeed_killed(training_pairs, tmp_path_factory) -> KilledRank:
     """DeepSpeed launcher, localhost hostfile: rank 0 (the store's host) is killed."""
-    return killed_rank("hostfile", dataset, tmp_path_factory.mktemp("ds"), victim=0, kill_after_step=3,
+    return killed_rank("hostfile", training_pairs, tmp_path_factory.mktemp("ds"), victim=0, kill_after_step=3,
                        damage=False)
 
 
 @pytest.fixture(scope="module")
-def torchrun_killed(dataset, tmp_path_factory) -> KilledRank:
+def torchrun_killed(training_pairs, tmp_path_factory) -> KilledRank:
     """torchrun --standalone: rank 1 is killed; two of three checkpoints are then damaged."""
-    return killed_rank("torchrun", dataset, tmp_path_factory.mktemp("tr"), victim=1, kill_after_step=7,
+    return killed_rank("torchrun", training_pairs, tmp_path_factory.mktemp("tr"), victim=1, kill_after_step=7,
                        damage=True, extra=("--set", "log.keep_checkpoints=3"))
 
 
