@@ -7,6 +7,11 @@ STAMP  := $(VENV)/.pairforge-installed
 DEMO_OUT ?= demo-out
 # extra pytest arguments, e.g. PYTEST_ARGS='-k synth' or PYTEST_ARGS='-m "not slow"'
 PYTEST_ARGS ?=
+# test files run on this many pytest-xdist workers (0: one process). Whole files go to one worker
+# (--dist loadfile), so a module's expensive fixtures (a killed launcher, a trained run) run once;
+# each worker has its own moto server and Ray. Much of the suite waits on subprocesses, Ray and
+# kill/resume scenarios, so two workers fit two cores.
+PYTEST_WORKERS ?= 2
 
 .PHONY: demo test lint venv bench clean
 
@@ -24,7 +29,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 test: lint
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(VENV)/bin/pairforge demo --out $(DEMO_OUT)

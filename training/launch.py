@@ -468,7 +468,10 @@ def spawn_local(job_path: str | os.PathLike, nprocs: int, extra_env: dict | None
     except KeyboardInterrupt:
         rc, interrupted = INTERRUPTED_EXIT_CODE, True
     with _interrupts_ignored():
-        _stop(procs)
+        # after Ctrl-C the ranks left running get SIGINT too, not SIGTERM: a rank whose own copy
+        # of the terminal's SIGINT had not been handled yet (a busy machine) would otherwise
+        # announce its vanished peer, a second line where Ctrl-C promises one
+        _stop(procs, first=signal.SIGINT if interrupted else signal.SIGTERM)
     if interrupted:
         raise KeyboardInterrupt
     return rc
@@ -494,11 +497,12 @@ def _wait_for_ranks(procs: Sequence[subprocess.Popen], poll_s: float) -> tuple[i
         time.sleep(poll_s)
 
 
-def _stop(procs: Sequence[subprocess.Popen], grace_s: float = 20.0) -> None:
-    """SIGTERM the ranks still running (only the processes we started), SIGKILL after ``grace_s``."""
+def _stop(procs: Sequence[subprocess.Popen], grace_s: float = 20.0, first: int = signal.SIGTERM) -> None:
+    """Send ``first`` (SIGTERM, or SIGINT after Ctrl-C) to the ranks still running (only the
+    processes we started), SIGKILL after ``grace_s``: a rank still starting ignores SIGINT."""
     for p in procs:
         if p.poll() is None:
-            p.terminate()
+            p.send_signal(first)
     for p in procs:
         try:
             p.wait(timeout=grace_s)
