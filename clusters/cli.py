@@ -66,7 +66,8 @@ def _epilog() -> str:
     return (f"degradation presets (synth, degrade): {names_help('degradation')}. training presets (train): "
             f"{names_help('training')}. `pairforge presets NAME` prints one resolved; `pairforge COMMAND --help` "
             "explains every flag. Exit status: 0 success; 1 the work failed; 2 bad usage or environment "
-            "(found before any work starts); 3 (train) the run directory is in use.")
+            "(found before any work starts); 3 the run directory (train) or dataset (synth) is in use by another "
+            "live job; 130 interrupted (Ctrl-C; the line printed says how to continue).")
 
 
 def package_version() -> str:
