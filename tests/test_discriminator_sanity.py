@@ -42,7 +42,10 @@ CROP = 32  # → 8×8 latents → a 4×4 grid of patch logits
 def _cfg():
     return load_config(preset="tiny", overrides={
         "loss": {"perceptual_backbone": "random", "adv_start_step": 0, "mse": 0.0, "ea_dists": 0.0, "adv": 1.0},
-        "discriminator": {"t_min": 0, "t_max": T_SMALL},
+        # the settings under which a random-init D learns (docs/training.md, "The diffusion
+        # discriminator"); the tiny preset keeps D3SR's for its demo
+        "discriminator": {"t_min": 0, "t_max": T_SMALL, "head_norm": "none"},
+        "optim_d": {"lr": 5.0e-4},
         "data": {"batch_size": BATCH}})
 
 
