@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Sequence
 
+from pairforge.errors import EXIT_FAILED, EXIT_INTERRUPTED, exit_status
+
 #: commands that run the degradation engine on this process's CPU (see setup_process)
 _DEGRADING = ("degrade", "synth", "demo")
 #: commands that may start Ray (see setup_process)
@@ -118,7 +120,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_command_logging(bool(getattr(args, "verbose", False) or args.verbose_all))
     setup_process(chosen, args)
-    return int(importlib.import_module(COMMANDS[chosen][0]).run(args) or 0)
+    try:
+        return int(importlib.import_module(COMMANDS[chosen][0]).run(args) or 0)
+    except Exception as exc:  # noqa: BLE001 - the one place errors become exit statuses (pairforge/errors.py)
+        return report_error(chosen, exc)
+    except KeyboardInterrupt:  # a command that prints its own interrupt line returns 130 itself
+        return EXIT_INTERRUPTED
+
+
+def report_error(command: str, exc: Exception) -> int:
+    """One line on stderr and the exit status for an error that ended ``command``.
+
+    pairforge's own errors say what to change (2), what failed (1) or who holds the folder (3).
+    Anything else is a bug: its traceback goes to a log file, named on the line, and the exit is 1.
+    """
+    status = exit_status(exc)
+    if status is not None:
+        print(f"pairforge {command}: error: {exc}", file=sys.stderr)
+        return status
+    from pairforge.logs import write_crash_log
+
+    where = write_crash_log(command, exc)
+    kept = f"; the traceback is in {where}" if where else ""
+    print(f"pairforge {command}: internal error: {type(exc).__name__}: {exc}{kept} (please report it)", file=sys.stderr)
+    return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from typing import Any, Literal, Mapping, TypeVar
 
 import yaml
 
+from pairforge.errors import UsageError
+
 T = TypeVar("T")
 
 #: the key a YAML file uses to start from another preset (the only inheritance key)
@@ -32,7 +34,7 @@ BASE_KEY = "base"
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A config value is missing, unknown, of the wrong type or out of range.
 
     The message always starts with the dotted field path, e.g. ``first.noise.sigma_range:``.

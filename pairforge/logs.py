@@ -72,6 +72,8 @@ class BufferHandler(logging.Handler):
 
 
 _buffer: BufferHandler | None = None
+#: the rank log this process streams to, once :func:`attach_rank_log` attached one
+_rank_log: list[Path] = []
 
 
 def setup_command_logging(verbose: bool | None = None) -> BufferHandler:
@@ -137,6 +139,33 @@ def write_log(folder_url: str, command: str) -> str | None:
     return url
 
 
+def crash_log_folder() -> Path:
+    """Where a command that has no output folder of its own keeps a crash's log:
+    ``$XDG_CACHE_HOME/pairforge/logs`` (``~/.cache/pairforge/logs``)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "pairforge" / "logs"
+
+
+def write_crash_log(command: str, exc: BaseException) -> str | None:
+    """This process's log and ``exc``'s traceback in :func:`crash_log_folder` (in a training rank:
+    appended to its rank log); the file's path, or None (said on stderr) when it cannot be written."""
+    import traceback
+
+    trace = "".join(traceback.format_exception(exc))
+    if _rank_log:  # a training rank: after what it already streamed to <run>/logs/rank<N>.log
+        path, mode, text = _rank_log[-1], "a", trace
+    else:
+        path, mode, text = crash_log_folder() / log_file_name(command), "w", buffered_text() + trace
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, mode, encoding="utf-8") as f:
+            f.write(text)
+    except OSError as err:
+        print(f"pairforge: note: could not write the log file {path}: {err}", file=sys.stderr)
+        return None
+    return str(path)
+
+
 def attach_rank_log(out: str | os.PathLike, rank: int) -> Path:
     """In a training rank: stream this rank's records to ``<out>/logs/rank<N>.log`` as they come
     (a rank may be killed; what it logged until then stays), and keep third-party ones off the
@@ -148,4 +177,5 @@ def attach_rank_log(out: str | os.PathLike, rank: int) -> Path:
     handler.setFormatter(logging.Formatter(FORMAT))
     handler._pairforge = True  # type: ignore[attr-defined]
     logging.getLogger().addHandler(handler)
+    _rank_log.append(path)
     return path

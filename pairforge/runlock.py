@@ -50,6 +50,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from pairforge.errors import InUse
+
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "run.lock"
@@ -62,7 +64,7 @@ _RECORD_MAX_BYTES = 64 * 1024
 _NO_LOCKING = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 
-class Locked(RuntimeError):
+class Locked(InUse, RuntimeError):
     """Another live pairforge job owns this output (a run directory, a dataset)."""
 
 

@@ -50,6 +50,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from pairforge.errors import UsageError, WorkFailed
+
 from . import raysession
 from .worker import JobSpec, ShardProcessor, ShardTask
 
@@ -480,7 +482,7 @@ class RayExecutor:
         gpus, cpus = float(res.get("GPU", 0)), float(res.get("CPU", 0))
         workers = self.workers
         if self.device == "cuda" and gpus < 1:
-            raise RuntimeError("--device cuda: the Ray cluster reports no GPU")
+            raise UsageError("--device cuda: the Ray cluster reports no GPU")
         use_gpu = self.device in ("auto", "cuda") and gpus >= 1
         num_gpus = min(1.0, gpus / workers) if use_gpu else 0.0
         # one CPU slot per actor: degradation runs single-threaded (see worker.CPU_TORCH_THREADS),
@@ -531,7 +533,7 @@ class RayExecutor:
         refs = [a.ready.remote() for a in actors]
         ready, pending = ray.wait(refs, num_returns=len(refs), timeout=self.ready_timeout)
         if pending:
-            raise RuntimeError(f"{len(pending)} of {len(refs)} pipeline workers could not start within "
+            raise WorkFailed(f"{len(pending)} of {len(refs)} pipeline workers could not start within "
                                f"{self.ready_timeout:.0f}s; cluster resources: {ray.cluster_resources()}")
         return ray.get(refs)
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator
 
 from pairforge import runlock
+from pairforge.errors import UsageError
 
 from . import storage
 from .execution import InlineExecutor, RayExecutor, RunReport, init_ray, shutdown_ray
@@ -57,7 +58,7 @@ from .worker import JobSpec, ShardTask
 log = logging.getLogger(__name__)
 
 
-class JobError(RuntimeError):
+class JobError(UsageError, RuntimeError):
     """A job that cannot run as asked (existing interrupted run, bad output URL, …)."""
 
 

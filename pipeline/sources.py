@@ -34,6 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Hashable, Iterable
 
+from pairforge.errors import UsageError
+
 from . import storage
 
 #: the one list of image file extensions every command reads (synth, upscale, eval, degrade)
@@ -51,7 +53,7 @@ DUPLICATE = "duplicate"                  # a file already listed under another n
 DUPLICATE_FOLDER = "duplicate_folder"    # a folder already entered under another name (a link loop or alias)
 
 
-class SourceError(ValueError):
+class SourceError(UsageError, ValueError):
     """The source spec is unusable (missing, empty, unreadable); the message says why."""
 
 

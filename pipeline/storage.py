@@ -63,6 +63,7 @@ import fsspec
 import fsspec.asyn
 from fsspec.exceptions import FSTimeoutError
 
+from pairforge.errors import UsageError, WorkFailed
 from pairforge.retry import RetryPolicy, retry_call
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class StorageConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             if not getattr(self, f.name) > 0:
-                raise ValueError(f"storage config: {f.name} must be > 0, not {getattr(self, f.name)!r}")
+                raise StorageConfigError(f"storage config: {f.name} must be > 0, not {getattr(self, f.name)!r}")
 
     @classmethod
     def from_env(cls, environ: dict | None = None) -> "StorageConfig":
@@ -106,7 +107,7 @@ class StorageConfig:
                 try:
                     values[f.name] = kind(env[var])
                 except ValueError:
-                    raise ValueError(f"{var}={env[var]!r} is not a valid {kind.__name__}") from None
+                    raise StorageConfigError(f"{var}={env[var]!r} is not a valid {kind.__name__}") from None
         return cls(**values)
 
     def backoff(self, attempt: int) -> float:
@@ -143,7 +144,7 @@ ENV_VARS = {
 }
 
 
-class StorageError(OSError):
+class StorageError(WorkFailed, OSError):
     """A storage operation that still failed when its attempts or deadline ran out.
 
     The message names the operation, the (redacted) URL and the last error; a job that meets one
@@ -151,8 +152,12 @@ class StorageError(OSError):
     """
 
 
-class StorageSetupError(StorageError):
+class StorageSetupError(UsageError, StorageError):
     """The client cannot make a request at all (no credentials, no region): the user must act."""
+
+
+class StorageConfigError(UsageError, ValueError):
+    """A storage setting or URL that cannot work: a PAIRFORGE_S3_* value, a bucket name S3 cannot have."""
 
 
 class UploadNotConfirmed(OSError):
@@ -308,7 +313,7 @@ def retry(fn: Callable[[], T], *, what: str = "", config: StorageConfig | None =
                 if type(exc).__name__ in _SETUP_ERRORS:
                     raise StorageSetupError(f"{redact(what)}: {_describe(exc)}; {CREDENTIALS_HINT}") from None
                 if type(exc).__name__ == "ParamValidationError":  # e.g. a bucket name S3 cannot have
-                    raise ValueError(f"{redact(what)}: not a valid S3 URL: "
+                    raise StorageConfigError(f"{redact(what)}: not a valid S3 URL: "
                                      f"{' '.join(str(exc).split())[:200]}") from None
                 raise
         return run

@@ -111,7 +111,7 @@ def test_missing_perceptual_weights_stop_before_any_rank(stand_in, tmp_path):
     res = train(*FAST, "--data", stand_in, "--out", str(out), "--perceptual-backbone", "imagenet",
                 "--weights-dir", str(tmp_path / "empty"))
     assert res.returncode == 2, res.stderr[-3000:]
-    assert res.stderr.startswith("pairforge train: No ImageNet weights for 'vgg16'")
+    assert res.stderr.startswith("pairforge train: error: No ImageNet weights for 'vgg16'")
     assert "Traceback" not in res.stderr and not out.exists()
 
 
@@ -120,7 +120,7 @@ def test_missing_pretrained_folder_stops_before_any_rank(stand_in, tmp_path):
     res = train("--preset", "d3sr-sd21", "--data", stand_in, "--out", str(out), "--crop-size", "64",
                 "--perceptual-backbone", "random", "--set", f"generator.pretrained_path={tmp_path / 'sd21'}")
     assert res.returncode == 2, res.stderr[-3000:]
-    assert res.stderr.startswith(f"pairforge train: generator.pretrained_path: {tmp_path / 'sd21'} is missing vae/, unet/")
+    assert res.stderr.startswith(f"pairforge train: error: generator.pretrained_path: {tmp_path / 'sd21'} is missing vae/, unet/")
     assert "Traceback" not in res.stderr and not out.exists()
 
 

@@ -198,7 +198,7 @@ def test_eval_device_cuda_without_cuda_is_one_line_exit_2(dataset, tmp_path, wei
         assert main(["eval", "--model", "bicubic", "--data", dataset["url"], "--out", str(out),
                      "--weights", str(weights_dir), "--device", device]) == 2
         (line,) = _lines(capsys.readouterr().err)
-        assert line.startswith("pairforge eval: --device " + device) and not out.exists()
+        assert line.startswith("pairforge eval: error: --device " + device) and not out.exists()
 
 
 # --------------------------------------------------------------------------- upscale never overwrites silently

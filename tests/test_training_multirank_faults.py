@@ -282,7 +282,7 @@ def _print_launch(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
 def test_print_launch_refuses_what_would_not_run(tmp_path):
     missing = _print_launch("hostfile", "--hostfile", str(tmp_path / "nope"), tmp_path=tmp_path)
     assert missing.returncode == 2 and not missing.stdout
-    assert missing.stderr.strip() == f"pairforge train: --hostfile {tmp_path / 'nope'}: no such file (one " \
+    assert missing.stderr.strip() == f"pairforge train: error: --hostfile {tmp_path / 'nope'}: no such file (one " \
                                      "`HOST slots=N` line per node, e.g. clusters/templates/hostfile.example)"
     no_file = _print_launch("hostfile", tmp_path=tmp_path)
     assert no_file.returncode == 2 and "needs --hostfile FILE" in no_file.stderr

@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pairforge.errors import UsageError
+
 from .config import ConfigError, TrainConfig, available_presets, from_dict, load_config, set_dotted
 from .runlock import RunDirLocked
 from .runlock import acquire as acquire_run_dir
@@ -32,7 +34,7 @@ RUN_FILES = ("job.json", "config.yaml", "run.json", "metrics.jsonl", "validation
 RUN_DIRS = ("checkpoints", "export", "samples", "tensorboard")
 
 
-class RunDirNotEmpty(FileExistsError):
+class RunDirNotEmpty(UsageError, FileExistsError):
     """The run directory holds another run's progress and neither resume nor overwrite was asked for."""
 
 

@@ -33,6 +33,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
+from pairforge.errors import UsageError
 from pairforge.training import pixels
 from pairforge.training.metrics import psnr_y, ssim_y
 from pairforge.training.published import PublishedRow
@@ -53,7 +54,7 @@ _FULL_REFERENCE = ("psnr_y", "ssim_y", "lpips", "dists")
 _SUFFIX = re.compile(r"[_\-.]?(hr|gt|lr\d*|lq|sr|x\d+|out|output|result)$", re.IGNORECASE)
 
 
-class EvalError(ValueError):
+class EvalError(UsageError, ValueError):
     """A problem with the user's inputs (missing or mismatched files, wrong sizes), said plainly."""
 
 

@@ -52,6 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pairforge.errors import PairforgeError, UsageError
+
 from . import pixels
 from .colorfix import apply_color_fix
 
@@ -389,7 +391,7 @@ def upscale_tensor(generator, lr: torch.Tensor, scale: int, tile: int = DEFAULT_
 
 
 # --------------------------------------------------------------------------- device
-class DeviceUnavailable(ValueError):
+class DeviceUnavailable(UsageError, ValueError):
     """A ``--device`` that is not a torch device, or one this machine does not have (exit 2)."""
 
 
@@ -421,7 +423,13 @@ def load_generator(export_dir: str | Path, device: str | None = None, dtype: tor
     from pairforge.training.models.generator import OneStepGenerator
 
     device = check_device(device)
-    return OneStepGenerator.from_export(export_dir, torch_dtype=dtype).to(device)
+    try:
+        gen = OneStepGenerator.from_export(export_dir, torch_dtype=dtype)
+    except (OSError, ValueError, KeyError) as exc:  # files missing, or a config/weights file no export holds
+        if isinstance(exc, PairforgeError):
+            raise
+        raise pixels.ExportError(f"{export_dir}: not a generator export that loads: {type(exc).__name__}: {exc}") from exc
+    return gen.to(device)
 
 
 def read_image(path: str | Path) -> torch.Tensor:

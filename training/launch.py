@@ -54,6 +54,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from pairforge.errors import UsageError
+
 #: set by spawn_local in each rank's environment: the launcher's pid, which the rank must not outlive
 LAUNCHER_PID_ENV = "PAIRFORGE_LAUNCHER_PID"
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -526,7 +528,7 @@ def _interrupts_ignored() -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- cluster command lines
-class LaunchError(ValueError):
+class LaunchError(UsageError, ValueError):
     """A cluster command line cannot be composed from these arguments (the message says why)."""
 
 

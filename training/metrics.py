@@ -20,11 +20,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["quantize", "rgb_to_y", "crop_border", "psnr_y", "ssim_y", "gaussian_window", "SSIM_WINDOW"]
+from pairforge.errors import UsageError
+
+__all__ = ["ImageTooSmall", "quantize", "rgb_to_y", "crop_border", "psnr_y", "ssim_y", "gaussian_window", "SSIM_WINDOW"]
 
 #: side of the SSIM window: a 'valid' SSIM map needs images at least this large after the crop
 SSIM_WINDOW = 11
 _Y_WEIGHTS = (65.481, 128.553, 24.966)
+
+
+class ImageTooSmall(UsageError, ValueError):
+    """An image the metrics cannot take at this border crop: smaller images or a smaller crop (exit 2)."""
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
@@ -44,7 +50,7 @@ def crop_border(x: torch.Tensor, n: int) -> torch.Tensor:
         raise ValueError(f"crop_border must be >= 0, got {n}")
     h, w = x.shape[-2:]
     if 2 * n >= min(h, w):
-        raise ValueError(f"crop_border {n} leaves nothing of a {h}x{w} image")
+        raise ImageTooSmall(f"crop_border {n} leaves nothing of a {h}x{w} image")
     return x[..., n:h - n, n:w - n] if n else x
 
 
@@ -74,7 +80,7 @@ def ssim_y(x: torch.Tensor, y: torch.Tensor, crop: int = 0) -> torch.Tensor:
     """Per-image SSIM (B,) on Y; images (B, 3, H, W) in [0, 1]; ``crop`` border pixels dropped."""
     a, b = _prepare(x, y, crop)
     if min(a.shape[-2:]) < SSIM_WINDOW:
-        raise ValueError(f"SSIM needs at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels after the border crop, "
+        raise ImageTooSmall(f"SSIM needs at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels after the border crop, "
                          f"got {a.shape[-2]}x{a.shape[-1]}")
     k = gaussian_window().to(a.device)
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2

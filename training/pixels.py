@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pairforge.errors import UsageError
 from pairforge.pipeline.decode import DEFAULT_MAX_PIXELS, SkipInput, decode_image
 from pairforge.pipeline.sources import IMAGE_EXTS, is_image_name
 
@@ -41,7 +42,7 @@ __all__ = ["IMAGE_EXTS", "is_image_name", "UnreadableImage", "decode_bytes", "re
 EXPORT_META = "pairforge_generator.json"
 
 
-class UnreadableImage(ValueError):
+class UnreadableImage(UsageError, ValueError):
     """An image file the decoder refuses (corrupt, not an image, too large …) or that cannot be
     read at all; the message is one line naming the file and the decoder's reason."""
 
@@ -103,7 +104,7 @@ def bicubic_input(lr: torch.Tensor, scale: int | None = None, *, size: tuple[int
     return up if batched else up[0]
 
 
-class ExportError(ValueError):
+class ExportError(UsageError, ValueError):
     """A folder that is not a usable generator export (exit 2 in every command)."""
 
 

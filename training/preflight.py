@@ -10,6 +10,7 @@ the rank that first read it, minutes into the run and after validation had start
 """
 from __future__ import annotations
 
+from pairforge.errors import UsageError
 from pairforge.pipeline import storage
 from pairforge.pipeline.shards import load_manifest, unconfirmed_shards
 
@@ -19,7 +20,7 @@ from .config import TrainConfig
 SHOWN_PROBLEMS = 3
 
 
-class DatasetMismatch(ValueError):
+class DatasetMismatch(UsageError, ValueError):
     """The dataset cannot feed this config; the message names both sides and the flag that fixes it."""
 
 

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-class UsageError(ValueError):
-    """An argument this command cannot work with (exit 2)."""
+from pairforge.errors import UsageError
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -81,11 +79,7 @@ def _key(name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        cfg, size, images = _inputs(args)
-    except UsageError as exc:
-        print(f"pairforge degrade: error: {exc}", file=sys.stderr)
-        return 2
+    cfg, size, images = _inputs(args)  # UsageError: one line, exit 2, before any degradation
     return _preview(cfg, size, images, args)
 
 
@@ -103,7 +97,7 @@ def _inputs(args: argparse.Namespace) -> tuple:
         raise UsageError(f"--limit {args.limit}: expected at least 1")
     try:
         cfg = load_preset(args.preset)
-    except (ConfigError, KeyError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, KeyError, FileNotFoundError) as exc:  # an unknown name, a config file not there
         raise UsageError(f"--preset {args.preset!r}: {exc}") from None
     size = int(args.patch_size or cfg.hr_size)
     if size < cfg.scale or size % cfg.scale:

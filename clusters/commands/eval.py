@@ -19,6 +19,8 @@ import sys
 from itertools import chain
 from pathlib import Path
 
+from pairforge.errors import UsageError
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``eval`` on the top-level subparsers."""
@@ -117,7 +119,7 @@ def _pairs(args: argparse.Namespace, mode: str, selection):
     return ev.preset_pairs(args.hr, args.preset, args.seed)
 
 
-class DatasetUnusable(Exception):
+class DatasetUnusable(UsageError):
     """Shards the evaluation would read are missing or not their recorded size (exit 2, before any work)."""
 
 
@@ -168,7 +170,7 @@ def _scale(args: argparse.Namespace, mode: str, first) -> int:
 
     claims = {}
     if args.model and args.model != "bicubic":
-        claims["export"] = export_scale(Path(args.model))  # ExportError (a ValueError): one line, exit 2
+        claims["export"] = export_scale(Path(args.model))  # ExportError (a UsageError): one line, exit 2
     if mode == "preset":
         claims["preset"] = load_preset(args.preset).scale
     if first is not None and first.lr is not None:
@@ -222,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
     # before anything imports huggingface_hub: pyiqa's metrics (and timm's backbones inside them) come
     # from local files only; a metric that would download is skipped with a note instead
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from pairforge.errors import WorkFailed
     from pairforge.pipeline.shards import ShardIntegrityError
     from pairforge.pipeline.storage import StorageError
     from pairforge.training.perceptual import PerceptualWeightsMissing
@@ -229,20 +232,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         done = _evaluate(args, mode)
     except ShardIntegrityError as exc:  # damage found in the first shard read, before any pair was scored
-        print(f"pairforge eval: {exc}; nothing was scored", file=sys.stderr)
-        return 1
-    except DatasetUnusable as exc:
-        print(f"pairforge eval: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # EvalError, a --device this machine lacks, sizes the metrics cannot take
-        print(f"pairforge eval: {exc}", file=sys.stderr)
-        return 2
+        raise WorkFailed(f"{exc}; nothing was scored") from exc
     except PerceptualWeightsMissing as exc:
-        print(f"pairforge eval: LPIPS/DISTS need their real weights: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, StorageError) as exc:  # a dataset or folder that is not there, a store out of reach
-        print(f"pairforge eval: error: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"LPIPS/DISTS need their real weights: {exc}") from exc
+    except StorageError as exc:
+        if isinstance(exc, UsageError):  # no credentials
+            raise
+        raise UsageError(f"{exc} (nothing was scored)") from exc  # a store out of reach before any pair
+    except FileNotFoundError as exc:  # a dataset or folder that is not there
+        raise UsageError(str(exc)) from exc
     return _write(args, *done)
 
 
@@ -253,7 +251,7 @@ def _evaluate(args: argparse.Namespace, mode: str):
     from pairforge.training.inference import check_device
 
     notes: list[str] = []
-    device = check_device(args.device)  # DeviceUnavailable (a ValueError): one line, exit 2
+    device = check_device(args.device)  # DeviceUnavailable (a UsageError): one line, exit 2
     selection = _select(args, mode)
     pairs = iter(_pairs(args, mode, selection))
     first = next(pairs, None)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 #: exit status when a shard does not match its manifest entry (2 is for unusable arguments/datasets)
 EXIT_DAMAGED = 1
@@ -38,17 +37,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pairforge.errors import UsageError, WorkFailed
     from pairforge.pipeline.shards import ShardIntegrityError
     from pairforge.pipeline.storage import StorageError
 
     try:
         return _verify(args) if args.verify else _report(args)
     except ShardIntegrityError as exc:
-        print(f"pairforge inspect: {exc}\n(run `pairforge inspect --verify` to check every shard)", file=sys.stderr)
-        return EXIT_DAMAGED
-    except (FileNotFoundError, ValueError, StorageError) as exc:  # StorageError: unreachable, no credentials
-        print(f"pairforge inspect: error: {exc}", file=sys.stderr)
-        return 2
+        raise WorkFailed(f"{exc}\n(run `pairforge inspect --verify` to check every shard)") from exc
+    except FileNotFoundError as exc:  # not a dataset: no manifest there
+        raise UsageError(str(exc)) from exc
+    except StorageError as exc:  # unreachable before anything was read: the address or the network to check
+        if isinstance(exc, UsageError):
+            raise
+        raise UsageError(str(exc)) from exc
 
 
 def _report(args: argparse.Namespace) -> int:

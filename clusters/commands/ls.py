@@ -29,6 +29,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pairforge.errors import UsageError
     from pairforge.pipeline import storage
 
     root = storage.normalize(args.out)
@@ -39,9 +40,10 @@ def run(args: argparse.Namespace) -> int:
             return 2
         folders = [root] if MANIFEST in names or JOB in names else [storage.join(root, n) for n in names]
         datasets = [d for d in (describe(url) for url in folders) if d is not None]
-    except (OSError, ValueError) as exc:
-        print(f"pairforge ls: error: cannot list {storage.redact(root)}: {exc}", file=sys.stderr)
-        return 2
+    except OSError as exc:  # a root out of reach (StorageError too): the address to check
+        if isinstance(exc, UsageError):
+            raise
+        raise UsageError(f"cannot list {storage.redact(root)}: {exc}") from exc
     if args.json:
         print(json.dumps({"root": storage.redact(root), "datasets": datasets}))
         return 0

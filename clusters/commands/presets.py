@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import sys
 from pathlib import Path
+
+from pairforge.errors import UsageError
 
 #: kind -> (package holding a presets/ folder, the commands that take such a preset)
 KINDS: dict[str, tuple[str, str]] = {
@@ -82,14 +83,11 @@ def run(args: argparse.Namespace) -> int:
         return _list(args)
     kinds = [args.kind] if args.kind else [k for k in KINDS if args.name in preset_names(k)]
     if not kinds or args.name not in preset_names(kinds[0]):
-        print(f"pairforge presets: error: no {args.kind or 'degradation or training'} preset named "
-              f"{args.name!r}; degradation: {names_help('degradation')}; training: {names_help('training')}",
-              file=sys.stderr)
-        return 2
+        raise UsageError(f"no {args.kind or 'degradation or training'} preset named {args.name!r}; "
+                         f"degradation: {names_help('degradation')}; training: {names_help('training')}")
     if len(kinds) > 1:
-        print(f"pairforge presets: error: {args.name!r} is both a degradation and a training preset; "
-              "pass --kind degradation or --kind training", file=sys.stderr)
-        return 2
+        raise UsageError(f"{args.name!r} is both a degradation and a training preset; "
+                         "pass --kind degradation or --kind training")
     config = resolved(kinds[0], args.name)
     if args.json:
         print(json.dumps({"kind": kinds[0], "name": args.name, "config": config}, default=str))

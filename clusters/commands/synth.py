@@ -25,6 +25,8 @@ import socket
 import sys
 from typing import Any
 
+from pairforge.errors import EXIT_INTERRUPTED, UsageError
+
 #: each option's field in :class:`pipeline.SynthConfig` (argparse dest → dotted path); the one
 #: place the CLI and the config meet, also used to name the option in a config error
 FIELDS = {
@@ -51,10 +53,6 @@ RAY_CLIENT_PORT, RAY_GCS_PORT = 10001, 6379
 EXIT_CODES = ("exit status: 0 the dataset is complete; 1 the work failed (objects not stored, or no pairs "
               "produced); 2 bad arguments or environment (found before any work starts); 3 the dataset is in "
               "use by another live synth; 130 interrupted (Ctrl-C: the line printed says how to continue)")
-#: exit status when another live ``synth`` holds the dataset folder
-EXIT_IN_USE = 3
-#: exit status after Ctrl-C (the shell's 128 + SIGINT)
-EXIT_INTERRUPTED = 128 + int(signal.SIGINT)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -141,9 +139,10 @@ def _second_interrupt(signum, frame) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pairforge.pipeline import JobError, SourceError, synth
-    from pairforge.pipeline.storage import StorageError, StorageSetupError
-    from pairforge.runlock import Locked
+    """Errors of pairforge's family end the command through the CLI (pairforge/errors.py): a
+    config or source the job cannot use (2, naming the option), a store that failed (1), another
+    live synth on the dataset (3).  A config field's message gains its option name here."""
+    from pairforge.pipeline import synth
 
     try:
         config = build_config(args)
@@ -151,24 +150,13 @@ def _run(args: argparse.Namespace) -> int:
         if args.dry_run:
             return dry_run(args.source, args.out, config, as_json=args.json)
         res = synth(args.source, args.out, config)
-    except Locked as exc:  # another live synth is making this dataset
-        print(f"pairforge synth: error: {exc}", file=sys.stderr)
-        return EXIT_IN_USE
-    except (SourceError, JobError, ValueError) as exc:
-        print(f"pairforge synth: error: {with_option(str(exc))}", file=sys.stderr)
-        return 2
-    except StorageSetupError as exc:  # no credentials: the environment, found before any work
-        print(f"pairforge synth: error: {exc}", file=sys.stderr)
-        return 2
-    except StorageError as exc:
-        print(f"pairforge synth: error: {exc}", file=sys.stderr)
-        return 1
+    except UsageError as exc:  # ConfigError, SourceError, JobError, the environment checks' own
+        raise UsageError(with_option(str(exc))) from exc
     except ConnectionError as exc:  # the Ray cluster accepted the TCP connect but not the session
         if not config.run.ray_address:
             raise
-        print(f"pairforge synth: error: run.ray_address (--ray-address): cannot connect to the Ray cluster at "
-              f"{config.run.ray_address}: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"run.ray_address (--ray-address): cannot connect to the Ray cluster at "
+                         f"{config.run.ray_address}: {exc}") from exc
     keep_log(res.url, "synth")
     return report(res, as_json=args.json)
 
@@ -288,7 +276,7 @@ def check_environment(run) -> None:
         import torch
 
         if not torch.cuda.is_available():
-            raise ValueError("run.device: --device cuda asked for, but CUDA is not available on this machine "
+            raise UsageError("run.device: --device cuda asked for, but CUDA is not available on this machine "
                              f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use "
                              "--device auto or cpu, or run on a GPU node")
 
@@ -310,7 +298,7 @@ def ray_endpoint(address: str | None) -> tuple[str, int] | None:
         host, port = rest, str(default)  # no port, or a bare IPv6 address
     host = host.strip("[]")
     if not host or not port.isdigit():
-        raise ValueError(f"run.ray_address: {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
+        raise UsageError(f"run.ray_address: {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
     return host, int(port)
 
 
@@ -320,7 +308,7 @@ def _check_reachable(address: str, host: str, port: int) -> None:
             pass
     except OSError as exc:
         why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
-        raise ValueError(f"run.ray_address: cannot reach the Ray cluster at {address} ({host}:{port}: {why} "
+        raise UsageError(f"run.ray_address: cannot reach the Ray cluster at {address} ({host}:{port}: {why} "
                          f"within {RAY_CONNECT_TIMEOUT_S:.0f} s); check the address, or start the cluster "
                          "(`ray start --head`), or leave --ray-address out for an embedded local Ray") from None
 

@@ -26,19 +26,15 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+from pairforge.errors import EXIT_IN_USE, EXIT_INTERRUPTED, PairforgeError, UsageError
+
 #: exit status when --out belongs to another live `pairforge train` (see training/runlock.py)
-EXIT_RUN_DIR_IN_USE = 3
-#: exit status after Ctrl-C (the shell's 128 + SIGINT); the last line names the --resume command
-EXIT_INTERRUPTED = 130
+EXIT_RUN_DIR_IN_USE = EXIT_IN_USE
 EXIT_CODES = ("exit status: 0 trained; 1 a rank failed (damaged data found while training included); 2 bad "
               "arguments or environment, a dataset shard missing or resized included (found before any rank "
               f"starts); {EXIT_RUN_DIR_IN_USE} the run directory is in use by another live train; "
               f"{EXIT_INTERRUPTED} interrupted (Ctrl-C): the last line says which checkpoint was kept and the "
               "command that resumes from it")
-
-
-class Refusal(Exception):
-    """A check before any rank starts failed: the message says what and how to fix it (exit 2)."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -188,31 +184,19 @@ def _run(args) -> int:
         ov = _overrides(args)
         cfg = load_config(preset=args.preset, overrides=ov) if args.preset else load_config(args.config, overrides=ov)
     except ConfigError as exc:
-        print(f"pairforge train: invalid config: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"invalid config: {exc}") from exc
     if args.print_launch:
         return _print_launch(cfg, args)
-    from pairforge.training import RunDirLocked, RunDirNotEmpty
-    from pairforge.training.preflight import DatasetMismatch
-
     cluster = _is_cluster_rank(args)
-    try:
-        ranks = preflight(cfg, args, cluster)
-    except Refusal as exc:
-        print(f"pairforge train: {exc}", file=sys.stderr)
-        return 2
+    ranks = preflight(cfg, args, cluster)  # UsageError: one line, exit 2, before any rank starts
     resume = "auto" if args.resume == "auto" else None
     try:
         with _stdout_to_stderr(args.json):  # --json: stdout carries only the result
             res = _run_as_rank(cfg, args, resume) if cluster else _run_local_ranks(cfg, args, resume, ranks)
     except KeyboardInterrupt:  # the ranks are stopped (training/launch.py spawn_local)
         return _interrupted(args, cluster, ranks)
-    except RunDirLocked as exc:
-        print(f"pairforge train: {exc}", file=sys.stderr)
-        return EXIT_RUN_DIR_IN_USE
-    except (DatasetMismatch, FileNotFoundError, RunDirNotEmpty) as exc:  # changed since the checks above
-        print(f"pairforge train: {exc}", file=sys.stderr)
-        return 2
+    # RunDirLocked (3), DatasetMismatch and RunDirNotEmpty (2: changed since the checks above) end the
+    # command through the CLI's one mapping (pairforge/errors.py)
     if cluster and os.environ.get("RANK") != "0":
         return 0 if res["ok"] else 1  # rank 0 reports for the run
     return _report(res, args)
@@ -224,14 +208,8 @@ def _print_launch(cfg, args) -> int:
     it cannot be composed (no hostfile, several nodes without a rendezvous address) or when the
     ranks it starts would refuse anyway (the checks every rank makes first: dataset, run
     directory, pretrained folders, perceptual weights)."""
-    from pairforge.training.launch import LaunchError
-
-    try:
-        command = _launch_command(args)
-        preflight(cfg, args, cluster=True)
-    except (LaunchError, Refusal) as exc:
-        print(f"pairforge train: {exc}", file=sys.stderr)
-        return 2
+    command = _launch_command(args)  # LaunchError and the checks' UsageError: one line, exit 2
+    preflight(cfg, args, cluster=True)
     print(command)
     return 0
 
@@ -261,17 +239,17 @@ def _launch_command(args) -> str:
 # --------------------------------------------------------------------------- checks before any rank
 def preflight(cfg, args, cluster: bool) -> int:
     """Every check that needs no rank, cheapest first; the number of local ranks to start.
-    Raises :class:`Refusal`."""
-    from pairforge.training import RunDirNotEmpty, check_run_dir
-    from pairforge.training.preflight import DatasetMismatch, check_dataset
+    Raises :class:`UsageError`."""
+    from pairforge.training import check_run_dir
+    from pairforge.training.preflight import check_dataset
 
     if args.overwrite and args.resume == "auto":
-        raise Refusal("--resume continues the run in --out and --overwrite deletes it: pass one of them")
+        raise UsageError("--resume continues the run in --out and --overwrite deletes it: pass one of them")
     try:
         check_dataset(cfg, args.data, shards=True)  # every shard there, at its recorded size
         check_run_dir(Path(args.out), args.resume, args.overwrite)
-    except (DatasetMismatch, OSError, ValueError, RunDirNotEmpty) as exc:  # OSError: StorageError too
-        raise Refusal(str(exc)) from None
+    except (PairforgeError, OSError) as exc:  # a dataset or store out of reach is the user's to fix here
+        raise UsageError(str(exc)) from None
     ranks = (args.ranks or 1) if cluster else resume_ranks(cfg, args)
     check_pretrained(cfg)
     check_perceptual_weights(cfg)
@@ -293,7 +271,7 @@ def resume_ranks(cfg, args) -> int:
             print(f"pairforge train: resuming the checkpoint at step {step} on its {world} ranks", file=sys.stderr)
         return world
     if args.ranks != world and cfg.engine.zero_stage >= 1:
-        raise Refusal(f"the checkpoint in {args.out} (step {step}) was written by {world} rank(s) and its "
+        raise UsageError(f"the checkpoint in {args.out} (step {step}) was written by {world} rank(s) and its "
                       f"ZeRO-{cfg.engine.zero_stage} optimizer state is split per rank, so it cannot resume on "
                       f"--ranks {args.ranks}; resume it with: {_command_with_ranks(world)}")
     return args.ranks
@@ -328,7 +306,7 @@ def check_pretrained(cfg) -> None:
             subs = ["unet"] + (["vae"] if d.latent_adapter == "reencode" else [])
             require_folder(d.pretrained_path, subs, d.hub_id, "discriminator.pretrained_path")
     except PretrainedMissing as exc:
-        raise Refusal(str(exc)) from None
+        raise UsageError(str(exc)) from None
 
 
 def perceptual_kinds(cfg) -> list[str]:
@@ -356,8 +334,8 @@ def check_perceptual_weights(cfg) -> None:
     for kind in kinds:
         try:
             resolve_weights(kind, cfg.loss.weights_dir)
-        except (PerceptualWeightsMissing, ValueError) as exc:
-            raise Refusal(f"{exc}\n(--perceptual-backbone random skips them, for smoke tests only)") from None
+        except PerceptualWeightsMissing as exc:
+            raise UsageError(f"{exc}\n(--perceptual-backbone random skips them, for smoke tests only)") from None
 
 
 # --------------------------------------------------------------------------- running

@@ -24,9 +24,7 @@ import os
 import sys
 from pathlib import Path
 
-
-class UsageError(ValueError):
-    """Bad arguments or environment, found before any image is processed (exit status 2)."""
+from pairforge.errors import EXIT_FAILED, UsageError
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -158,9 +156,9 @@ def _check_args(args: argparse.Namespace) -> None:
     from pairforge.training.inference import check_device
     from pairforge.training.pixels import export_scale
 
-    export_scale(args.model)  # ExportError (a ValueError): the one message for a folder that is no export
+    export_scale(args.model)  # ExportError (a UsageError): the one message for a folder that is no export
 
-    args.device = check_device(args.device)  # DeviceUnavailable (a ValueError): one line, exit 2
+    args.device = check_device(args.device)  # DeviceUnavailable (a UsageError): one line, exit 2
 
 
 def _upscale_one(gen, src: Path, dst: Path, scale: int, args: argparse.Namespace) -> str | None:
@@ -195,17 +193,15 @@ def run(args: argparse.Namespace) -> int:
     from pairforge.training.inference import DEFAULT_SCALE, load_generator
     from pairforge.training.pixels import export_scale, read_image
 
-    try:
-        _check_args(args)
-        pairs = plan(args)
-        check_outputs(pairs, args.overwrite)
-        if len(pairs) == 1 and Path(args.input).is_file():
-            read_image(pairs[0][0])  # the one file the user named: unreadable is bad usage (exit 2), checked before the model loads
-        scale = args.scale or export_scale(args.model) or DEFAULT_SCALE
-        gen = load_generator(args.model, args.device)
-    except (UsageError, OSError, ValueError) as exc:  # OSError/ValueError: an export that does not load, an unreadable INPUT
-        print(f"pairforge upscale: error: {exc}", file=sys.stderr)
-        return 2
+    # everything that can be wrong with the arguments is found here, before any image is written:
+    # UsageError (its subclasses UnreadableImage, ExportError, DeviceUnavailable too) exits 2
+    _check_args(args)
+    pairs = plan(args)
+    check_outputs(pairs, args.overwrite)
+    if len(pairs) == 1 and Path(args.input).is_file():
+        read_image(pairs[0][0])  # the one file the user named: unreadable is bad usage, checked before the model loads
+    scale = args.scale or export_scale(args.model) or DEFAULT_SCALE
+    gen = load_generator(args.model, args.device)
     failed = []
     bar = tqdm(pairs, unit="img", desc="upscale", file=sys.stderr, disable=True if args.no_progress else None)
     for src, dst in bar:
@@ -220,5 +216,5 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         print(f"pairforge upscale: {len(failed)} of {len(pairs)} input(s) failed: "
               + ", ".join(str(p) for p in failed), file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     return 0

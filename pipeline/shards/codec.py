@@ -14,6 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from pairforge.errors import WorkFailed
+
 from .layout import IMAGE_EXTS, SAFE_EXTS
 
 
@@ -82,7 +84,7 @@ def encode_sample(key: str, hr: np.ndarray, lrs: Sequence[np.ndarray], meta: dic
     return sample
 
 
-class UnsafeMemberError(ValueError):
+class UnsafeMemberError(WorkFailed, ValueError):
     """A shard member that pairforge does not write (and will not decode) was found."""
 
 

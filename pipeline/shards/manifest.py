@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pairforge.errors import UsageError
+
 from .. import storage
 from .layout import FORMAT, MANIFEST_NAME, stats_name
 
@@ -111,18 +113,23 @@ def build_manifest(job: dict, stats: dict[str, dict]) -> dict:
     }
 
 
+class NotADataset(UsageError, FileNotFoundError):
+    """No readable manifest of a known format where a finished pairforge dataset was expected (exit 2)."""
+
+
 def load_manifest(url: str, storage_options: dict | None = None) -> dict:
     """The manifest of a dataset (a folder URL, or the manifest.json URL itself).
 
-    Raises ``FileNotFoundError`` with an explanation when the dataset is incomplete.
+    Raises :class:`NotADataset` (a ``FileNotFoundError``) with an explanation when the dataset is
+    incomplete or of another format.
     """
     url = storage.normalize(str(url))
     murl = url if url.endswith(".json") else storage.join(url, MANIFEST_NAME)
     man = read_json(murl, storage_options)
     if man is None:
-        raise FileNotFoundError(
+        raise NotADataset(
             f"no readable manifest.json at {storage.redact(murl)}: not a pairforge dataset, or its "
             "synth job has not finished (re-run it with --resume)")
     if man.get("format") != FORMAT:
-        raise ValueError(f"{storage.redact(murl)}: unknown dataset format {man.get('format')!r}")
+        raise NotADataset(f"{storage.redact(murl)}: unknown dataset format {man.get('format')!r}")
     return man

@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from pairforge.errors import WorkFailed
+
 from .. import storage
 from .codec import decode_sample
 from .manifest import load_manifest
@@ -91,7 +93,7 @@ def shard_urls(url: str, shards: Sequence[int | str] | None = None,
 
 
 # ---------------------------------------------------------------- integrity
-class ShardIntegrityError(ValueError):
+class ShardIntegrityError(WorkFailed, ValueError):
     """A shard is missing, differs from its manifest entry (size or sha256), or is not a whole tar.
 
     ``shard`` is the (redacted) URL, ``problem`` one of ``missing``, ``size``, ``sha256``,

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
+from pairforge.errors import UsageError
+
 #: VAE latent scaling factors, spelled out because the generator (SD2.1 VAE) and an SDXL
 #: discriminator live in different latent spaces.
 SD21_LATENT_SCALE = 0.18215
@@ -28,7 +30,7 @@ SEED_OFFSET_DISCRIMINATOR_LORA = 101
 SEED_OFFSET_DISCRIMINATOR_HEAD = 102   # the MLP patch head
 
 
-class PretrainedMissing(FileNotFoundError):
+class PretrainedMissing(UsageError, FileNotFoundError):
     """A pretrained folder (diffusers layout) is not where the config says."""
 
 

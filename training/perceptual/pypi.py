@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from pairforge.errors import WorkFailed
 from pairforge.retry import RetryPolicy, retry_call
 
 __all__ = ["PinnedFile", "PyPIUnreachable", "fetch_pinned", "sha256_file"]
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class PyPIUnreachable(OSError):
+class PyPIUnreachable(WorkFailed, OSError):
     """PyPI (or the configured mirror) could not be reached or did not list the file."""
 
 

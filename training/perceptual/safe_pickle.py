@@ -16,13 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from pairforge.errors import WorkFailed
+
 __all__ = ["UnsafePickleError", "load_numpy_pickle"]
 
 # dtype strings numpy writes for plain numeric arrays, e.g. "f4", "<i8", "u1", "b1".
 _DTYPE_RE = re.compile(r"^[<>|=]?(f2|f4|f8|i1|i2|i4|i8|u1|u2|u4|u8|b1)$")
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(WorkFailed, pickle.UnpicklingError):
     """The pickle asked for something other than plain numeric numpy arrays."""
 
 

