@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import stat
 import tarfile
@@ -391,33 +390,33 @@ def list_text_file(url: str, storage_options: dict | None = None) -> Listing:
     return _finish(url, "list", items, skipped=skipped)
 
 
-def _expand_shards(spec: str, storage_options: dict | None) -> list[str]:
-    import braceexpand
+def _shard_sources(spec: str, storage_options: dict | None) -> list:
+    """The shards of a webdataset source, resolved by the shard contract's one resolver
+    (:func:`shards.shard_sources`: a pairforge dataset's come with their recorded size and sha256);
+    a folder of tars with no manifest is the one case it does not cover: its tars, unverified."""
+    from .shards import ShardSource, shard_sources
 
-    spec = storage.normalize(spec) if "{" not in spec else spec
-    if "{" in spec:
-        return [storage.normalize(u) for u in braceexpand.braceexpand(spec)]
-    if spec.endswith(".tar"):
-        return [spec]
-    manifest_url = storage.join(spec, "manifest.json")
-    if storage.exists(manifest_url, storage_options):
-        man = json.loads(storage.read_bytes(manifest_url, storage_options))
-        return [storage.join(spec, s["name"]) for s in man["shards"]]
-    return [storage.join(spec, n) for n in storage.listdir(spec, storage_options) if n.endswith(".tar")]
+    spec = spec if "{" in spec else storage.normalize(spec)
+    if "{" in spec or spec.endswith(".tar") or storage.exists(storage.join(spec, "manifest.json"), storage_options):
+        return shard_sources(spec, storage_options=storage_options)
+    return [ShardSource(storage.join(spec, n)) for n in storage.listdir(spec, storage_options) if n.endswith(".tar")]
 
 
 def list_webdataset(spec: str, storage_options: dict | None = None) -> Listing:
-    """One item per sample holding an image; prefers the ``hr.*`` field of pairforge shards."""
+    """One item per sample holding an image; prefers the ``hr.*`` field of pairforge shards.
+
+    Every shard is read once, through :func:`shards.verified_stream`: a pairforge dataset's shard
+    that is missing, truncated or altered stops the listing with a :class:`SourceError` naming it,
+    instead of silently giving fewer images.
+    """
+    from .shards import ShardIntegrityError, verified_stream
+
     items = []
-    for url in _expand_shards(spec, storage_options):
-        fs, path = storage.get_fs(url, storage_options)
-        try:
-            f = storage.retry(lambda fs=fs, path=path: fs.open(path, "rb"), what=f"open {url}")
-        except FileNotFoundError:
-            raise SourceError(f"shard {storage.redact(url)!r} does not exist") from None
+    for source in _shard_sources(spec, storage_options):
+        url = source.url
         chosen: dict[str, tuple[int, str, int, int, str]] = {}
         try:
-            with f, tarfile.open(fileobj=f, mode="r|") as tf:
+            with verified_stream(source, storage_options) as f, tarfile.open(fileobj=f, mode="r|") as tf:
                 for m in tf:
                     if not m.isfile():
                         continue
@@ -434,6 +433,11 @@ def list_webdataset(spec: str, storage_options: dict | None = None) -> Listing:
                     cand = (rank, ext, m.offset_data, m.size, hashlib.sha256(data).hexdigest())
                     if key not in chosen or cand < chosen[key]:
                         chosen[key] = cand
+        except ShardIntegrityError as exc:
+            raise SourceError(f"source {exc}; fix or replace it (pairforge inspect --verify checks a whole "
+                              "dataset) before synthesizing from it") from None
+        except FileNotFoundError:
+            raise SourceError(f"shard {storage.redact(url)!r} does not exist") from None
         except tarfile.TarError as exc:
             raise SourceError(f"shard {storage.redact(url)!r} is not a readable tar: {exc}") from None
         shard_name = storage.basename(url)

@@ -201,3 +201,40 @@ def test_unreadable_entries_of_a_list_file_are_skipped_with_their_reason(tmp_pat
     proc = subprocess.run(without_read_override([sys.executable, "-c", script, str(locked_source / "locked.png")]),
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "SourceError" in proc.stderr and "unreadable (PermissionError" in proc.stderr
+
+
+# ---------------------------------------------------------------- a pairforge dataset as a source
+def _cut_at_a_member_boundary(tar_path) -> int:
+    """Truncate a tar at the header of a middle member: what is left is a shorter archive that a
+    streaming tar reader ends without an error. Returns the members left."""
+    import tarfile
+
+    with tarfile.open(tar_path) as tf:
+        members = tf.getmembers()
+    keep = len(members) // 2
+    with open(tar_path, "r+b") as f:
+        f.truncate(members[keep].offset)
+    return keep
+
+
+def test_a_truncated_shard_of_a_source_dataset_is_named_not_silently_dropped(training_pairs, tmp_path, capsys):
+    """A pairforge dataset read as a synth source goes through the shard contract's resolver and
+    checks (size first, sha256 at the end). Before, its shards were listed from the manifest but
+    never checked: a shard cut at a member boundary just gave fewer images."""
+    from pairforge.clusters.cli import main
+    from pairforge.pipeline.sources import SourceError, list_source
+
+    src = tmp_path / "source-dataset"
+    shutil.copytree(training_pairs, src)
+    intact = len(list_source(f"wds:{src}").items)
+    shard = json.loads((src / "manifest.json").read_text())["shards"][0]["name"]
+    assert _cut_at_a_member_boundary(src / shard) > 0
+    with pytest.raises(SourceError) as info:
+        list_source(f"wds:{src}")
+    assert shard in str(info.value) and "damaged shard" in str(info.value), str(info.value)
+    assert intact == json.loads((src / "manifest.json").read_text())["totals"]["samples"]
+
+    assert main(["synth", "--source", f"wds:{src}", "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("pairforge synth: error: source damaged shard") and shard in line, line
+    assert not (tmp_path / "out").exists()

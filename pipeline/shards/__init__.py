@@ -19,6 +19,7 @@ from .reader import (
     read_pairs,
     shard_sources,
     shard_urls,
+    verified_stream,
     verify_shard,
 )
 from .writer import ShardResult, write_shard, write_stats
@@ -29,5 +30,5 @@ __all__ = [
     "ShardResult", "write_shard", "write_stats",
     "build_manifest", "committed_shards", "unconfirmed_shards", "load_manifest", "read_json", "pretty_json",
     "ShardSource", "dataset_shard", "shard_sources", "shard_urls", "ShardReader", "ShardIntegrityError",
-    "SkippedShards", "verify_shard", "read_pairs", "ON_DAMAGE",
+    "SkippedShards", "verify_shard", "verified_stream", "read_pairs", "ON_DAMAGE",
 ]

@@ -60,7 +60,7 @@ def shard_sources(url: str, shards: Sequence[int | str] | None = None,
                   storage_options: dict | None = None) -> list[ShardSource]:
     """Like :func:`shard_urls`, with each shard's recorded size and sha256 when a manifest lists it."""
     url = str(url)
-    if "{" in url and ".." in url:
+    if "{" in url:
         import braceexpand
 
         sources = [ShardSource(storage.normalize(u)) for u in braceexpand.braceexpand(url)]
@@ -192,6 +192,31 @@ def verify_shard(source: ShardSource, storage_options: dict | None = None,
         reader.drain()
         _check_digest(source, reader)
     return reader.bytes
+
+
+@contextlib.contextmanager
+def verified_stream(source: ShardSource, storage_options: dict | None = None) -> Iterator[Any]:
+    """A shard's bytes as one read-only stream, checked as every read is: the recorded size before
+    the first byte, byte count and sha256 when the block ends (the rest is read first).
+
+    For code that parses the tar itself (the synth source lister needs member offsets).  An error
+    inside the block is blamed on the shard when the shard is damaged, as :class:`ShardReader`
+    does.  Raises :class:`ShardIntegrityError`; a shard with no manifest entry is read unchecked.
+    """
+    _check_size(source, storage_options)
+    with _open_hashing(source, storage_options) as reader:
+        try:
+            yield reader
+        except Exception as exc:
+            if source.verifiable:
+                try:
+                    reader.drain()
+                    _check_digest(source, reader)
+                except ShardIntegrityError as damage:
+                    raise damage from exc
+            raise
+        reader.drain()
+        _check_digest(source, reader)
 
 
 _SKIP_META = re.compile(r"__[^/]*__($|/)")
