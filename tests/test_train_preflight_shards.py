@@ -92,6 +92,24 @@ def test_the_python_api_refuses_before_writing_anything(pristine, tmp_path):
     assert not out.exists()
 
 
+def test_the_python_api_runs_the_commands_checks(pristine, tmp_path):
+    """train() makes every check `pairforge train` makes before a rank starts (one preflight):
+    before, it checked only the dataset and the run directory, so missing perceptual weights or
+    pretrained folders were found by the ranks, after DeepSpeed had started (rc 1, no exception)."""
+    from pairforge.training.models.backbones import PretrainedMissing
+    from pairforge.training.perceptual.weights import PerceptualWeightsMissing
+
+    out = tmp_path / "run"
+    with pytest.raises(PerceptualWeightsMissing, match="No ImageNet weights"):
+        train("tiny", data=str(pristine), out=out, steps=2, ranks=1,
+              overrides={"loss.perceptual_backbone": "imagenet", "loss.weights_dir": str(tmp_path / "empty")})
+    with pytest.raises(PretrainedMissing, match="generator.pretrained_path"):
+        train("d3sr-sd21", data=str(pristine), out=out, steps=2, ranks=1,
+              overrides={"generator.pretrained_path": str(tmp_path / "sd21"), "data.crop_size": 64,
+                         "loss.perceptual_backbone": "random"})
+    assert not out.exists()
+
+
 @pytest.mark.slow  # two real gloo ranks start (DeepSpeed), then one finds the damage
 @pytest.mark.timeout(400)
 def test_damage_found_while_training_ends_with_one_line_naming_the_shard(pristine, tmp_path):

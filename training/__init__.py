@@ -93,9 +93,12 @@ def train(config: str | os.PathLike | TrainConfig, data: str, out: str | os.Path
     TrainConfig. ``overrides`` is a nested dict or {"dotted.key": value}. Returns
     {"rc", "out", "report", "metrics", "export"}; rc != 0 if a rank failed.
 
-    Before anything starts, the dataset must suit the config and every shard its manifest lists
-    must be in the store at its recorded size, else ``DatasetMismatch`` (``ShardsUnusable`` for
-    shards, naming them). Ctrl-C stops the ranks and raises ``KeyboardInterrupt``.
+    Before anything starts, the checks of ``pairforge train`` run (:func:`training.preflight.preflight`):
+    the dataset must suit the config and every shard its manifest lists must be in the store at
+    its recorded size, else ``DatasetMismatch`` (``ShardsUnusable`` for shards, naming them); the
+    pretrained folders and perceptual weights the config needs must be there
+    (``PretrainedMissing``, ``PerceptualWeightsMissing``); a ZeRO checkpoint resumes only on its
+    own rank count. Ctrl-C stops the ranks and raises ``KeyboardInterrupt``.
 
     A directory holding a previous run (a checkpoint or logged steps) is continued with
     ``resume="auto"``, deleted first with ``overwrite=True``, and otherwise refused
@@ -106,7 +109,7 @@ def train(config: str | os.PathLike | TrainConfig, data: str, out: str | os.Path
     taken over. The ranks die with this process, whatever kills it.
     """
     from .launch import spawn_local
-    from .preflight import check_dataset
+    from .preflight import preflight
 
     ov: dict = {}
     for k, v in (overrides or {}).items():
@@ -122,9 +125,9 @@ def train(config: str | os.PathLike | TrainConfig, data: str, out: str | os.Path
         cfg = from_dict(config.to_dict(), ov)
     else:
         cfg = load_config(config, overrides=ov)
-    check_dataset(cfg, str(data), shards=True)  # before a rank starts or anything is written
+    # the checks `pairforge train` makes, before a rank starts or anything is written
+    ranks = preflight(cfg, str(data), out, resume=resume, overwrite=overwrite, ranks=ranks)
     outp = Path(out)
-    check_run_dir(outp, resume, overwrite)
     with acquire_run_dir(outp) as lock:  # before anything is written into the run directory
         if lock.previous is not None:
             print(f"[pairforge] {lock.takeover_note()}", flush=True)

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from pairforge.errors import EXIT_IN_USE, EXIT_INTERRUPTED, PairforgeError, UsageError
+from pairforge.errors import EXIT_IN_USE, EXIT_INTERRUPTED, UsageError
 
 #: exit status when --out belongs to another live `pairforge train` (see training/runlock.py)
 EXIT_RUN_DIR_IN_USE = EXIT_IN_USE
@@ -238,43 +238,12 @@ def _launch_command(args) -> str:
 
 # --------------------------------------------------------------------------- checks before any rank
 def preflight(cfg, args, cluster: bool) -> int:
-    """Every check that needs no rank, cheapest first; the number of local ranks to start.
-    Raises :class:`UsageError`."""
-    from pairforge.training import check_run_dir
-    from pairforge.training.preflight import check_dataset
+    """:func:`training.preflight.preflight` for these arguments (the checks ``train()`` makes too);
+    the number of local ranks to start. Raises a UsageError naming what to change."""
+    from pairforge.training.preflight import preflight as check_all
 
-    if args.overwrite and args.resume == "auto":
-        raise UsageError("--resume continues the run in --out and --overwrite deletes it: pass one of them")
-    try:
-        check_dataset(cfg, args.data, shards=True)  # every shard there, at its recorded size
-        check_run_dir(Path(args.out), args.resume, args.overwrite)
-    except (PairforgeError, OSError) as exc:  # a dataset or store out of reach is the user's to fix here
-        raise UsageError(str(exc)) from None
-    ranks = (args.ranks or 1) if cluster else resume_ranks(cfg, args)
-    check_pretrained(cfg)
-    check_perceptual_weights(cfg)
-    return ranks
-
-
-def resume_ranks(cfg, args) -> int:
-    """The local rank count: ``--ranks``, or when resuming, the checkpoint's. A ZeRO checkpoint
-    (optimizer state split per rank) asked to resume on another count is refused, naming the
-    command that resumes it."""
-    from pairforge.training.checkpoint import recorded_world_size
-
-    recorded = recorded_world_size(Path(args.out) / "checkpoints") if args.resume == "auto" else None
-    if recorded is None:
-        return args.ranks or 1
-    world, step = recorded
-    if args.ranks is None:
-        if world != 1:
-            print(f"pairforge train: resuming the checkpoint at step {step} on its {world} ranks", file=sys.stderr)
-        return world
-    if args.ranks != world and cfg.engine.zero_stage >= 1:
-        raise UsageError(f"the checkpoint in {args.out} (step {step}) was written by {world} rank(s) and its "
-                      f"ZeRO-{cfg.engine.zero_stage} optimizer state is split per rank, so it cannot resume on "
-                      f"--ranks {args.ranks}; resume it with: {_command_with_ranks(world)}")
-    return args.ranks
+    return check_all(cfg, args.data, args.out, resume=args.resume, overwrite=args.overwrite, ranks=args.ranks,
+                     cluster=cluster, resume_command=_command_with_ranks)
 
 
 def _command_with_ranks(ranks: int) -> str:
@@ -288,54 +257,6 @@ def _command_with_ranks(ranks: int) -> str:
         elif not a.startswith("--ranks="):
             argv.append(a)
     return shlex.join(["pairforge", *argv, "--ranks", str(ranks)])
-
-
-def check_pretrained(cfg) -> None:
-    """The diffusers folders a pretrained generator/discriminator loads (nothing is downloaded at
-    train time)."""
-    if cfg.generator.arch != "pretrained" and cfg.discriminator.arch not in ("sd21", "sdxl"):
-        return
-    from pairforge.training.models.backbones import PretrainedMissing, require_folder
-
-    try:
-        if cfg.generator.arch == "pretrained":
-            require_folder(cfg.generator.pretrained_path, ["vae", "unet"], cfg.generator.hub_id,
-                           "generator.pretrained_path")
-        d = cfg.discriminator
-        if d.arch in ("sd21", "sdxl"):
-            subs = ["unet"] + (["vae"] if d.latent_adapter == "reencode" else [])
-            require_folder(d.pretrained_path, subs, d.hub_id, "discriminator.pretrained_path")
-    except PretrainedMissing as exc:
-        raise UsageError(str(exc)) from None
-
-
-def perceptual_kinds(cfg) -> list[str]:
-    """The ImageNet weight files the loss and the validation networks will load."""
-    loss = cfg.loss
-    if loss.perceptual_backbone != "imagenet":
-        return []
-    kinds = []
-    if loss.dists > 0 or loss.ea_dists > 0 or cfg.log.val_every:
-        kinds += ["vgg16", "dists"]
-    if loss.lpips > 0:
-        kinds += ["alexnet", "lpips_alex"] if loss.lpips_net == "alex" else ["vgg16", "lpips_vgg"]
-    if cfg.log.val_every:
-        kinds += ["alexnet", "lpips_alex"]
-    return list(dict.fromkeys(kinds))
-
-
-def check_perceptual_weights(cfg) -> None:
-    """The perceptual networks' weights are found where the ranks will look (and are intact)."""
-    kinds = perceptual_kinds(cfg)
-    if not kinds:
-        return
-    from pairforge.training.perceptual.weights import PerceptualWeightsMissing, resolve_weights
-
-    for kind in kinds:
-        try:
-            resolve_weights(kind, cfg.loss.weights_dir)
-        except PerceptualWeightsMissing as exc:
-            raise UsageError(f"{exc}\n(--perceptual-backbone random skips them, for smoke tests only)") from None
 
 
 # --------------------------------------------------------------------------- running
