@@ -23,6 +23,15 @@ from . import storage
 from .shards import ShardIntegrityError, dataset_shard, load_manifest, read_json, read_pairs, stats_name, verify_shard
 
 
+def human_bytes(n: int) -> str:
+    """``12345678`` → ``12.3 MB`` (decimal units, like the demo report)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"
+
+
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     if isinstance(d, dict):

@@ -98,17 +98,10 @@ def _modified(url: str) -> str | None:
     return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def human_bytes(n: int) -> str:
-    """``12345678`` → ``12.3 MB`` (decimal units, like the demo report)."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} PB"
-
-
 def format_table(datasets: list[dict[str, Any]]) -> str:
     """The rows as an aligned text table, header first."""
+    from pairforge.pipeline.inspect import human_bytes
+
     head = ("STATUS", "DATASET", "PRESET", "PAIRS", "SHARDS", "SIZE", "DATE (UTC)")
     rows = [(d["status"], d["name"], str(d["preset"] or "?"), str(d["pairs"]),
              str(d["shards"]) if d["status"] == "complete" else f"{d['shards']}/{d['shards_total']}",

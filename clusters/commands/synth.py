@@ -365,7 +365,7 @@ def dry_run(source: str, out: str, config, *, as_json: bool = False) -> int:
 
 def format_plan(r: dict, dataset) -> str:
     """The plan as text; the dataset URL is the last line, as after a real run."""
-    from pairforge.clusters.commands.ls import human_bytes
+    from pairforge.pipeline.inspect import human_bytes
 
     lines = [f"dataset:  {r['dataset_id']} — {r['state']}",
              f"preset:   {r['preset']} (×{r['scale']}, HR {r['hr_size']}px)",
