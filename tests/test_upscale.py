@@ -321,3 +321,22 @@ def test_cli_single_file_glob_and_usage_errors(export_dir, tmp_path, capsys):
     assert main(["upscale", str(src), str(tmp_path / "o"), "--model", str(tmp_path), "--device", "cpu"]) == 2
     assert "not a generator export" in capsys.readouterr().err
     assert main(["upscale", str(src), str(tmp_path / "o"), *common, "--tile", "64", "--tile-overlap", "40"]) == 2
+
+
+def test_a_tile_side_alone_works_for_every_tile(export_dir, tmp_path, capsys):
+    """`--tile N` without `--tile-overlap`: the overlap follows the tile (a quarter of it, at most
+    128). Before, the fixed default overlap of 128 made every tile under 256 exit 2."""
+    from pairforge.clusters.cli import main
+    from pairforge.training.inference import DEFAULT_OVERLAP, DEFAULT_TILE, default_overlap
+
+    assert default_overlap(DEFAULT_TILE) == DEFAULT_OVERLAP and default_overlap(128) == 32
+    src = tmp_path / "a.png"
+    _write_png(src, 40, 30, 5)
+    common = ["--model", str(export_dir), "--device", "cpu", "--no-progress", "--scale", "2"]
+    untiled = tmp_path / "untiled.png"
+    assert main(["upscale", str(src), str(untiled), *common, "--tile", "0"]) == 0
+    for tile in (32, 64, 128, 200):
+        out = tmp_path / f"tile{tile}.png"
+        assert main(["upscale", str(src), str(out), *common, "--tile", str(tile)]) == 0, capsys.readouterr().err
+        assert np.asarray(Image.open(out)).shape == np.asarray(Image.open(untiled)).shape == (80, 60, 3)
+        # (how close tiles blend to the untiled result: test_tiles_leave_no_seam_and_match_the_untiled_output)

@@ -59,7 +59,7 @@ from .colorfix import apply_color_fix
 
 #: output-pixel side of a UNet tile (64 latents for an 8× VAE: SD2.1-base's native 512 px)
 DEFAULT_TILE = 512
-#: output pixels two neighbouring UNet tiles share
+#: output pixels two neighbouring UNet tiles share at the default tile (a quarter of it; see default_overlap)
 DEFAULT_OVERLAP = 128
 #: output-pixel side of a VAE tile (the VAE's full-resolution activations dominate memory)
 DEFAULT_VAE_TILE = 1024
@@ -96,6 +96,12 @@ def _starts(length: int, tile: int, step: int) -> list[int]:
     if length <= tile:
         return [0]
     return sorted(set(range(0, length - tile, step)) | {length - tile})
+
+
+def default_overlap(tile: int) -> int:
+    """The overlap used when only a tile side is given: a quarter of the tile, as at the default
+    tile (128 of 512), and never more than :data:`DEFAULT_OVERLAP`; ``tile`` ≤ 0 (untiled) keeps it."""
+    return DEFAULT_OVERLAP if tile <= 0 else min(DEFAULT_OVERLAP, tile // 4)
 
 
 class Tiling:

@@ -310,7 +310,10 @@ def _methods(args: argparse.Namespace, mode: str, scale: int, device: str) -> di
     if mode == "sr":
         methods[args.name or args.sr.resolve().name] = None
     elif args.model != "bicubic":
-        model = ev.ModelMethod(Path(args.model), scale, device, args.name, tile=args.tile, overlap=args.overlap,
+        from pairforge.training.inference import default_overlap
+
+        overlap = default_overlap(args.tile) if args.overlap is None and args.tile is not None else args.overlap
+        model = ev.ModelMethod(Path(args.model), scale, device, args.name, tile=args.tile, overlap=overlap,
                                color_fix=args.color_fix)
         methods[model.name] = model
     if mode != "sr" or args.lr is not None:

@@ -43,8 +43,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=DEFAULT_TILE,
                    help="UNet tile side in output pixels, run in latent space; 0: the whole image at once "
                         f"(default {DEFAULT_TILE})")
-    p.add_argument("--tile-overlap", type=int, default=DEFAULT_OVERLAP,
-                   help=f"output pixels neighbouring tiles share and blend over (default {DEFAULT_OVERLAP})")
+    p.add_argument("--tile-overlap", type=int, default=None,
+                   help=f"output pixels neighbouring tiles share and blend over (default: a quarter of --tile, "
+                        f"at most {DEFAULT_OVERLAP})")
     p.add_argument("--vae-tile", type=int, default=DEFAULT_VAE_TILE,
                    help=f"VAE encode/decode tile side in output pixels; 0: whole (default {DEFAULT_VAE_TILE})")
     p.add_argument("--color-fix", choices=COLOR_FIXES, default="none",
@@ -151,6 +152,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("--scale must be ≥ 1")
     if args.batch_size < 1:
         raise UsageError("--batch-size must be ≥ 1")
+    if args.tile_overlap is None:
+        from pairforge.training.inference import default_overlap
+
+        args.tile_overlap = default_overlap(args.tile)
     if args.tile_overlap < 0 or (args.tile > 0 and 2 * args.tile_overlap > args.tile):
         raise UsageError("--tile-overlap must be between 0 and half of --tile")
     from pairforge.training.inference import check_device
