@@ -17,7 +17,7 @@ def sd21_vae():
     """SD2.1's AutoencoderKL (×8, 4 latent channels)."""
     from diffusers import AutoencoderKL
 
-    from pairforge.training.models import backbones as bb
+    from pairforge.training.model.networks import backbones as bb
 
     return AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
                          up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
@@ -29,8 +29,8 @@ def sd21_generator(lora_targets: list[str] | None = None, lora_rank: int = 16, g
     from diffusers import UNet2DConditionModel
 
     from pairforge.training.config import DEFAULT_UNET_LORA_TARGETS
-    from pairforge.training.models import backbones as bb
-    from pairforge.training.models.generator import OneStepGenerator
+    from pairforge.training.model.networks import backbones as bb
+    from pairforge.training.model.networks.generator import OneStepGenerator
 
     vae, unet = sd21_vae(), UNet2DConditionModel(**SD21_UNET)
     vae.requires_grad_(False)

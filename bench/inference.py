@@ -68,7 +68,7 @@ def table(title: str, header: list[str], rows: list[list]) -> str:
 # --------------------------------------------------------------------------- CPU: tiny
 def tiny_generator():
     from pairforge.training.config import load_config
-    from pairforge.training.models import build_generator
+    from pairforge.training.model.networks import build_generator
 
     cfg = load_config(preset="tiny")
     return build_generator(cfg.generator, seed=0).eval().requires_grad_(False)
@@ -78,7 +78,7 @@ def bench_cpu(repeats: int) -> str:
     import torch
     import torch.nn.functional as F
 
-    from pairforge.training.inference import upscale_tensor
+    from pairforge.training.model.inference import upscale_tensor
 
     dev = torch.device("cpu")
     gen = tiny_generator()
@@ -144,7 +144,7 @@ def bench_gpu_2048() -> str:
     import torch
     from full_size import sd21_generator
 
-    from pairforge.training.inference import upscale_tensor
+    from pairforge.training.model.inference import upscale_tensor
 
     dev = torch.device("cuda")
     gen = sd21_generator().to(dev, torch.bfloat16).eval().requires_grad_(False)

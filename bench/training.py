@@ -39,7 +39,7 @@ def _table(title: str, header: list[str], rows: list[list]) -> None:
 def _perceptual_backbone() -> str:
     """``imagenet`` when EA-DISTS's weights (VGG16 trunk and DISTS alpha/beta) are all there, else
     ``random``: the timings do not depend on the weights' values, only on the networks run."""
-    from pairforge.training.perceptual import PerceptualWeightsMissing, resolve_weights
+    from pairforge.training.model.perceptual import PerceptualWeightsMissing, resolve_weights
 
     try:
         for kind in ("vgg16", "dists"):
@@ -55,8 +55,8 @@ def _setup(stage: int | None, batch: int, crop: int, backbone: str, full: str | 
     import torch
 
     from pairforge.training.config import load_config
-    from pairforge.training.losses import GeneratorLoss, build_perceptual
-    from pairforge.training.models import build_discriminator, build_generator
+    from pairforge.training.loop.losses import GeneratorLoss, build_perceptual
+    from pairforge.training.model.networks import build_discriminator, build_generator
 
     ov = {"loss": {"perceptual_backbone": backbone, "adv_start_step": 0},
           "engine": {"zero_stage": stage or 0, "precision": precision}, "data": {"batch_size": batch}}
@@ -79,8 +79,8 @@ def _full_size_models(kind: str, cfg, ckpt: bool):
     from diffusers import UNet2DConditionModel
     from full_size import SD21_UNET, sd21_generator
 
-    from pairforge.training.models import backbones as bb
-    from pairforge.training.models.discriminator import DiffusionDiscriminator
+    from pairforge.training.model.networks import backbones as bb
+    from pairforge.training.model.networks.discriminator import DiffusionDiscriminator
 
     g = sd21_generator(cfg.generator.lora_targets, 16, ckpt)
     sd21_unet = SD21_UNET
@@ -111,8 +111,8 @@ def time_deepspeed(stage: int, steps: int, batch: int, crop: int, backbone: str,
     import torch
     import torch.distributed as dist
 
-    from pairforge.training.engines import build_engines, init_distributed
-    from pairforge.training.trainer import discriminator_step, generator_step
+    from pairforge.training.loop.engines import build_engines, init_distributed
+    from pairforge.training.loop.trainer import discriminator_step, generator_step
 
     init_distributed()
     cfg, g, d, loss_fn = _setup(stage, batch, crop, backbone, full, ckpt, precision)
@@ -147,8 +147,8 @@ def time_plain_torch(steps: int, batch: int, crop: int, backbone: str) -> dict:
     """The same G/D steps without DeepSpeed: torch AdamW, manual clipping."""
     import torch
 
-    from pairforge.training.engines import frozen, make_optimizer
-    from pairforge.training.losses import d_loss
+    from pairforge.training.loop.engines import frozen, make_optimizer
+    from pairforge.training.loop.losses import d_loss
 
     cfg, g, d, loss_fn = _setup(0, batch, crop, backbone)
     og, od = make_optimizer(g, cfg.optim_g), make_optimizer(d, cfg.optim_d)
@@ -181,7 +181,7 @@ def time_plain_torch(steps: int, batch: int, crop: int, backbone: str) -> dict:
 
 
 def time_loader(url: str, shards: list[dict], batch: int, workers: int, crop: int, batches: int) -> dict:
-    from pairforge.training.data import make_train_loader
+    from pairforge.training.loop.data import make_train_loader
 
     loader = make_train_loader(url, shards, 0, 1, batch, workers, seed=0, crop=crop, shuffle_window=16)
     it = iter(loader)
@@ -195,7 +195,7 @@ def time_loader(url: str, shards: list[dict], batch: int, workers: int, crop: in
 
 # --------------------------------------------------------------------------- sub-process runner
 def _run_ranks(mode: dict, ranks: int, threads: int) -> list[dict]:
-    from pairforge.training.launch import default_env, free_port
+    from pairforge.training.runtime.launch import default_env, free_port
 
     port = free_port()
     procs = []

@@ -63,7 +63,7 @@ def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
 
 def _epilog() -> str:
     """Presets and exit statuses, shown under ``pairforge --help``."""
-    from pairforge.clusters.commands.presets import names_help
+    from pairforge.clusters.presets_catalog import names_help
 
     return (f"degradation presets (synth, degrade): {names_help('degradation')}. training presets (train): "
             f"{names_help('training')}. `pairforge presets NAME` prints one resolved; `pairforge COMMAND --help` "

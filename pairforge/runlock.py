@@ -5,7 +5,7 @@ Two jobs writing the same output interleave or repeat each other's work: two tra
 runs into one dataset both make every shard. So ``pairforge train`` holds ``RUN/run.lock``
 and ``pairforge synth`` holds ``DATASET/synth.lock`` for the whole job. This module is shared
 by both (it sits at the package top, beside config and logs, so that ``pipeline`` need not
-import ``training``); ``training/runlock.py`` re-exports the names train has always used.
+import ``training``); ``training/runtime/runlock.py`` re-exports the names train has always used.
 
 Local folders (:func:`acquire`):
 

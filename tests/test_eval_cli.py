@@ -177,7 +177,7 @@ def test_preset_mode_is_reproducible_and_replayable(tmp_path: Path, weights_dir:
 def test_dataset_mode_scores_view_0(tmp_path: Path, weights_dir: Path,
                                     capsys: pytest.CaptureFixture) -> None:
     from pairforge.pipeline import SynthConfig, read_pairs, synth
-    from pairforge.training.metrics import psnr_y
+    from pairforge.training.model.metrics import psnr_y
 
     for k in range(2):
         _save(_smooth(20 + k, 96, 112), tmp_path / "photos" / f"p{k}.png")
@@ -204,7 +204,7 @@ def test_dataset_mode_scores_view_0(tmp_path: Path, weights_dir: Path,
 def test_model_mode_runs_the_export_beside_bicubic(realsr_like: Path, tmp_path: Path,
                                                    weights_dir: Path) -> None:
     from pairforge.training.config import load_config
-    from pairforge.training.models import build_generator
+    from pairforge.training.model.networks import build_generator
 
     g = build_generator(load_config(preset="tiny").generator, seed=3).eval()
     g.export(tmp_path / "run7" / "export", base="tiny(seed=3)", lora_on_base=True)

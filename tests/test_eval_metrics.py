@@ -1,4 +1,4 @@
-"""PSNR/SSIM on Y (training/metrics.py) against an independent numpy/OpenCV implementation written
+"""PSNR/SSIM on Y (training/model/metrics.py) against an independent numpy/OpenCV implementation written
 from BasicSR's definition of ``calculate_psnr`` / ``calculate_ssim`` with ``test_y_channel=True``;
 the trainer's validation numbers unchanged; the published-results table well formed."""
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pairforge.training.metrics import crop_border, psnr_y, ssim_y
-from pairforge.training.published import DATASETS, METRICS, PROTOCOLS, load_published, matching, protocol_note
+from pairforge.training.model.metrics import crop_border, psnr_y, ssim_y
+from pairforge.training.model.published import DATASETS, METRICS, PROTOCOLS, load_published, matching, protocol_note
 
 
 # ------------------------------------------------------- the reference, from BasicSR's definition
@@ -115,7 +115,7 @@ def test_float_inputs_are_scored_as_8_bit_and_batches_per_image() -> None:
 
 
 def _old_validation_psnr_ssim(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """training/validation.py's PSNR/SSIM before they moved to training/metrics.py (verbatim formulas)."""
+    """training/loop/validation.py's PSNR/SSIM before they moved to training/model/metrics.py (verbatim formulas)."""
     def to_y(t: torch.Tensor) -> torch.Tensor:
         w = torch.tensor([65.481, 128.553, 24.966], dtype=torch.float64).view(1, 3, 1, 1)
         return (t.double() * w).sum(1, keepdim=True) + 16.0
@@ -137,7 +137,7 @@ def _old_validation_psnr_ssim(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.T
 
 def test_trainer_validation_numbers_unchanged() -> None:
     """The trainer's validation (crop 0) gives bit-identical sums to its formulas before the move."""
-    from pairforge.training.validation import metric_sums
+    from pairforge.training.loop.validation import metric_sums
 
     g = torch.Generator().manual_seed(9)
     hr = torch.rand(3, 3, 33, 47, generator=g)

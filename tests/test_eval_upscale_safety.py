@@ -62,8 +62,8 @@ def dataset(photo_dir, tmp_path_factory) -> dict:
 def _run(dataset: dict, name: str, **overrides) -> Path:
     """RUN/export (a tiny generator) and RUN/run.json as the trainer writes it for this dataset."""
     from pairforge.training.config import load_config
-    from pairforge.training.models import build_generator
-    from pairforge.training.trainer import Session, split_data, write_run_files
+    from pairforge.training.loop.trainer import Session, split_data, write_run_files
+    from pairforge.training.model.networks import build_generator
 
     cfg = load_config(preset="tiny", overrides=overrides)
     run = dataset["root"] / "runs" / name
@@ -84,7 +84,7 @@ def run_dir(dataset) -> Path:
 def export_dir(tmp_path_factory) -> Path:
     """A tiny generator export on its own (no dataset needed), for upscale."""
     from pairforge.training.config import load_config
-    from pairforge.training.models import build_generator
+    from pairforge.training.model.networks import build_generator
 
     out = tmp_path_factory.mktemp("upscale-export") / "export"
     build_generator(load_config(preset="tiny").generator, seed=3).eval().export(out, base="tiny(seed=3)",

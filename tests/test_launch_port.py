@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import socket
 
-from pairforge.training.launch import free_port
+from pairforge.training.runtime.launch import free_port
 
 
 def _ephemeral_range() -> range:

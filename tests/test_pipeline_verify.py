@@ -13,7 +13,7 @@ import tarfile
 import pytest
 
 from pairforge.pipeline import ShardIntegrityError, SynthConfig, load_manifest, read_pairs, synth
-from pairforge.training.data import ShardStream, make_train_loader, part_order
+from pairforge.training.loop.data import ShardStream, make_train_loader, part_order
 
 pytestmark = pytest.mark.timeout(240)
 

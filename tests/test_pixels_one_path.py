@@ -18,8 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pairforge.training import evaluate, inference, pixels
-from pairforge.training.data import to_tensors
+from pairforge.training.loop.data import to_tensors
+from pairforge.training.model import evaluate, inference, pixels
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -156,8 +156,8 @@ def test_export_scale_one_failure_message(tmp_path):
 
 # --------------------------------------------------------------------------- LR↑: training's == inference's
 def _tiny_generator():
-    from pairforge.training.models.backbones import default_scheduler, tiny_unet, tiny_vae
-    from pairforge.training.models.generator import OneStepGenerator
+    from pairforge.training.model.networks.backbones import default_scheduler, tiny_unet, tiny_vae
+    from pairforge.training.model.networks.generator import OneStepGenerator
 
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -217,8 +217,8 @@ def _exact_halves() -> torch.Tensor:
 
 
 def test_every_8bit_writer_rounds_half_to_even(tmp_path):
-    from pairforge.training.logging_utils import save_png
-    from pairforge.training.metrics import quantize
+    from pairforge.training.loop.logging_utils import save_png
+    from pairforge.training.model.metrics import quantize
 
     v = _exact_halves()
     img = v.view(1, 1, -1).expand(3, 1, -1).contiguous()  # (3, 1, n)

@@ -163,7 +163,7 @@ class _FlakyIndex(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def flaky_index(monkeypatch):
-    from pairforge.training.perceptual import pypi
+    from pairforge.training.model.perceptual import pypi
 
     _FlakyIndex.seen = {}
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FlakyIndex)
@@ -178,7 +178,7 @@ def flaky_index(monkeypatch):
 
 
 def test_pypi_fetch_retries_a_busy_index(flaky_index, tmp_path: Path):
-    from pairforge.training.perceptual.pypi import PinnedFile, fetch_pinned
+    from pairforge.training.model.perceptual.pypi import PinnedFile, fetch_pinned
 
     flaky_index.fail = 2  # two 503s per request, then the answer: within 3 attempts
     pin = PinnedFile("demo", "demo.whl", hashlib.sha256(flaky_index.payload).hexdigest())
@@ -189,7 +189,7 @@ def test_pypi_fetch_retries_a_busy_index(flaky_index, tmp_path: Path):
 
 
 def test_pypi_fetch_gives_up_and_does_not_retry_a_missing_project(flaky_index, tmp_path: Path):
-    from pairforge.training.perceptual.pypi import PinnedFile, PyPIUnreachable, fetch_pinned
+    from pairforge.training.model.perceptual.pypi import PinnedFile, PyPIUnreachable, fetch_pinned
 
     flaky_index.fail = 5
     with pytest.raises(PyPIUnreachable, match=r"after 3 attempt\(s\).*503"):

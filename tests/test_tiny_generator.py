@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from pairforge.training.config import load_config
-from pairforge.training.metrics import psnr_y
-from pairforge.training.models import backbones as bb
-from pairforge.training.models import build_generator
+from pairforge.training.model.metrics import psnr_y
+from pairforge.training.model.networks import backbones as bb
+from pairforge.training.model.networks import build_generator
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -76,7 +76,7 @@ def test_replicate_padding_keeps_the_borders_of_a_flat_image():
 def test_export_records_the_padding_mode_and_loads_it_back(tmp_path):
     import json
 
-    from pairforge.training.models.generator import OneStepGenerator
+    from pairforge.training.model.networks.generator import OneStepGenerator
 
     g = build_generator(load_config(preset="tiny").generator, seed=3).eval()
     with torch.no_grad():  # a UNet that does something, so its own padding shows too

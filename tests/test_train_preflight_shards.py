@@ -22,7 +22,7 @@ from proctools import descendants, kill_all
 
 from pairforge.pipeline.shards import load_manifest
 from pairforge.training import train
-from pairforge.training.preflight import ShardsUnusable
+from pairforge.training.loop.preflight import ShardsUnusable
 
 FAST = ["--preset", "tiny", "--workers", "1", "--batch-size", "2", "--crop-size", "32", "--val-every", "0",
         "--ckpt-every", "0", "--log-every", "1", "--perceptual-backbone", "random",
@@ -96,8 +96,8 @@ def test_the_python_api_runs_the_commands_checks(pristine, tmp_path):
     """train() makes every check `pairforge train` makes before a rank starts (one preflight):
     before, it checked only the dataset and the run directory, so missing perceptual weights or
     pretrained folders were found by the ranks, after DeepSpeed had started (rc 1, no exception)."""
-    from pairforge.training.models.backbones import PretrainedMissing
-    from pairforge.training.perceptual.weights import PerceptualWeightsMissing
+    from pairforge.training.model.networks.backbones import PretrainedMissing
+    from pairforge.training.model.perceptual.weights import PerceptualWeightsMissing
 
     out = tmp_path / "run"
     with pytest.raises(PerceptualWeightsMissing, match="No ImageNet weights"):

@@ -24,7 +24,7 @@ class _Evil:
 
 def _engine(stage: int):
     from pairforge.training.config import load_config
-    from pairforge.training.engines import build_engine
+    from pairforge.training.loop.engines import build_engine
 
     cfg = load_config(preset="tiny", overrides={"engine": {"zero_stage": stage}})
     torch.manual_seed(0)
@@ -51,7 +51,7 @@ def test_checkpoint_load_refuses_pickled_code(dist_env, tmp_path, monkeypatch):
 
 
 def test_zero3_export_gathers_full_weights(dist_env):
-    from pairforge.training.checkpoint import full_state_dict
+    from pairforge.training.loop.checkpoint import full_state_dict
 
     engine, reference = _engine(stage=3)
     # ZeRO-3 leaves each parameter's local data empty outside a gather
@@ -67,7 +67,7 @@ def _fake_checkpoint(root, step: int, *, sizes: bool = True, marker: bool = True
     """The layout ``checkpoint.save`` writes, with small stand-in files (no engines needed)."""
     import json
 
-    from pairforge.training.checkpoint import TAG_FMT, checkpoint_files
+    from pairforge.training.loop.checkpoint import TAG_FMT, checkpoint_files
 
     tag = TAG_FMT.format(step)
     for sub, name in (("G", "mp_rank_00_model_states.pt"), ("D", "mp_rank_00_model_states.pt"),
@@ -83,7 +83,7 @@ def _fake_checkpoint(root, step: int, *, sizes: bool = True, marker: bool = True
 
 
 def test_resume_takes_the_newest_intact_checkpoint_and_names_the_others(tmp_path):
-    from pairforge.training.checkpoint import (
+    from pairforge.training.loop.checkpoint import (
         DAMAGED_DIR,
         choose_resumable,
         recorded_world_size,
@@ -111,7 +111,7 @@ def test_resume_takes_the_newest_intact_checkpoint_and_names_the_others(tmp_path
 
 
 def test_a_missing_pointer_or_an_old_marker_still_resumes(tmp_path):
-    from pairforge.training.checkpoint import choose_resumable
+    from pairforge.training.loop.checkpoint import choose_resumable
 
     _fake_checkpoint(tmp_path, 3, sizes=False)  # written before sizes were recorded: trusted as before
     _fake_checkpoint(tmp_path, 5)
@@ -120,7 +120,7 @@ def test_a_missing_pointer_or_an_old_marker_still_resumes(tmp_path):
 
 
 def test_no_intact_checkpoint_starts_from_step_zero_with_a_warning(tmp_path):
-    from pairforge.training.checkpoint import choose_resumable, skipped_warning
+    from pairforge.training.loop.checkpoint import choose_resumable, skipped_warning
 
     _fake_checkpoint(tmp_path, 2, marker=False)
     choice = choose_resumable(tmp_path)

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from pairforge.degradations.rng import SampleRng
-from pairforge.training.data import (
+from pairforge.training.loop.data import (
     Part,
     ShardStream,
     compose,

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pairforge.training import TrainConfig, from_dict, train
-from pairforge.training.trainer import TEST_KILL_AT_STEP_ENV, kill_step_from_env
+from pairforge.training.loop.trainer import TEST_KILL_AT_STEP_ENV, kill_step_from_env
 
 MECHANICS = {"loss.perceptual_backbone": "random", "loss.adv_start_step": 0, "data.batch_size": 2,
              "data.num_workers": 1, "log.log_every": 1, "log.progress_bar": False, "log.tensorboard": True}
@@ -75,7 +75,7 @@ def local_dataset(tmp_path_factory):
 
 
 def _module_state(out: Path, sub: str, tag: str) -> dict[str, torch.Tensor]:
-    from pairforge.training.checkpoint import safe_torch_load
+    from pairforge.training.loop.checkpoint import safe_torch_load
 
     return safe_torch_load(out / "checkpoints" / sub / tag / "mp_rank_00_model_states.pt")["module"]
 

@@ -30,8 +30,8 @@ from pathlib import Path
 import pytest
 from proctools import children, cmdline, descendants, kill_all, process_table, wait_until_gone
 
-from pairforge.training.launch import free_port
-from pairforge.training.runlock import RunDirLocked, acquire
+from pairforge.training.runtime.launch import free_port
+from pairforge.training.runtime.runlock import RunDirLocked, acquire
 
 EXIT_RUN_DIR_IN_USE = 3
 RANKS_MUST_EXIT_WITHIN_S = 30.0
@@ -191,7 +191,7 @@ time.sleep(120)
 """
 _RANK = """
 import time
-from pairforge.training.launch import watch_launcher
+from pairforge.training.runtime.launch import watch_launcher
 watch_launcher(poll_s=0.1)
 print("watching", flush=True)
 time.sleep(120)

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from pairforge.training.config import load_config
-from pairforge.training.losses import d_loss, g_adv_loss
-from pairforge.training.models import build_discriminator, build_generator
-from pairforge.training.models.backbones import SD21_LATENT_SCALE, SDXL_LATENT_SCALE, default_scheduler
+from pairforge.training.loop.losses import d_loss, g_adv_loss
+from pairforge.training.model.networks import build_discriminator, build_generator
+from pairforge.training.model.networks.backbones import SD21_LATENT_SCALE, SDXL_LATENT_SCALE, default_scheduler
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -81,9 +81,9 @@ def _changed(before, m):
 
 @pytest.mark.parametrize("stage", [2, 1])
 def test_g_step_leaves_d_unchanged_and_vice_versa(dist_env, stage):
-    from pairforge.training.engines import build_engines
-    from pairforge.training.losses import GeneratorLoss, build_perceptual
-    from pairforge.training.trainer import discriminator_step, generator_step
+    from pairforge.training.loop.engines import build_engines
+    from pairforge.training.loop.losses import GeneratorLoss, build_perceptual
+    from pairforge.training.loop.trainer import discriminator_step, generator_step
 
     cfg = _cfg(engine={"zero_stage": stage}, data={"batch_size": 2})
     g = build_generator(cfg.generator, seed=0)
@@ -109,7 +109,7 @@ def test_g_step_leaves_d_unchanged_and_vice_versa(dist_env, stage):
 def test_export_loads_back_with_diffusers_and_peft(tmp_path):
     from diffusers import UNet2DConditionModel
 
-    from pairforge.training.models.generator import OneStepGenerator
+    from pairforge.training.model.networks.generator import OneStepGenerator
 
     cfg = load_config(preset="tiny", overrides={"generator": {"train_unet": False, "train_vae": False}})
     g = build_generator(cfg.generator, seed=5).eval()
@@ -146,7 +146,7 @@ def test_export_loads_back_with_diffusers_and_peft(tmp_path):
 def test_tiled_inference_matches_whole_image_and_blends_tiles():
     import torch.nn.functional as F
 
-    from pairforge.training.inference import upscale_tensor
+    from pairforge.training.model.inference import upscale_tensor
 
     g = build_generator(load_config(preset="tiny").generator, seed=1).eval()
     lr = torch.rand(1, 3, 12, 20)
@@ -161,7 +161,7 @@ def test_tiled_inference_matches_whole_image_and_blends_tiles():
 
 def test_pretrained_presets_load_local_diffusers_folders(tmp_path):
     """The d3sr-sd21 / d3sr-sdxl code paths on small stand-in folders in diffusers layout."""
-    from pairforge.training.models import backbones as bb
+    from pairforge.training.model.networks import backbones as bb
 
     sd, xl = tmp_path / "sd21", tmp_path / "sdxl"
     bb.tiny_vae().save_pretrained(sd / "vae")

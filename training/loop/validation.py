@@ -1,7 +1,7 @@
 """Validation on held-out pairs: PSNR/SSIM on the Y channel, LPIPS and DISTS, for the
 generator and for the bicubic baseline (the generator's own input).
 
-PSNR/SSIM are :mod:`pairforge.training.metrics` (BasicSR's Y-channel definitions) with no border
+PSNR/SSIM are :mod:`pairforge.training.model.metrics` (BasicSR's Y-channel definitions) with no border
 crop: the validation crops are small and compared run to run, not with the papers' tables
 (``pairforge eval`` crops the border as the papers do).
 LPIPS/DISTS run with the configured backbone (real ImageNet weights unless the user asked
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from pairforge.training.losses import D_T_BUCKETS, d_bucket_sums
-from pairforge.training.metrics import psnr_y, ssim_y
+from pairforge.training.loop.losses import D_T_BUCKETS, d_bucket_sums
+from pairforge.training.model.metrics import psnr_y, ssim_y
 
 __all__ = ["metric_sums", "evaluate", "discriminator_sums", "psnr_y", "ssim_y"]
 
@@ -54,10 +54,10 @@ def evaluate(generate, batches, nets: dict, device, dtype=torch.float32) -> tupl
 
 @torch.no_grad()
 def discriminator_sums(latents, discriminator, batches, device, seed: int = 0) -> dict[str, float]:
-    """D's per-bucket sums (:func:`~pairforge.training.losses.d_bucket_sums`) on held-out pairs.
+    """D's per-bucket sums (:func:`~pairforge.training.loop.losses.d_bucket_sums`) on held-out pairs.
 
     ``latents(lr_up, hr)`` returns the generator's dict (``z_real``, ``z_fake``, ``sr``). Every
-    pair is scored once per bucket of :data:`~pairforge.training.losses.D_T_BUCKETS`: real and fake
+    pair is scored once per bucket of :data:`~pairforge.training.loop.losses.D_T_BUCKETS`: real and fake
     noised to one t drawn in the bucket (independent noise, as in training). ``seed`` fixes t and
     noise, so validations of one run differ only by the networks.
     """

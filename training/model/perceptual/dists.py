@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import FrozenPerceptual, check_backbone, check_images
-from .backbones import load_trunk, vgg16_features
-from .weights import resolve_weights
+from pairforge.training.model.perceptual._common import FrozenPerceptual, check_backbone, check_images
+from pairforge.training.model.perceptual.backbones import load_trunk, vgg16_features
+from pairforge.training.model.perceptual.weights import resolve_weights
 
 __all__ = ["DISTS", "L2Pool"]
 

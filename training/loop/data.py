@@ -67,7 +67,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pairforge.degradations.rng import SampleRng
 from pairforge.pipeline.shards import ShardReader, dataset_shard, decode_sample, load_manifest
-from pairforge.training import pixels
+from pairforge.training.model import pixels
 
 #: a stage turns an iterator of items into an iterator of (other) items, lazily
 Stage = Callable[[Iterator[Any]], Iterator[Any]]

@@ -7,10 +7,10 @@ the cache written by :func:`prepare_weights` / ``pairforge weights``); a miss
 raises :class:`PerceptualWeightsMissing`.  ``backbone="random"`` exists for smoke
 tests and must be asked for; every module reports ``.backbone_source``.
 """
-from .dists import DISTS
-from .edge import EdgeAwareDISTS, ea_dists, sobel_magnitude
-from .lpips import LPIPS
-from .weights import PerceptualWeightsMissing, prepare_weights, resolve_weights
+from pairforge.training.model.perceptual.dists import DISTS
+from pairforge.training.model.perceptual.edge import EdgeAwareDISTS, ea_dists, sobel_magnitude
+from pairforge.training.model.perceptual.lpips import LPIPS
+from pairforge.training.model.perceptual.weights import PerceptualWeightsMissing, prepare_weights, resolve_weights
 
 __all__ = [
     "DISTS",

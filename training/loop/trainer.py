@@ -14,12 +14,12 @@ One optimisation step (per micro-batch, ``grad_accum`` micro-batches per step):
 2. **Discriminator step** — the same batch's real latent E(x) and the detached ẑ are noised to
    one new shared t; L_D = GAN loss on (real, fake); ``engine_d.backward``; ``engine_d.step``.
 
-Every rank runs this on its own part of the data stream (training/data.py); DeepSpeed
+Every rank runs this on its own part of the data stream (training/loop/data.py); DeepSpeed
 averages gradients. Rank 0 logs, validates (all ranks compute their slice, then all-reduce),
 writes images, checkpoints (collective) and the final export + report.
 
 Entry points: ``run(cfg, data, out, resume)`` inside an already-launched rank;
-``python -m pairforge.training.trainer JOB.json`` for ranks spawned by training.launch.
+``python -m pairforge.training.loop.trainer JOB.json`` for ranks spawned by training.launch.
 
 Rank faults: once the run directory is claimed, every rank watches the other ranks on its
 machine (``training.launch.PeerWatch``) and stops, naming the dead one, instead of waiting for
@@ -46,14 +46,12 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from pairforge.logs import attach_rank_log
-from pairforge.training import checkpoint as ckpt
 from pairforge.training.config import TrainConfig, from_dict
-from pairforge.training.data import batch_val, load_val_pairs, make_train_loader, split_train_val
-from pairforge.training.engines import build_engines, frozen, init_distributed
-from pairforge.training.launch import PeerWatch, launched_by_pairforge, watch_launcher, watch_peers
-from pairforge.training.logging_utils import RunLogger, image_grid
-from pairforge.training.losses import (
+from pairforge.training.loop import checkpoint as ckpt
+from pairforge.training.loop.data import batch_val, load_val_pairs, make_train_loader, split_train_val
+from pairforge.training.loop.engines import build_engines, frozen, init_distributed
+from pairforge.training.loop.logging_utils import RunLogger, image_grid
+from pairforge.training.loop.losses import (
     D_T_BUCKETS,
     LOW_T_BUCKET,
     GeneratorLoss,
@@ -64,12 +62,14 @@ from pairforge.training.losses import (
     d_bucket_sums,
     d_loss,
 )
-from pairforge.training.models import build_discriminator, build_generator
-from pairforge.training.preflight import check_dataset
-from pairforge.training.quiet import prints_to_log, settle_rank_environment
-from pairforge.training.runlock import RunDirLocked, RunLock
-from pairforge.training.runlock import acquire as acquire_run_dir
-from pairforge.training.validation import discriminator_sums, evaluate
+from pairforge.training.loop.preflight import check_dataset
+from pairforge.training.loop.validation import discriminator_sums, evaluate
+from pairforge.training.model.networks import build_discriminator, build_generator
+from pairforge.training.runtime.launch import PeerWatch, launched_by_pairforge, watch_peers
+from pairforge.training.runtime.quiet import prints_to_log
+from pairforge.training.runtime.rank import bootstrap_rank
+from pairforge.training.runtime.runlock import RunDirLocked, RunLock
+from pairforge.training.runtime.runlock import acquire as acquire_run_dir
 
 #: test hook (see the module docstring): the step after which a rank SIGKILLs itself
 TEST_KILL_AT_STEP_ENV = "PAIRFORGE_TEST_KILL_AT_STEP"
@@ -262,7 +262,7 @@ def build_nets(cfg: TrainConfig, rank: int, device: torch.device) -> Nets:
     loss_fn = GeneratorLoss(cfg.loss, perceptual)
     val_nets = {}
     if cfg.log.val_every:
-        from pairforge.training.perceptual import DISTS, LPIPS
+        from pairforge.training.model.perceptual import DISTS, LPIPS
         kw = dict(weights_dir=cfg.loss.weights_dir, backbone=cfg.loss.perceptual_backbone)
         val_nets = {"lpips": LPIPS(net="alex", **kw).to(device).eval(),
                     "dists": perceptual.get("dists") or DISTS(**kw).to(device).eval()}
@@ -463,7 +463,7 @@ def finish(s: Session, step: int, saved_at: int) -> dict:
     s.logger.close()
     result = {"step": step, "out": str(s.out), "perceptual_backbone": s.nets.backbones}
     if s.rank == 0:
-        from pairforge.training.report import build_report
+        from pairforge.training.loop.report import build_report
         result["report"] = str(build_report(s.out))
         result["export"] = meta
     if s.peer_watch is not None:
@@ -510,11 +510,10 @@ def run(cfg: TrainConfig, data: str, out: str | os.PathLike, resume: str | None 
 
 
 def run_job(job_path: str | os.PathLike) -> int:
-    watch_launcher()  # a rank spawned by training.launch never outlives its launcher
-    settle_rank_environment(torch.cuda.is_available())  # before DeepSpeed is imported
+    """A rank started by ``spawn_local`` (``python -m pairforge.training.loop.trainer JOB.json``)."""
     job = json.loads(Path(job_path).read_text())
-    attach_rank_log(job["out"], int(os.environ.get("RANK", "0")))
     cfg = from_dict(job["config"])
+    bootstrap_rank(job["out"], cfg.data.num_workers)
     run(cfg, job["data"], job["out"], job.get("resume"), job.get("val_data"))
     if dist.is_initialized():
         dist.destroy_process_group()

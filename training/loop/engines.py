@@ -73,7 +73,7 @@ def init_distributed() -> None:
     for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(k, v)
     if "MASTER_PORT" not in os.environ:
-        from pairforge.training.launch import free_port
+        from pairforge.training.runtime.launch import free_port
         os.environ["MASTER_PORT"] = str(free_port())
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
@@ -113,7 +113,7 @@ def build_engine(module: torch.nn.Module, engine_cfg, optim_cfg, micro_batch: in
                  override_path: str | None = None):
     import deepspeed
 
-    from pairforge.training.checkpoint import install_safe_checkpoint_engine
+    from pairforge.training.loop.checkpoint import install_safe_checkpoint_engine
 
     ds_cfg = deepspeed_config(engine_cfg, optim_cfg, micro_batch, override_path)
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=make_optimizer(module, optim_cfg),

@@ -38,7 +38,7 @@ def save_png(img: torch.Tensor, path: Path) -> None:
     """(3, H, W) in [0, 1] as an 8-bit PNG, rounded by the one rule (:func:`pixels.to_uint8`)."""
     from PIL import Image
 
-    from pairforge.training.pixels import to_uint8
+    from pairforge.training.model.pixels import to_uint8
 
     arr = to_uint8(img)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,9 +14,9 @@ import os
 import torch
 import torch.nn.functional as F
 
-from ._common import FrozenPerceptual, check_backbone, check_images
-from .backbones import alexnet_features, load_trunk, vgg16_features
-from .weights import resolve_weights
+from pairforge.training.model.perceptual._common import FrozenPerceptual, check_backbone, check_images
+from pairforge.training.model.perceptual.backbones import alexnet_features, load_trunk, vgg16_features
+from pairforge.training.model.perceptual.weights import resolve_weights
 
 __all__ = ["LPIPS"]
 

@@ -41,10 +41,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pairforge.errors import UsageError
-
-from .backbones import ALEXNET_CONV_INDICES, VGG16_CONV_INDICES
-from .pypi import PinnedFile, fetch_pinned, sha256_file
-from .safe_pickle import load_numpy_pickle
+from pairforge.training.model.perceptual.backbones import ALEXNET_CONV_INDICES, VGG16_CONV_INDICES
+from pairforge.training.model.perceptual.pypi import PinnedFile, fetch_pinned, sha256_file
+from pairforge.training.model.perceptual.safe_pickle import load_numpy_pickle
 
 __all__ = [
     "KINDS",

@@ -12,7 +12,7 @@ Methods turn an LR image into an SR image: ``bicubic`` (torch bicubic, the gener
 computed on the CPU so it is the same bit for bit everywhere) and an exported generator.
 Every SR image is 8-bit before it is scored, as a saved result would be.
 
-Scores: PSNR/SSIM on Y with a border crop (:mod:`pairforge.training.metrics`), LPIPS-alex and
+Scores: PSNR/SSIM on Y with a border crop (:mod:`pairforge.training.model.metrics`), LPIPS-alex and
 DISTS with the real weights on the whole image (as pyiqa computes them), and, when pyiqa is
 installed and its weights are already on this machine, NIQE / MUSIQ / MANIQA / CLIPIQA and FID.
 Metrics that cannot run are listed in ``skipped`` with what to install or place where.
@@ -34,9 +34,9 @@ import numpy as np
 import torch
 
 from pairforge.errors import UsageError
-from pairforge.training import pixels
-from pairforge.training.metrics import psnr_y, ssim_y
-from pairforge.training.published import PublishedRow
+from pairforge.training.model import pixels
+from pairforge.training.model.metrics import psnr_y, ssim_y
+from pairforge.training.model.published import PublishedRow
 
 __all__ = ["EvalError", "Pair", "COLUMNS", "NO_REFERENCE", "read_image", "match_folders", "sr_folder_pairs",
            "lr_folder_pairs", "dataset_pairs", "preset_pairs", "bicubic_upscale", "ModelMethod", "Scorer",
@@ -415,7 +415,7 @@ class ModelMethod:
     """
 
     def __init__(self, export_dir: Path, scale: int, device: str, name: str | None = None, **options) -> None:
-        from pairforge.training import inference
+        from pairforge.training.model import inference
 
         self.export_dir = Path(export_dir)
         self.name = name or model_name(self.export_dir)
@@ -441,7 +441,7 @@ class Scorer:
     """PSNR/SSIM-Y with a border crop, and LPIPS-alex / DISTS with the real ImageNet weights."""
 
     def __init__(self, crop: int, device: str = "cpu", weights_dir: str | Path | None = None) -> None:
-        from pairforge.training.perceptual import DISTS, LPIPS
+        from pairforge.training.model.perceptual import DISTS, LPIPS
 
         self.crop = crop
         self.device = torch.device(device)

@@ -16,7 +16,7 @@ The conventions the trained generator depends on live here once:
 * :func:`to_uint8` — float in [0, 1] → uint8 with ONE rounding rule, round half to even
   (``torch.round``). Why that one: the datasets' LR images are quantised so
   (:mod:`pairforge.degradations.chain`), and the metrics quantise so
-  (:func:`pairforge.training.metrics.quantize`); an SR written with any other rule would score
+  (:func:`pairforge.training.model.metrics.quantize`); an SR written with any other rule would score
   differently from the same SR scored in memory. (``+ 0.5`` then truncate differs only on exact
   halves, k + ½ of 1/255, which is exactly where two writers must not disagree.)
 * :func:`export_scale` — the SR scale an export records, with one failure message.

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import backbones as bb
-from .text import empty_prompt_sd, empty_prompt_sdxl, load_embedding_file
+from pairforge.training.model.networks import backbones as bb
+from pairforge.training.model.networks.text import empty_prompt_sd, empty_prompt_sdxl, load_embedding_file
 
 
 class PatchHead(nn.Module):

@@ -4,7 +4,7 @@ On a CPU machine a rank used to print three lines before training: DeepSpeed's "
 accelerator to CPU. If you have GPU …" (its auto-detection found no GPU — expected here),
 torch's "No CUDA runtime is found, using CUDA_HOME=…" (about compiling CUDA extensions, which
 a CPU run never does) and DeepSpeed's "… shm_comm_op built successfully" (a one-time JIT build
-of its shared-memory collective, no longer made on CPU: see training/engines.py). None needs an
+of its shared-memory collective, no longer made on CPU: see training/loop/engines.py). None needs an
 action. They go to the ``pairforge.third_party`` logger at DEBUG instead, which ``-v`` or a
 logging config can show.
 

@@ -1,7 +1,7 @@
 """Starting the ranks.
 
 **Embedded (default):** ``spawn_local`` starts N local processes of
-``python -m pairforge.training.trainer JOB.json`` with RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE,
+``python -m pairforge.training.loop.trainer JOB.json`` with RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE,
 MASTER_ADDR=127.0.0.1 and a free MASTER_PORT; each joins a gloo (CPU) or nccl (GPU) group.
 If one rank dies, the others are terminated (they would otherwise block in a collective).
 
@@ -464,7 +464,7 @@ def spawn_local(job_path: str | os.PathLike, nprocs: int, extra_env: dict | None
             if threads is not None:
                 env.setdefault("OMP_NUM_THREADS", str(threads))
             env.update(extra_env or {})
-            procs.append(subprocess.Popen([sys.executable, "-m", "pairforge.training.trainer", str(job_path)],
+            procs.append(subprocess.Popen([sys.executable, "-m", "pairforge.training.loop.trainer", str(job_path)],
                                           env=env, preexec_fn=start_rank, pass_fds=inherit_fds))
         rc, interrupted = _wait_for_ranks(procs, poll_s)
     except KeyboardInterrupt:

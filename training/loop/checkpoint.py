@@ -357,7 +357,7 @@ def full_state_dict(engine) -> dict[str, torch.Tensor]:
 def export_generator(engine_g, cfg, out_dir: str | os.PathLike) -> dict | None:
     """Collective. Rank 0 rebuilds the generator from the config, loads the trained weights
     and writes DIR/export/ (LoRA safetensors + merged UNet + VAE + scheduler, diffusers layout)."""
-    from pairforge.training.models.generator import build_generator, generator_base_description
+    from pairforge.training.model.networks.generator import build_generator, generator_base_description
 
     sd = full_state_dict(engine_g)
     meta = None

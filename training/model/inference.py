@@ -11,7 +11,7 @@ OSEDiff's tiled latent, here with raised-cosine ramps):
 3. **UNet** in latent tiles of ``tile / f`` (``f`` = the VAE's down factor), the predicted
    clean latents ẑ_H blended — this is the tiling the ``--tile`` flag sets;
 4. **decode** in latent tiles of ``vae_tile / f``, pixels blended;
-5. an optional colour fix against the bicubic input (:mod:`pairforge.training.colorfix`).
+5. an optional colour fix against the bicubic input (:mod:`pairforge.training.model.colorfix`).
 
 Why this has no seams. (a) Blending: each tile's weight is 1 in its interior and falls to 0
 towards every edge it shares with a neighbour (a raised-cosine ramp, after a short band of exact
@@ -36,7 +36,7 @@ tiles, and the decoder sees one continuous latent.
 On CUDA the stages run under bf16 autocast (weights stay fp32; norms run in fp32); on CPU in fp32.
 
     pairforge upscale INPUT OUTPUT --model EXPORT_DIR          (see clusters/commands/upscale.py)
-    python -m pairforge.training.inference EXPORT_DIR input.png output.png --scale 4 --tile 512
+    python -m pairforge.training.model.inference EXPORT_DIR input.png output.png --scale 4 --tile 512
 """
 from __future__ import annotations
 
@@ -53,9 +53,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pairforge.errors import PairforgeError, UsageError
-
-from . import pixels
-from .colorfix import apply_color_fix
+from pairforge.training.model import pixels
+from pairforge.training.model.colorfix import apply_color_fix
 
 #: output-pixel side of a UNet tile (64 latents for an 8× VAE: SD2.1-base's native 512 px)
 DEFAULT_TILE = 512
@@ -426,7 +425,7 @@ def check_device(name: str | None) -> str:
 
 # --------------------------------------------------------------------------- files
 def load_generator(export_dir: str | Path, device: str | None = None, dtype: torch.dtype = torch.float32):
-    from pairforge.training.models.generator import OneStepGenerator
+    from pairforge.training.model.networks.generator import OneStepGenerator
 
     device = check_device(device)
     try:

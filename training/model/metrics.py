@@ -13,7 +13,7 @@ PSNR and SSIM follow BasicSR's ``calculate_psnr`` / ``calculate_ssim`` with
 
 One deliberate difference: BasicSR returns ``inf`` for identical images; here the MSE is floored
 at 1e-10 (≈148 dB), so tables and JSON stay finite. The trainer's validation uses these functions
-with ``crop_border=0``. LPIPS and DISTS are in :mod:`pairforge.training.perceptual`.
+with ``crop_border=0``. LPIPS and DISTS are in :mod:`pairforge.training.model.perceptual`.
 """
 from __future__ import annotations
 

@@ -17,8 +17,7 @@ from typing import Callable
 from pairforge.errors import UsageError
 from pairforge.pipeline import storage
 from pairforge.pipeline.shards import load_manifest, unconfirmed_shards
-
-from .config import TrainConfig
+from pairforge.training.config import TrainConfig
 
 #: problems named in full in the one-line refusal; the rest are counted
 SHOWN_PROBLEMS = 3
@@ -60,7 +59,7 @@ def check_dataset(cfg: TrainConfig, data: str, *, shards: bool = False) -> dict:
 def check_shards(data: str, manifest: dict) -> None:
     """Every shard of ``manifest`` is in the store with the byte size it records, or
     :class:`ShardsUnusable` naming those that are not (sizes only: the sha256 of every byte is
-    checked by the ranks as they read, see training/data.py)."""
+    checked by the ranks as they read, see training/loop/data.py)."""
     base = storage.normalize(str(data))
     if base.endswith(".json"):  # the manifest's own URL
         base = base.rsplit("/", 1)[0]
@@ -94,7 +93,7 @@ def preflight(cfg: TrainConfig, data: str, out: str | Path, *, resume: str | Non
     command that resumes on ``world`` ranks, quoted in the refusal when a ZeRO checkpoint cannot
     resume on ``ranks``.
     """
-    from . import check_run_dir
+    from pairforge.training import check_run_dir
 
     if overwrite and resume == "auto":
         raise UsageError("--resume continues the run in --out and --overwrite deletes it: pass one of them")
@@ -115,7 +114,7 @@ def resume_ranks(cfg: TrainConfig, out: str | Path, resume: str | None, ranks: i
                  resume_command: Callable[[int], str] | None = None) -> int:
     """The local rank count: ``ranks``, or when resuming, the checkpoint's.  A ZeRO checkpoint
     (optimizer state split per rank) asked to resume on another count is refused."""
-    from .checkpoint import recorded_world_size
+    from pairforge.training.loop.checkpoint import recorded_world_size
 
     recorded = recorded_world_size(Path(out) / "checkpoints") if resume == "auto" else None
     if recorded is None:
@@ -135,10 +134,10 @@ def resume_ranks(cfg: TrainConfig, out: str | Path, resume: str | None, ranks: i
 
 def check_pretrained(cfg: TrainConfig) -> None:
     """The diffusers folders a pretrained generator/discriminator loads (nothing is downloaded at
-    train time); :class:`~pairforge.training.models.backbones.PretrainedMissing` names the field."""
+    train time); :class:`~pairforge.training.model.networks.backbones.PretrainedMissing` names the field."""
     if cfg.generator.arch != "pretrained" and cfg.discriminator.arch not in ("sd21", "sdxl"):
         return
-    from .models.backbones import require_folder
+    from pairforge.training.model.networks.backbones import require_folder
 
     if cfg.generator.arch == "pretrained":
         require_folder(cfg.generator.pretrained_path, ["vae", "unet"], cfg.generator.hub_id,
@@ -169,7 +168,7 @@ def check_perceptual_weights(cfg: TrainConfig) -> None:
     kinds = perceptual_kinds(cfg)
     if not kinds:
         return
-    from .perceptual.weights import PerceptualWeightsMissing, resolve_weights
+    from pairforge.training.model.perceptual.weights import PerceptualWeightsMissing, resolve_weights
 
     for kind in kinds:
         try:

@@ -14,8 +14,8 @@ import os
 import torch
 import torch.nn.functional as F
 
-from ._common import FrozenPerceptual
-from .dists import DISTS
+from pairforge.training.model.perceptual._common import FrozenPerceptual
+from pairforge.training.model.perceptual.dists import DISTS
 
 __all__ = ["sobel_magnitude", "ea_dists", "EdgeAwareDISTS"]
 

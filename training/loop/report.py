@@ -14,7 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
-from pairforge.training.losses import D_T_BUCKETS, LOW_T_BUCKET, bucket_name
+from pairforge.training.loop.losses import D_T_BUCKETS, LOW_T_BUCKET, bucket_name
 
 #: the validation table's columns, with the record key and format of each cell
 VALIDATION_COLUMNS = (

@@ -97,7 +97,7 @@ def build_perceptual(loss_cfg, device: torch.device | str = "cpu", need: tuple[s
     Real ImageNet weights by default (PerceptualWeightsMissing when absent: run
     `pairforge weights`); ``perceptual_backbone: random`` only when asked for by name.
     """
-    from pairforge.training.perceptual import DISTS, LPIPS, EdgeAwareDISTS
+    from pairforge.training.model.perceptual import DISTS, LPIPS, EdgeAwareDISTS
 
     need = need or tuple(n for n in ("dists", "ea_dists", "lpips") if getattr(loss_cfg, n) > 0)
     nets: dict[str, nn.Module] = {}
