@@ -138,12 +138,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate(ds, export_dir: Path, eval_dir: Path, color_fix: str = "none", name: str = "demo (tiny)") -> int:
-    """``pairforge eval`` on the held-out pairs the training run recorded (RUN/run.json), as a user
-    would run it: the model and bicubic, the papers' metrics."""
-    from pairforge.clusters.cli import main as pairforge_main
+    """What ``pairforge eval`` does (:mod:`training.model.eval_job`) on the held-out pairs the
+    training run recorded (RUN/run.json): the model and bicubic, the papers' metrics."""
+    from pairforge.errors import PairforgeError
+    from pairforge.training.model.eval_job import EvalRequest, report, run_eval
 
-    rc = pairforge_main(["eval", "--model", str(export_dir), "--data", ds.url, "--pairs", "held-out",
-                         "--out", str(eval_dir), "--name", name, "--device", "cpu", "--color-fix", color_fix])
+    req = EvalRequest(model=str(export_dir), data=ds.url, pairs="held-out", out=eval_dir, name=name, device="cpu",
+                      color_fix=color_fix)
+    try:
+        rc = report(req, *run_eval(req))
+    except PairforgeError as exc:
+        print(f"pairforge demo: evaluation failed: {exc}", file=sys.stderr)
+        return exc.exit_code
     if rc != 0:
         print(f"pairforge demo: evaluation failed (rc {rc})", file=sys.stderr)
     return rc
