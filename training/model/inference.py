@@ -36,13 +36,11 @@ tiles, and the decoder sees one continuous latent.
 On CUDA the stages run under bf16 autocast (weights stay fp32; norms run in fp32); on CPU in fp32.
 
     pairforge upscale INPUT OUTPUT --model EXPORT_DIR          (see clusters/commands/upscale.py)
-    python -m pairforge.training.model.inference EXPORT_DIR input.png output.png --scale 4 --tile 512
+    upscale_file(EXPORT_DIR, "input.png", "output.png", scale=4)   (from Python)
 """
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
@@ -455,35 +453,9 @@ def write_image(image: torch.Tensor, path: str | Path) -> Path:
 
 
 def upscale_file(export_dir: str | Path, src: str | Path, dst: str | Path, scale: int = DEFAULT_SCALE,
-                 tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, device: str | None = None,
+                 tile: int = DEFAULT_TILE, overlap: int | None = None, device: str | None = None,
                  color_fix: str = "none") -> Path:
+    """One image file through an export, written at ``dst`` (the overlap follows the tile when not given)."""
+    overlap = default_overlap(tile) if overlap is None else overlap
     gen = load_generator(export_dir, device)
     return write_image(upscale_tensor(gen, read_image(src), scale, tile, overlap, color_fix=color_fix), dst)
-
-
-def main(argv=None) -> int:
-    """The older entry point; ``pairforge upscale`` does folders, globs and bad inputs."""
-    p = argparse.ArgumentParser(description="upscale one image with an exported pairforge generator "
-                                            "(for folders and globs use `pairforge upscale`)")
-    p.add_argument("export_dir")
-    p.add_argument("input")
-    p.add_argument("output")
-    p.add_argument("--scale", type=int, default=None, help=f"default: the export's, else {DEFAULT_SCALE}")
-    p.add_argument("--tile", type=int, default=DEFAULT_TILE, help="UNet tile side in output pixels (0: whole)")
-    p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
-    p.add_argument("--color-fix", default="none", choices=("none", "adain", "wavelet"))
-    p.add_argument("--device")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output (never the input)")
-    a = p.parse_args(argv)
-    src, dst = Path(a.input), Path(a.output)
-    if dst.resolve() == src.resolve() or (dst.exists() and not a.overwrite):
-        why = "is the input" if dst.resolve() == src.resolve() else "exists already (--overwrite replaces it)"
-        print(f"{p.prog}: error: output {dst} {why}", file=sys.stderr)
-        return 2
-    scale = a.scale or pixels.export_scale(a.export_dir) or DEFAULT_SCALE
-    print(upscale_file(a.export_dir, a.input, a.output, scale, a.tile, a.overlap, a.device, a.color_fix))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
