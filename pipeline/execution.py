@@ -388,8 +388,9 @@ class _Failures:
     Application errors and dead workers are retried up to ``max_retries`` times.  A persistent
     storage failure goes to ``outage`` first: a shard that met a store which was down is run
     again once the store answers (not counted as an attempt), and a store that stays down past
-    the outage budget sets :attr:`stop`.  Otherwise the failure is the object's own: final for
-    its shard (the storage layer already spent its retries on it) and counted towards
+    the outage budget sets :attr:`stop`.  Otherwise the store takes writes: the shard runs once
+    more (an outage that ended between its upload giving up and the probe looks the same), and a
+    second such failure is the object's own: final for its shard and counted towards
     ``storage_failure_limit`` consecutive ones, after which :attr:`stop` is set too.
 
     Each attempt's failure is logged at INFO (the command's log file; ``-v`` shows it): the
@@ -405,6 +406,7 @@ class _Failures:
         self.storage_streak = 0
         self.store_down = False
         self.last_storage_error = ""
+        self.second_runs: set[str] = set()  # shards given one more run after a FINAL storage verdict
 
     @property
     def stop(self) -> bool:
@@ -435,6 +437,14 @@ class _Failures:
         if verdict == RETRY:
             log.warning("execution: shard %s failed while the store was down (%s); running it again",
                         task.name, msg[:200])
+            return True
+        if verdict == FINAL and task.name not in self.second_runs:
+            # the store takes the probe's write: either this object fails on its own, or an outage
+            # ended between the upload giving up and the probe (no probe ever met it). One more run
+            # tells them apart, at the cost of one shard run for an object that fails on its own.
+            self.second_runs.add(task.name)
+            log.info("execution: shard %s failed on storage (%s) but the store takes writes; running it once more",
+                     task.name, msg[:200])
             return True
         self.last_storage_error = msg
         if verdict == DOWN:

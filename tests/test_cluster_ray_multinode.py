@@ -388,15 +388,17 @@ def test_driver_killed_mid_job_resumes_byte_identical(cluster, reference, photos
     assert local_outputs(str(ds)) == reference["outputs"]
 
 
-def probe_met(proxy: FaultProxy, since: int, fault: str) -> bool:
-    """Whether the job's outage probe (a PUT re-writing ``job.json``, sent only after a shard's
-    upload gave up) met ``fault`` (a :class:`faultproxy.Logged` action) after log entry ``since``.
+def probe_met(proxy: FaultProxy, since: int, fault: str, out: str) -> bool:
+    """Whether the outage probe of the job writing to ``out`` (a PUT re-writing its ``job.json``,
+    sent only after a shard's upload gave up) met ``fault`` (a :class:`faultproxy.Logged` action)
+    after log entry ``since``.
 
     The fault tests below hold their fault until then: on a fast machine the first seconds of an
     outage may meet nothing but the dataset lock's lease while every shard is still computing.
     """
-    return any(e.action == fault and e.method == "PUT" and re.search(r"/job\.json(\?|$)", e.path)
-               for e in proxy.log[since:])
+    prefix = "/" + out[len("s3://"):] + "/"
+    return any(e.action == fault and e.method == "PUT" and e.path.startswith(prefix)
+               and re.search(r"/job\.json(\?|$)", e.path) for e in proxy.log[since:])
 
 
 def test_s3_server_stopped_and_restarted_mid_job(cluster, reference, photos, s3_server):
@@ -408,7 +410,7 @@ def test_s3_server_stopped_and_restarted_mid_job(cluster, reference, photos, s3_
         cluster.moto.stop()                      # the store is gone: every request now fails
         try:
             time.sleep(OUTAGE_S)                 # far longer than one object's retries
-            wait_until(lambda: probe_met(cluster.proxy, seen, "upstream-down"), proc,
+            wait_until(lambda: probe_met(cluster.proxy, seen, "upstream-down", out), proc,
                        "a failed shard upload made the job probe the stopped store")
         finally:
             cluster.moto.start()                 # same port, same buckets (moto's state is per process)
@@ -434,7 +436,7 @@ def test_s3_slowdown_for_a_while_then_recovers(cluster, reference, photos, s3_se
         cluster.proxy.slow_down(".*", method="PUT")  # every write throttled, from every node
         try:
             time.sleep(OUTAGE_S)
-            wait_until(lambda: probe_met(cluster.proxy, seen, "slowdown"), proc,
+            wait_until(lambda: probe_met(cluster.proxy, seen, "slowdown", out), proc,
                        "a throttled shard upload made the job probe the store")
         finally:
             cluster.proxy.clear()

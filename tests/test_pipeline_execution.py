@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 
+from pairforge.errors import UsageError
 from pairforge.pipeline.execution import RayExecutor
 from pairforge.pipeline.worker import resolve_device
 
@@ -17,7 +18,7 @@ def test_cpu_only_cluster_places_cpu_actors(ray_local):
     ex = RayExecutor(spec=None, workers=2, device="auto")
     workers, cpus, gpus, device, _ = ex._placement()
     assert (workers, cpus, gpus, device) == (2, 1.0, 0.0, "cpu")
-    with pytest.raises(RuntimeError, match="no GPU"):
+    with pytest.raises(UsageError, match="no GPU"):  # exit 2: the user asked for what the cluster lacks
         RayExecutor(spec=None, workers=1, device="cuda")._placement()
     # more workers than logical CPUs: shrink the per-actor request instead of hanging
     workers, cpus, _, _, _ = RayExecutor(spec=None, workers=16, device="cpu")._placement()

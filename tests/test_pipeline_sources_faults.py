@@ -217,11 +217,10 @@ def _cut_at_a_member_boundary(tar_path) -> int:
     return keep
 
 
-def test_a_truncated_shard_of_a_source_dataset_is_named_not_silently_dropped(training_pairs, tmp_path, capsys):
+def test_a_truncated_shard_of_a_source_dataset_is_named_not_silently_dropped(training_pairs, tmp_path):
     """A pairforge dataset read as a synth source goes through the shard contract's resolver and
     checks (size first, sha256 at the end). Before, its shards were listed from the manifest but
     never checked: a shard cut at a member boundary just gave fewer images."""
-    from pairforge.clusters.cli import main
     from pairforge.pipeline.sources import SourceError, list_source
 
     src = tmp_path / "source-dataset"
@@ -234,7 +233,10 @@ def test_a_truncated_shard_of_a_source_dataset_is_named_not_silently_dropped(tra
     assert shard in str(info.value) and "damaged shard" in str(info.value), str(info.value)
     assert intact == json.loads((src / "manifest.json").read_text())["totals"]["samples"]
 
-    assert main(["synth", "--source", f"wds:{src}", "--out", str(tmp_path / "out"), "--dry-run"]) == 2
-    (line,) = capsys.readouterr().err.strip().splitlines()
+    # the command in its own process: an in-process CLI call would leave its Ray settings in this one
+    res = subprocess.run([sys.executable, "-m", "pairforge.clusters.cli", "synth", "--source", f"wds:{src}", "--out",
+                          str(tmp_path / "out"), "--dry-run"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    (line,) = res.stderr.strip().splitlines()
     assert line.startswith("pairforge synth: error: source damaged shard") and shard in line, line
     assert not (tmp_path / "out").exists()
