@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "weights": ("pairforge.clusters.commands.weights", "prepare perceptual-network weights (VGG16/AlexNet) offline"),
     "presets": ("pairforge.clusters.commands.presets", "list degradation and training presets, or print one resolved"),
     "ls": ("pairforge.clusters.commands.ls", "list the datasets under an output root (complete or unfinished)"),
+    "export": ("pairforge.clusters.commands.export", "write a dataset's pairs as hr/ and lr/ PNG folders (BasicSR's layout)"),
     "eval": ("pairforge.clusters.commands.eval", "score SR results (PSNR/SSIM-Y, LPIPS, DISTS) beside bicubic and the papers' numbers"),
     "demo": ("pairforge.clusters.commands.demo", "run the end-to-end demo on the bundled sample photos"),
 }

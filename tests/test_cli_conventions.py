@@ -18,7 +18,7 @@ import tomllib
 PAIRFORGE = [sys.executable, "-m", "pairforge.clusters.cli"]
 ROOT = Path(__file__).resolve().parents[1]
 #: the commands this convention covers (demo/eval/upscale have their own owners and tests)
-COMMANDS = ("degrade", "synth", "inspect", "train", "weights", "presets", "ls")
+COMMANDS = ("degrade", "synth", "inspect", "train", "weights", "presets", "ls", "export")
 DEGRADATION_PRESETS = sorted(p.stem for p in (ROOT / "degradations" / "presets").glob("*.yaml"))
 TRAINING_PRESETS = sorted(p.stem for p in (ROOT / "training" / "presets").glob("*.yaml"))
 
