@@ -33,6 +33,9 @@ PARTIAL = ".partial"
 META_INFO = "meta_info.txt"
 RECORD = "export.json"
 VIEWS = ("first", "all")
+#: zlib level of the PNGs: on a 256 px photo crop level 1 took 17 ms and 126 kB, Pillow's default 6
+#: took 45 ms and 116 kB (2.6x the time for 8 % less); the pixels are the same at every level
+COMPRESS_LEVEL = 1
 
 
 @dataclass
@@ -132,6 +135,6 @@ def _write_png(path: Path, pixels: Any) -> int:
         return 0
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    Image.fromarray(pixels).save(tmp, format="PNG")
+    Image.fromarray(pixels).save(tmp, format="PNG", compress_level=COMPRESS_LEVEL)
     os.replace(tmp, path)
     return 1
