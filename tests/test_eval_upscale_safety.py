@@ -126,6 +126,7 @@ def test_pairs_all_counts_the_training_pairs(dataset, run_dir, tmp_path, weights
     assert doc["settings"]["pairs"]["scored"] == 6 and doc["settings"]["pairs"]["training_pairs"] == 4
     assert "6 scored, 4 of them TRAINING pairs" in (out / "table.md").read_text()
     assert "4 of them TRAINING pairs" in cap.out
+    assert (cap.out + cap.err).count("Pairs: 6 scored") == 1, "the table's footer is said once, not again as a note"
     trained = {r["image"] for r in _csv(out / "per_image.csv") if r["training_pair"] == "True"}
     assert trained == set(dataset["keys"][dataset["shards"][0]] + dataset["keys"][dataset["shards"][1]])
 

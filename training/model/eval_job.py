@@ -262,7 +262,8 @@ def report(req: EvalRequest, result, settings: dict, notes: list[str], selection
     for reason, metrics in _group(result.skipped).items():
         ev.warn(f"skipped {', '.join(metrics)}: {reason}")
     for n in notes:
-        ev.warn(n)
+        if as_json or n not in footer:  # the printed table already ends with its footer
+            ev.warn(n)
     files = f"{req.out / 'metrics.json'}, {req.out / 'per_image.csv'} and {req.out / 'table.md'}"
     if result.partial is not None:
         return _stopped_early(result, files)
