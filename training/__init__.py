@@ -35,7 +35,7 @@ from pairforge.training.runtime.runlock import RunDirLocked
 from pairforge.training.runtime.runlock import acquire as acquire_run_dir
 
 __all__ = ["train", "load_config", "TrainConfig", "ConfigError", "RunDirLocked", "RunDirNotEmpty", "available_presets",
-           "from_dict", "set_dotted", "previous_run", "check_run_dir", "clear_run_dir"]
+           "from_dict", "set_dotted", "previous_run", "check_run_dir", "clear_run_dir", "run_checked"]
 
 #: what a run writes into its directory; ``overwrite=True`` deletes these and nothing else
 RUN_FILES = ("job.json", "config.yaml", "run.json", "metrics.jsonl", "validation.jsonl", "loss_curves.png",
@@ -118,7 +118,6 @@ def train(config: str | os.PathLike | TrainConfig, data: str, out: str | os.Path
     taken over. The ranks die with this process, whatever kills it.
     """
     from pairforge.training.loop.preflight import preflight
-    from pairforge.training.runtime.launch import spawn_local
 
     ov: dict = {}
     for k, v in (overrides or {}).items():
@@ -136,6 +135,18 @@ def train(config: str | os.PathLike | TrainConfig, data: str, out: str | os.Path
         cfg = load_config(config, overrides=ov)
     # the checks `pairforge train` makes, before a rank starts or anything is written
     ranks = preflight(cfg, str(data), out, resume=resume, overwrite=overwrite, ranks=ranks)
+    return run_checked(cfg, data, out, ranks=ranks, resume=resume, overwrite=overwrite, val_data=val_data,
+                       extra_env=extra_env)
+
+
+def run_checked(cfg: TrainConfig, data: str, out: str | os.PathLike, *, ranks: int, resume: str | None = None,
+                overwrite: bool = False, val_data: str | None = None,
+                extra_env: dict[str, str] | None = None) -> dict:
+    """The part of :func:`train` after its checks: lock ``out``, write ``job.json``, run ``ranks``
+    local ranks and wait.  For callers that ran :func:`training.loop.preflight.preflight` on these
+    arguments themselves (``pairforge train``), so the checks are not made twice."""
+    from pairforge.training.runtime.launch import spawn_local
+
     outp = Path(out)
     with acquire_run_dir(outp) as lock:  # before anything is written into the run directory
         if lock.previous is not None:

@@ -195,8 +195,8 @@ def _run(args) -> int:
             res = _run_as_rank(cfg, args, resume) if cluster else _run_local_ranks(cfg, args, resume, ranks)
     except KeyboardInterrupt:  # the ranks are stopped (training/runtime/launch.py spawn_local)
         return _interrupted(args, cluster, ranks)
-    # RunDirLocked (3), DatasetMismatch and RunDirNotEmpty (2: changed since the checks above) end the
-    # command through the CLI's one mapping (pairforge/errors.py)
+    # RunDirLocked (3: another train took --out since the checks) ends the command through the CLI's
+    # one mapping (pairforge/errors.py)
     if cluster and os.environ.get("RANK") != "0":
         return 0 if res["ok"] else 1  # rank 0 reports for the run
     return _report(res, args)
@@ -300,11 +300,12 @@ def _clear_locked(out: str) -> None:
 
 
 def _run_local_ranks(cfg, args, resume: str | None, ranks: int) -> dict:
-    """The embedded default: this process is the launcher of ``ranks`` local ranks."""
-    from pairforge.training import train
+    """The embedded default: this process is the launcher of ``ranks`` local ranks (the checks
+    :func:`preflight` made are not made again)."""
+    from pairforge.training import run_checked
 
-    res = train(cfg, args.data, args.out, ranks=ranks, resume=resume, val_data=args.val_data,
-                overwrite=args.overwrite)
+    res = run_checked(cfg, args.data, args.out, ranks=ranks, resume=resume, val_data=args.val_data,
+                      overwrite=args.overwrite)
     return _result(args.out, res["rc"], ranks)
 
 
