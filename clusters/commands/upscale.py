@@ -152,11 +152,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("--scale must be ≥ 1")
     if args.batch_size < 1:
         raise UsageError("--batch-size must be ≥ 1")
-    if args.tile_overlap is None:
-        from pairforge.training.model.inference import default_overlap
-
-        args.tile_overlap = default_overlap(args.tile)
-    if args.tile_overlap < 0 or (args.tile > 0 and 2 * args.tile_overlap > args.tile):
+    overlap = args.tile_overlap  # None: upscale_tensor's default, a quarter of the tile
+    if overlap is not None and (overlap < 0 or (args.tile > 0 and 2 * overlap > args.tile)):
         raise UsageError("--tile-overlap must be between 0 and half of --tile")
     from pairforge.training.model.inference import check_device
     from pairforge.training.model.pixels import export_scale

@@ -290,10 +290,7 @@ def _methods(req: EvalRequest, mode: str, scale: int, device: str) -> dict:
     if mode == "sr":
         methods[req.name or req.sr.resolve().name] = None
     elif req.model != "bicubic":
-        from pairforge.training.model.inference import default_overlap
-
-        overlap = default_overlap(req.tile) if req.overlap is None and req.tile is not None else req.overlap
-        model = ev.ModelMethod(Path(req.model), scale, device, req.name, tile=req.tile, overlap=overlap,
+        model = ev.ModelMethod(Path(req.model), scale, device, req.name, tile=req.tile, overlap=req.overlap,
                                color_fix=req.color_fix)
         methods[model.name] = model
     if mode != "sr" or req.lr is not None:

@@ -367,16 +367,17 @@ def tile_geometry(generator, tile: int, overlap: int, vae_tile: int) -> TileGeom
 
 @torch.inference_mode()
 def upscale_tensor(generator, lr: torch.Tensor, scale: int, tile: int = DEFAULT_TILE,
-                   overlap: int = DEFAULT_OVERLAP, batch: int = 1, vae_tile: int = DEFAULT_VAE_TILE,
+                   overlap: int | None = None, batch: int = 1, vae_tile: int = DEFAULT_VAE_TILE,
                    color_fix: str = "none", bf16: bool | None = None, share_norms: bool = True) -> torch.Tensor:
     """lr: (1,3,h,w) in [0,1] → (1,3,h·scale,w·scale) in [0,1], on the CPU.
 
-    ``tile``/``overlap``/``vae_tile`` are in output pixels (≤ 0: untiled); ``batch`` tiles per call;
+    ``tile``/``overlap``/``vae_tile`` are in output pixels (≤ 0: untiled; ``overlap`` None:
+    :func:`default_overlap` of the tile); ``batch`` tiles per call;
     ``bf16``: autocast (default: on CUDA only); ``share_norms``: GroupNorm statistics shared across
     tiles (:class:`SharedGroupNorm`; one extra pass per tiled stage) rather than per tile.
     """
     dev = next(generator.parameters()).device
-    geo = tile_geometry(generator, tile, overlap, vae_tile)
+    geo = tile_geometry(generator, tile, default_overlap(tile) if overlap is None else overlap, vae_tile)
     f = geo.factor
     ref = pixels.bicubic_input(lr, scale).to(dev)  # on the CPU, bit for bit training's LR↑
     h, w = ref.shape[-2:]
@@ -456,6 +457,5 @@ def upscale_file(export_dir: str | Path, src: str | Path, dst: str | Path, scale
                  tile: int = DEFAULT_TILE, overlap: int | None = None, device: str | None = None,
                  color_fix: str = "none") -> Path:
     """One image file through an export, written at ``dst`` (the overlap follows the tile when not given)."""
-    overlap = default_overlap(tile) if overlap is None else overlap
     gen = load_generator(export_dir, device)
     return write_image(upscale_tensor(gen, read_image(src), scale, tile, overlap, color_fix=color_fix), dst)
