@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 from pairforge.errors import UsageError
 
 from . import storage
-from .shards import load_manifest, read_pairs
+from .shards import load_manifest, read_pairs, shard_sources
 
 #: suffix of the folder an export is built in
 PARTIAL = ".partial"
@@ -43,7 +43,6 @@ class ExportResult:
     out: Path
     pairs: int
     views: int
-    written: int                      # files written by this run (the rest were there from an interrupted one)
     shards: list[str] = field(default_factory=list)
 
 
@@ -75,20 +74,16 @@ def export_folders(dataset: str, out: str | os.PathLike, *, limit: int | None = 
     _check_partial(work, record)
     work.mkdir(parents=True, exist_ok=True)
     (work / RECORD).write_text(json.dumps({**record, "complete": False}, indent=1))
-    lines, written, n_views = [], 0, 1
-    try:
-        pairs = read_pairs(dataset, shards=shards, strict=True)
-    except KeyError as exc:  # a shard name or index the manifest does not list
-        raise UsageError(f"--shards: {exc.args[0]}") from None
-    for sample in pairs:
+    lines, n_views = [], 1
+    for sample in read_pairs(dataset, shards=shards, strict=True):
         if limit is not None and len(lines) >= limit:
             break
         name = f"{sample['key']}.png"
         lrs = sample["lr"] if views == "all" else sample["lr"][:1]
         n_views = max(n_views, len(lrs))
-        written += _write_png(work / "hr" / name, sample["hr"])
+        _write_png(work / "hr" / name, sample["hr"])
         for j, lr in enumerate(lrs):
-            written += _write_png(work / lr_folder(j) / name, lr)
+            _write_png(work / lr_folder(j) / name, lr)
         h, w = sample["hr"].shape[:2]
         lines.append(f"{name} ({h},{w},3)")
         if on_pair is not None:
@@ -99,14 +94,16 @@ def export_folders(dataset: str, out: str | os.PathLike, *, limit: int | None = 
     (work / RECORD).write_text(json.dumps({**record, "complete": True, "pairs": len(lines), "views": n_views},
                                           indent=1))
     os.replace(work, out)
-    return ExportResult(out, len(lines), n_views, written, record["shards"])
+    return ExportResult(out, len(lines), n_views, record["shards"])
 
 
 def _record(dataset: str, manifest: dict, limit: int | None, shards: Sequence[int | str] | None,
             views: str) -> dict:
-    names = [s["name"] for s in manifest["shards"]]
-    chosen = names if shards is None else [names[int(s)] if str(s).isdigit() and int(s) < len(names) else str(s)
-                                           for s in shards]
+    try:  # the shard contract's resolver, as read_pairs uses it: indices or names
+        chosen = [s.name for s in shard_sources(dataset, shards)]
+    except (KeyError, IndexError) as exc:  # a name the manifest does not list, an index past its end
+        raise UsageError(f"--shards {', '.join(map(str, shards or []))}: {exc.args[0] if exc.args else exc}; "
+                         f"the dataset has {len(manifest['shards'])} shard(s)") from None
     return {"dataset": storage.redact(str(dataset)), "dataset_id": manifest.get("dataset_id"), "shards": chosen,
             "limit": limit, "views": views, "layout": "hr/, lr/ (view 0), lr_view<j>/, meta_info.txt (BasicSR)"}
 
@@ -127,14 +124,13 @@ def _check_partial(work: Path, record: dict) -> None:
         tmp.unlink()
 
 
-def _write_png(path: Path, pixels: Any) -> int:
-    """``path`` as a PNG, written to a temp name and renamed (a file there is whole); 0 if it was."""
+def _write_png(path: Path, pixels: Any) -> None:
+    """``path`` as a PNG, written to a temp name and renamed (a file there is whole and is kept)."""
     from PIL import Image
 
     if path.exists():
-        return 0
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     Image.fromarray(pixels).save(tmp, format="PNG", compress_level=COMPRESS_LEVEL)
     os.replace(tmp, path)
-    return 1

@@ -67,6 +67,9 @@ def test_limit_and_shards_pick_the_pairs(training_pairs, tmp_path):
     names = [gt.stem for gt, _ in _basicsr_pairs(out)]
     assert len(names) == 3 and set(names) <= keys
     assert json.loads((out / "export.json").read_text())["shards"] == [second]
+    for wrong in ("99", "no-such-shard.tar"):  # one line, exit 2, nothing written
+        assert main(["export", training_pairs, str(tmp_path / wrong), "--no-progress", "--shards", wrong]) == 2
+        assert not (tmp_path / wrong).exists() and not (tmp_path / f"{wrong}.partial").exists()
 
 
 def test_a_damaged_shard_leaves_no_folder_named_out_and_the_export_resumes(training_pairs, tmp_path, capsys):

@@ -189,8 +189,7 @@ def verify_shard(source: ShardSource, storage_options: dict | None = None,
         raise ValueError(f"{storage.redact(source.url)}: no manifest entry, nothing to verify against")
     _check_size(source, storage_options)
     with _open_hashing(source, storage_options, on_bytes) as reader:
-        reader.drain()
-        _check_digest(source, reader)
+        _read_rest_and_check(source, reader)
     return reader.bytes
 
 
@@ -208,15 +207,26 @@ def verified_stream(source: ShardSource, storage_options: dict | None = None) ->
         try:
             yield reader
         except Exception as exc:
-            if source.verifiable:
-                try:
-                    reader.drain()
-                    _check_digest(source, reader)
-                except ShardIntegrityError as damage:
-                    raise damage from exc
+            _blame_damage(source, reader, exc)
             raise
-        reader.drain()
-        _check_digest(source, reader)
+        _read_rest_and_check(source, reader)
+
+
+def _read_rest_and_check(source: ShardSource, reader: _HashingReader) -> None:
+    """Read what is left of the shard, then compare byte count and sha256 with its manifest entry."""
+    reader.drain()
+    _check_digest(source, reader)
+
+
+def _blame_damage(source: ShardSource, reader: _HashingReader, cause: BaseException) -> None:
+    """After ``cause`` broke off a read: raise :class:`ShardIntegrityError` from it if the shard
+    does not match its manifest entry; return when it does, or when there is nothing to check."""
+    if not source.verifiable:
+        return
+    try:
+        _read_rest_and_check(source, reader)
+    except ShardIntegrityError as damage:
+        raise damage from cause
 
 
 _SKIP_META = re.compile(r"__[^/]*__($|/)")
