@@ -30,11 +30,14 @@ import threading
 import warnings
 import zlib
 from os import PathLike
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import simplejpeg
 from PIL import Image, ImageFile
+
+if TYPE_CHECKING:
+    import torch
 
 #: default pixel limit: ~100 megapixels (a 12k x 8k image); beyond this we skip, not decode
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -282,3 +285,14 @@ def _pil_to_rgb(im: Image.Image, info: dict) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
     except Exception as exc:  # noqa: BLE001 - any parser failure is a bad file, not a crash
         raise SkipInput("unsupported_mode", f"{mode}: {exc}"[:160]) from None
+
+
+def to_float(img: np.ndarray) -> torch.Tensor:
+    """HWC uint8 → (3, H, W) float32 in [0, 1] (``/ 255``; a new tensor, ``img`` is not shared):
+    the one uint8 → float rule of training, ``PairDataset`` and inference."""
+    import torch  # here, not at the top: decoding alone (a synth worker's listing) needs no torch
+
+    if img.dtype != np.uint8 or img.ndim != 3:
+        raise ValueError(f"to_float takes an HWC uint8 image, not {img.dtype} of shape {img.shape}")
+    return torch.from_numpy(np.require(img, requirements=["C", "W"])).permute(2, 0, 1).float() / 255
+

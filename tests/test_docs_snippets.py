@@ -258,7 +258,9 @@ def test_a_reader_can_run_every_snippet(doc, reader_inputs, s3_server, tmp_path)
     shutil.copytree(reader_inputs, cwd)
     session = Session(cwd, _env())
     for snippet in snippets(path):
-        if snippet.lang == "python":
+        if snippet.lang == "python" and (name := re.match(r"# file: (\S+)", snippet.text)):
+            (cwd / name.group(1)).write_text(snippet.text)  # a script to save (tests/test_own_trainer.py runs it)
+        elif snippet.lang == "python":
             session.run_python(snippet)
         else:
             session.run_bash(snippet)

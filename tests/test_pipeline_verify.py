@@ -13,7 +13,8 @@ import tarfile
 import pytest
 
 from pairforge.pipeline import ShardIntegrityError, SynthConfig, load_manifest, read_pairs, synth
-from pairforge.training.loop.data import ShardStream, make_train_loader, part_order
+from pairforge.pipeline.pair_dataset import PairDataset, epoch_segments
+from pairforge.training.loop.data import make_train_loader
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -169,10 +170,9 @@ def test_plain_inspect_refuses_a_damaged_dataset(dataset, tmp_path, capsys):
 # ------------------------------------------------------------------ the trainer's stream
 def test_training_stream_raises_on_a_damaged_shard(dataset):
     damage(dataset, "cut_at_member_boundary")
-    shards = load_manifest(dataset)["shards"]
-    stream = ShardStream(dataset, shards, 0, 1, 1, 1, seed=0, shuffle_window=2).iter_slot(0)
+    stream = iter(PairDataset(dataset, shuffle_window=2, endless=True))
     with pytest.raises(ShardIntegrityError, match=DAMAGED):
-        for _ in range(2 * sum(s["count"] for s in shards)):  # a pass reaches every shard
+        for _ in range(2 * 12):  # an epoch reaches every shard
             next(stream)
 
 
@@ -188,15 +188,28 @@ def test_training_loader_worker_raises_the_integrity_error(dataset):
 def test_resume_skip_ahead_still_hashes_the_skipped_members(dataset):
     """The damaged sample lies before the resume point (read, never decoded): the sha256 catches it."""
     damage(dataset, "flip_png_bytes")
-    shards = load_manifest(dataset)["shards"]
     window = 2
-    probe = ShardStream(dataset, shards, 0, 1, 1, 1, seed=0, shuffle_window=window)
-    order = [p.shard for p in part_order(0, 0, probe.slot_parts(0), 0)]
-    before = sum(s["count"] for s in shards if order.index(s["name"]) < order.index(DAMAGED))
-    stream = ShardStream(dataset, shards, 0, 1, 1, 1, seed=0, shuffle_window=window,
-                         start_batches=before + window).iter_slot(0)
+    seg = next(s for s in epoch_segments(load_manifest(dataset)["shards"], 0, 0) if s.entry["name"] == DAMAGED)
+    ds = PairDataset(dataset, shuffle_window=window)
+    ds.batch_size, ds.batches = 1, seg.start + window  # resumed past the damaged shard's first window
     with pytest.raises(ShardIntegrityError, match=f"{DAMAGED}.*sha256"):
-        next(stream)
+        next(iter(ds))
+
+
+def test_a_slot_that_ends_inside_a_shard_still_checks_the_rest_of_it(dataset):
+    """A slot's share ends after the damaged shard's first sample; the damage (its last sample's HR
+    png) lies after it. The slot still reads the shard to its end, and the sha256 fails."""
+    path = os.path.join(dataset, DAMAGED)
+    png = [m for m in _members(path) if m.name.endswith(".hr.png")][-1]
+    with open(path, "r+b") as f:
+        f.seek(png.offset_data + png.size // 2)
+        f.write(b"\x00" * 16)
+    seg = next(s for s in epoch_segments(load_manifest(dataset)["shards"], 0, 0) if s.entry["name"] == DAMAGED)
+    ds = PairDataset(dataset, shuffle_window=1)
+    reading = ds._read_segment(seg, 0, seg.start, seg.start + 1)
+    assert next(reading)["key"]  # its one sample, intact
+    with pytest.raises(ShardIntegrityError, match=f"{DAMAGED}.*sha256"):
+        next(reading)
 
 
 # ------------------------------------------------------------------ S3

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pairforge.training.loop.data import to_tensors
+from pairforge.training.loop.data import generator_pair
 from pairforge.training.model import evaluate, inference, pixels
 
 pytestmark = pytest.mark.timeout(300)
@@ -195,7 +195,7 @@ def test_training_and_inference_lr_up_are_bit_identical(monkeypatch, tmp_path, d
     scale = 4
     lr = rng.integers(0, 256, (13, 11, 3), dtype=np.uint8)
     hr = rng.integers(0, 256, (13 * scale, 11 * scale, 3), dtype=np.uint8)
-    trained = to_tensors({"hr": hr, "lr": [lr], "key": "k"}, 0, None, None)["lr_up"]
+    trained = generator_pair({"hr": pixels.to_float(hr), "lr": pixels.to_float(lr), "key": "k"})["lr_up"]
 
     Image.fromarray(lr).save(tmp_path / "lr.png")
     gen = _tiny_generator().to(device)

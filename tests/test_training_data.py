@@ -1,25 +1,26 @@
-"""Shard streaming for training: real shards from the pipeline's writer, several ranks and
-dataloader workers, uneven shards — equal per-rank sample counts, no hang, exact resume; the
-stream's stages compose, and its order is a pure function of (seed, slot, pass)."""
+"""PairDataset, the one data path of pairforge's trainer and of anyone's loop: real shards from
+the pipeline's writer, uneven shards, several ranks and loader workers — equal per-rank counts,
+every sample once per epoch (apart from the stated remainder), a new order per epoch, exact
+mid-epoch resume, and the trainer's endless stream built on the same object."""
 from __future__ import annotations
 
 import itertools
+import json
 from collections import Counter
 
+import numpy as np
 import pytest
+import torch
 
-from pairforge.degradations.rng import SampleRng
-from pairforge.training.loop.data import (
-    Part,
-    ShardStream,
-    compose,
-    drop,
-    keep_part,
-    make_train_loader,
-    part_order,
-    plan_parts,
-    shuffle_windows,
+from pairforge.errors import UsageError
+from pairforge.pipeline.pair_dataset import (
+    DataStateMismatch,
+    PairDataset,
+    epoch_plan,
+    epoch_segments,
+    slot_ranges,
 )
+from pairforge.training.loop.data import make_train_loader
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -40,22 +41,132 @@ def uneven_dataset(tmp_path_factory):
     return res.url, res.manifest
 
 
-def test_plan_balances_and_covers():
-    shards = [{"name": "a", "count": 11}, {"name": "b", "count": 5}, {"name": "c", "count": 8}]
-    plan = plan_parts(shards, 4)  # fewer shards than slots → interleaved parts
-    assert all(plan)
-    seen = Counter()
-    for slot in plan:
-        for p in slot:
-            for i in range(p.offset, {"a": 11, "b": 5, "c": 8}[p.shard], p.stride):
-                seen[(p.shard, i)] += 1
-    assert len(seen) == 24 and set(seen.values()) == {1}  # every sample in exactly one slot
-    loads = [sum(p.count for p in s) for s in plan]
-    assert max(loads) - min(loads) <= 6
-    with pytest.raises(ValueError, match="fewer"):
-        plan_parts([{"name": "a", "count": 2}], 4)
+def _epoch(url: str, world: int, workers: int, batch: int, epoch: int = 0, **kw) -> list[list[str]]:
+    """Every rank's keys of one epoch, read as each rank's loop reads them."""
+    per_rank = []
+    for rank in range(world):
+        ds = PairDataset(url, rank=rank, world_size=world, shuffle_window=4, **kw)
+        ds.set_epoch(epoch)
+        loader = ds.loader(batch_size=batch, num_workers=workers)
+        batches = [list(b["key"]) for b in loader]
+        assert len(batches) == len(loader)  # the length it states is what it gives
+        keys = list(itertools.chain(*batches))
+        per_rank.append(keys)
+    return per_rank
 
 
+# ------------------------------------------------------------------ the plan, as arithmetic
+def test_plan_states_the_remainder():
+    repeat, drop = epoch_plan(18, 4, "repeat"), epoch_plan(18, 4, "drop")
+    assert (repeat.per_slot, repeat.repeated, repeat.dropped) == (5, 2, 0)
+    assert (drop.per_slot, drop.repeated, drop.dropped) == (4, 0, 2)
+    # slots tile the epoch sequence; the last one wraps to the start in repeat mode
+    assert [slot_ranges(repeat, s, 0) for s in range(4)] == [[(0, 5)], [(5, 10)], [(10, 15)], [(15, 18), (0, 2)]]
+    assert slot_ranges(repeat, 3, 4) == [(1, 2)]  # resumed after 4 of its 5
+    assert slot_ranges(epoch_plan(3, 4, "repeat"), 3, 0) == [(0, 1)]  # fewer samples than slots
+    with pytest.raises(UsageError, match="fewer than ranks × loader workers"):
+        epoch_plan(3, 4, "drop")
+
+
+def test_epoch_order_depends_on_seed_and_epoch_only():
+    shards = [{"name": f"s{i}", "count": c} for i, c in enumerate([5, 3, 7, 2])]
+    seg = epoch_segments(shards, 1, 0)
+    assert sorted(s.entry["name"] for s in seg) == ["s0", "s1", "s2", "s3"]
+    assert [s.start for s in seg] == list(itertools.accumulate([0] + [s.count for s in seg][:-1]))
+    assert epoch_segments(shards, 1, 0) == seg
+    orders = {tuple(s.entry["name"] for s in epoch_segments(shards, seed, e)) for seed in (1, 2) for e in range(4)}
+    assert len(orders) > 2
+
+
+# ------------------------------------------------------------------ real shards
+def test_ranks_see_equal_counts_and_every_sample_each_epoch(uneven_dataset):
+    url, man = uneven_dataset
+    total = sum(s["count"] for s in man["shards"])
+    world, workers, bs = 2, 2, 2
+    plan = epoch_plan(total, world * workers, "repeat")
+    epoch0 = _epoch(url, world, workers, bs)
+    assert len(epoch0[0]) == len(epoch0[1]) == plan.per_rank(workers)
+    seen = Counter(epoch0[0] + epoch0[1])
+    assert len(seen) == total  # every sample at least once …
+    assert sum(seen.values()) - total == plan.repeated  # … and exactly the stated remainder twice
+    # drop mode: each sample at most once, the stated number waits
+    dropped = _epoch(url, world, workers, bs, remainder="drop")
+    assert len(dropped[0]) == len(dropped[1])
+    assert len(set(dropped[0] + dropped[1])) == len(dropped[0] + dropped[1]) == total - plan_drop(total, 4)
+    # a different order next epoch, the same samples
+    epoch1 = _epoch(url, world, workers, bs, epoch=1)
+    assert epoch1 != epoch0 and set(epoch1[0] + epoch1[1]) == set(seen)
+
+
+def plan_drop(total: int, slots: int) -> int:
+    return epoch_plan(total, slots, "drop").dropped
+
+
+def test_the_epoch_order_is_the_same_for_any_ranks_and_workers(uneven_dataset):
+    url, man = uneven_dataset
+    total = sum(s["count"] for s in man["shards"])
+    one = _epoch(url, 1, 0, 1, remainder="drop")[0]
+    assert len(one) == total
+    # 3 ranks × 1 worker in drop mode: the ranks' keys, in rank order, are a prefix of that order
+    three = _epoch(url, 3, 0, 1, remainder="drop")
+    assert list(itertools.chain(*three)) == one[:3 * (total // 3)]
+
+
+def test_views_crops_outputs_and_params(uneven_dataset):
+    url, _ = uneven_dataset
+    full = {s["key"]: s for s in PairDataset(url, views="all", output="uint8", params=True)}
+    item = next(iter(full.values()))
+    assert isinstance(item["lr"], list) and len(item["lr"]) == 2 and item["hr"].dtype == np.uint8
+    assert json.loads(item["params"])  # the parameter record, as a string that collates
+    cropped = list(PairDataset(url, crop=32, output="uint8"))
+    views = Counter()
+    for s in cropped:
+        hr, lr = s["hr"], s["lr"]
+        assert hr.shape == (32, 32, 3) and lr.shape == (8, 8, 3)
+        src = full[s["key"]]
+        # the HR window and the LR window come from the same place of the same view
+        ys, xs = np.where((src["lr"][s["view"]][:-7, :-7, 0] == lr[0, 0, 0]))
+        assert any((src["lr"][s["view"]][y:y + 8, x:x + 8] == lr).all()
+                   and (src["hr"][4 * y:4 * y + 32, 4 * x:4 * x + 32] == hr).all() for y, x in zip(ys, xs))
+        views[s["view"]] += 1
+    assert set(views) == {0, 1}  # one view drawn per sample
+    tensors = next(iter(PairDataset(url, crop=32)))
+    assert tensors["hr"].dtype == torch.float32 and tensors["hr"].shape == (3, 32, 32)
+    assert 0 <= float(tensors["lr"].min()) and float(tensors["lr"].max()) <= 1
+    with pytest.raises(UsageError, match="views must be one of"):
+        PairDataset(url, views="some")
+    with pytest.raises(UsageError, match="shard 'nope.tar' is not part of"):
+        PairDataset(url, shards=["nope.tar"])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_state_dict_resumes_exactly_mid_epoch(uneven_dataset, workers):
+    url, _ = uneven_dataset
+    kw = dict(rank=1, world_size=2, seed=5, shuffle_window=4)
+    ds = PairDataset(url, **kw)
+    ds.set_epoch(3)
+    loader = ds.loader(batch_size=2, num_workers=workers)
+    whole = [list(b["key"]) for b in loader]
+    ds.set_epoch(3)
+    state = None
+    for i, _ in enumerate(loader):
+        if i == 2:
+            state = ds.state_dict()
+            break
+    again = PairDataset(url, **kw)
+    rest_loader = again.loader(batch_size=2, num_workers=workers)
+    again.load_state_dict(state)
+    again.set_epoch(3)  # a resumed loop calls it as usual: the position stays
+    assert [list(b["key"]) for b in rest_loader] == whole[3:]
+    # the next pass without set_epoch is the next epoch, not a replay
+    assert [list(b["key"]) for b in rest_loader] != whole and again.epoch == 4
+    other = PairDataset(url, **kw)
+    other.loader(batch_size=4, num_workers=workers)
+    with pytest.raises(DataStateMismatch, match="batch_size=2"):
+        other.load_state_dict(state)
+
+
+# ------------------------------------------------------------------ the trainer's endless stream
 def _keys(loader, n_batches):
     keys = []
     for batch in itertools.islice(loader, n_batches):
@@ -64,45 +175,18 @@ def _keys(loader, n_batches):
     return keys
 
 
-def test_two_ranks_two_workers_equal_counts(uneven_dataset):
+def test_trainer_stream_is_endless_and_equal(uneven_dataset):
     url, man = uneven_dataset
     total = sum(s["count"] for s in man["shards"])
-    world, workers, bs = 2, 2, 2
-    n_batches = total // (world * bs)  # one epoch's worth per rank
-    per_rank = []
-    for rank in range(world):
-        loader = make_train_loader(url, man["shards"], rank, world, bs, workers, seed=0, crop=None,
-                                   shuffle_window=4)
-        per_rank.append(_keys(loader, n_batches))
-    assert len(per_rank[0]) == len(per_rank[1]) == n_batches * bs
-    # ranks read disjoint parts of the data; one epoch covers most of it (plan imbalance only)
-    assert not set(per_rank[0]) & set(per_rank[1])
-    covered = set(per_rank[0]) | set(per_rank[1])
-    assert len(covered) >= 0.6 * total
-    # the stream never ends: three more epochs keep coming on every rank
-    for rank in range(world):
-        loader = make_train_loader(url, man["shards"], rank, world, bs, workers, seed=0, crop=None,
-                                   shuffle_window=4)
-        assert len(_keys(loader, 3 * n_batches)) == 3 * n_batches * bs
-
-
-def test_random_view_and_upsampling(uneven_dataset):
-    url, man = uneven_dataset
-    ds = ShardStream(url, man["shards"], 0, 1, 1, 1, seed=0, crop=32, shuffle_window=4)
-    it = ds.iter_slot(0)
-    samples = [next(it) for _ in range(8)]
-    for s in samples:
-        assert s["hr"].shape == (3, 32, 32) and s["lr_up"].shape == (3, 32, 32)
-        assert 0 <= float(s["lr_up"].min()) and float(s["lr_up"].max()) <= 1
-    # seeded: the same stream twice
-    again = ShardStream(url, man["shards"], 0, 1, 1, 1, seed=0, crop=32, shuffle_window=4).iter_slot(0)
-    for s in samples:
-        t = next(again)
-        assert t["key"] == s["key"] and bool((t["lr_up"] == s["lr_up"]).all())
+    n_batches = 3 * total // (2 * 2)  # three epochs' worth per rank
+    per_rank = [_keys(make_train_loader(url, man["shards"], r, 2, 2, 2, seed=0, crop=None, shuffle_window=4),
+                      n_batches) for r in range(2)]
+    assert len(per_rank[0]) == len(per_rank[1]) == n_batches * 2
+    assert set(per_rank[0]) | set(per_rank[1]) == {k for ks in _epoch(url, 1, 0, 1) for k in ks}
 
 
 @pytest.mark.parametrize("start", [1, 3, 7])
-def test_resume_position_continues_the_stream(uneven_dataset, start):
+def test_trainer_resume_position_continues_the_stream(uneven_dataset, start):
     url, man = uneven_dataset
     kw = dict(seed=1, crop=None, shuffle_window=4)
     full = _keys(make_train_loader(url, man["shards"], 1, 2, 2, 2, **kw), start + 6)
@@ -110,44 +194,13 @@ def test_resume_position_continues_the_stream(uneven_dataset, start):
     assert resumed == full[start * 2:]
 
 
-def test_stages_compose_in_order():
-    part = Part("s", stride=3, offset=1, count=10)  # indices 1, 4, …, 28 of a 30-sample shard
-    assert list(compose(range(30), keep_part(part))) == list(range(1, 30, 3))
-    assert list(compose(range(30), keep_part(part), drop(8))) == [25, 28]
-    rng = SampleRng(0, "slot0_pass0")
-    shuffled = list(compose(range(30), keep_part(part), shuffle_windows(4, rng, position=0)))
-    assert [sorted(shuffled[i:i + 4]) for i in (0, 4, 8)] == [[1, 4, 7, 10], [13, 16, 19, 22], [25, 28]]
-    assert shuffled != list(range(1, 30, 3))
-    assert shuffled == list(compose(range(30), keep_part(part), shuffle_windows(4, rng, position=0)))
-    assert shuffled != list(compose(range(30), keep_part(part), shuffle_windows(4, rng, position=1)))
-    # the window index names its stream: a chain resumed at window 1 shuffles the rest alike
-    tail = list(compose(range(30), keep_part(part), drop(4), shuffle_windows(4, rng, 0, first_window=1)))
-    assert tail == shuffled[4:]
+def test_trainer_items_are_the_generators_input(uneven_dataset):
+    from pairforge.training.model import pixels
 
-
-def _slot_keys(stream: ShardStream, worker: int, n: int) -> list[str]:
-    return [s["key"] for s in itertools.islice(stream.iter_slot(worker), n)]
-
-
-def test_order_is_a_function_of_seed_slot_and_pass(uneven_dataset):
     url, man = uneven_dataset
-    total = sum(s["count"] for s in man["shards"])
-    kw = dict(crop=None, shuffle_window=4)
-    # slot 1 of a 2-slot plan is rank 1's only worker or rank 0's second worker: the same stream
-    as_rank = _slot_keys(ShardStream(url, man["shards"], 1, 2, 1, 1, seed=4, **kw), 0, 2 * total)
-    as_worker = _slot_keys(ShardStream(url, man["shards"], 0, 1, 2, 1, seed=4, **kw), 1, 2 * total)
-    assert as_rank == as_worker
-
-    one = ShardStream(url, man["shards"], 0, 1, 1, 1, seed=4, **kw)
-    stream = _slot_keys(one, 0, 2 * total)
-    pass0, pass1 = stream[:total], stream[total:]
-    assert sorted(pass0) == sorted(pass1) and len(set(pass0)) == total  # each pass: every sample once
-    assert pass0 != pass1  # a new part order and new window shuffles per pass
-    # a stream started at pass 1 (a resume at a pass boundary) is exactly pass 1
-    assert _slot_keys(ShardStream(url, man["shards"], 0, 1, 1, 1, seed=4, start_batches=total, **kw), 0,
-                      total) == pass1
-    assert _slot_keys(ShardStream(url, man["shards"], 0, 1, 1, 1, seed=5, **kw), 0, total) != pass0
-    # the part order comes from the project's one seed derivation
-    parts = one.slot_parts(0)
-    expected = SampleRng(4, "slot0_pass1").numpy("part_order").permutation(len(parts))
-    assert part_order(4, 0, parts, 1) == [parts[i] for i in expected]
+    batch = next(iter(make_train_loader(url, man["shards"], 0, 1, 4, 0, seed=0, crop=32, shuffle_window=4)))
+    assert batch["hr"].shape == batch["lr_up"].shape == (4, 3, 32, 32)
+    same = PairDataset(url, shards=man["shards"], seed=0, crop=32, shuffle_window=4, endless=True)
+    first = next(iter(same))
+    assert first["key"] == batch["key"][0]
+    assert torch.equal(batch["lr_up"][0], pixels.bicubic_input(first["lr"], 4))

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pairforge.training.loop.data import ShardStream, split_train_val
+from pairforge.pipeline.pair_dataset import PairDataset, epoch_segments
+from pairforge.training.loop.data import split_train_val
 
 PAIRFORGE = [sys.executable, "-m", "pairforge.clusters.cli"]
 
@@ -34,9 +35,9 @@ def test_one_shard_holds_out_its_last_samples_and_never_trains_on_them():
     assert train[0]["count"] == 6 and train[0]["end"] == 6      # at most a quarter held out
     assert val[0]["count"] == 2 and val[0]["first"] == 6
     assert train[0]["sha256"] == val[0]["sha256"] == "x"       # still verified when read
-    parts = ShardStream("unused", train, rank=0, world=1, num_workers=1, batch_size=1).plan
-    assert sum(p.count for slot in parts for p in slot) == 6
-    assert all(p.end == 6 for slot in parts for p in slot)
+    assert PairDataset("unused", shards=train, rank=0, world_size=1).samples == 6
+    assert [(s.first, s.count) for s in epoch_segments(train, 0, 0)] == [(0, 6)]  # samples 0…5 only
+    assert [(s.first, s.count) for s in epoch_segments(val, 0, 0)] == [(6, 2)]
     # a single-sample shard cannot be split: everything trains, validation has nothing
     assert split_train_val(_manifest(1), 1, False, 16) == (_manifest(1)["shards"], [])
 

@@ -9,7 +9,8 @@ transparent pixel was black in one and white in the other.
 
 The conventions the trained generator depends on live here once:
 
-* :func:`to_float` — HWC uint8 → (3, H, W) float32 in [0, 1] (``/ 255``);
+* :func:`to_float` — HWC uint8 → (3, H, W) float32 in [0, 1] (``/ 255``; defined beside the decoder,
+  since ``PairDataset`` in the pipeline gives the same tensors);
 * :func:`bicubic_input` — LR → LR↑, the generator's input, exactly as training computes it
   (torch bicubic, a = −0.75, ``align_corners=False``, float32 on the CPU, clamped to [0, 1]); the
   CPU is part of the definition: a GPU's bicubic kernel can differ in the last bit;
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from pairforge.errors import UsageError
-from pairforge.pipeline.decode import DEFAULT_MAX_PIXELS, SkipInput, decode_image
+from pairforge.pipeline.decode import DEFAULT_MAX_PIXELS, SkipInput, decode_image, to_float
 from pairforge.pipeline.sources import IMAGE_EXTS, is_image_name
 
 __all__ = ["IMAGE_EXTS", "is_image_name", "UnreadableImage", "decode_bytes", "read_image", "to_float",
@@ -68,13 +69,6 @@ def read_image(path: str | PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np
     except OSError as exc:
         raise UnreadableImage(str(path), exc.strerror or type(exc).__name__) from None
     return decode_bytes(data, str(path), max_pixels)
-
-
-def to_float(img: np.ndarray) -> torch.Tensor:
-    """HWC uint8 → (3, H, W) float32 in [0, 1] (a new tensor; ``img`` is not shared)."""
-    if img.dtype != np.uint8 or img.ndim != 3:
-        raise ValueError(f"to_float takes an HWC uint8 image, not {img.dtype} of shape {img.shape}")
-    return torch.from_numpy(np.require(img, requirements=["C", "W"])).permute(2, 0, 1).float() / 255
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
