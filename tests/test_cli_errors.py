@@ -28,9 +28,9 @@ def _families() -> dict[type, int]:
     from pairforge.training.model.evaluate import EvalError
     from pairforge.training.model.inference import DeviceUnavailable
     from pairforge.training.model.metrics import ImageTooSmall
-    from pairforge.training.model.networks.backbones import PretrainedMissing
     from pairforge.training.model.perceptual.weights import PerceptualWeightsMissing
     from pairforge.training.model.pixels import ExportError, UnreadableImage
+    from pairforge.training.model.pretrained_folders import PretrainedMissing
     from pairforge.training.runtime.launch import LaunchError
 
     usage = (ConfigError, JobError, SourceError, StorageConfigError, StorageSetupError, RunDirNotEmpty, EvalError,

@@ -96,8 +96,8 @@ def test_the_python_api_runs_the_commands_checks(pristine, tmp_path):
     """train() makes every check `pairforge train` makes before a rank starts (one preflight):
     before, it checked only the dataset and the run directory, so missing perceptual weights or
     pretrained folders were found by the ranks, after DeepSpeed had started (rc 1, no exception)."""
-    from pairforge.training.model.networks.backbones import PretrainedMissing
     from pairforge.training.model.perceptual.weights import PerceptualWeightsMissing
+    from pairforge.training.model.pretrained_folders import PretrainedMissing
 
     out = tmp_path / "run"
     with pytest.raises(PerceptualWeightsMissing, match="No ImageNet weights"):

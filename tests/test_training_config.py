@@ -57,7 +57,7 @@ def test_yaml_file_and_numbers_as_strings(tmp_path):
 
 def test_missing_pretrained_folder_says_what_to_download(tmp_path):
     from pairforge.training.model.networks import build_generator
-    from pairforge.training.model.networks.backbones import PretrainedMissing
+    from pairforge.training.model.pretrained_folders import PretrainedMissing
 
     cfg = load_config(preset="d3sr-sd21", overrides={"generator": {"pretrained_path": str(tmp_path / "sd21")}})
     with pytest.raises(PretrainedMissing) as exc:

@@ -134,10 +134,10 @@ def resume_ranks(cfg: TrainConfig, out: str | Path, resume: str | None, ranks: i
 
 def check_pretrained(cfg: TrainConfig) -> None:
     """The diffusers folders a pretrained generator/discriminator loads (nothing is downloaded at
-    train time); :class:`~pairforge.training.model.networks.backbones.PretrainedMissing` names the field."""
+    train time); :class:`~pairforge.training.model.pretrained_folders.PretrainedMissing` names the field."""
     if cfg.generator.arch != "pretrained" and cfg.discriminator.arch not in ("sd21", "sdxl"):
         return
-    from pairforge.training.model.networks.backbones import require_folder
+    from pairforge.training.model.pretrained_folders import require_folder
 
     if cfg.generator.arch == "pretrained":
         require_folder(cfg.generator.pretrained_path, ["vae", "unet"], cfg.generator.hub_id,

@@ -6,13 +6,10 @@ which Hub repository to download and where to put it.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-
-from pairforge.errors import UsageError
 
 #: VAE latent scaling factors, spelled out because the generator (SD2.1 VAE) and an SDXL
 #: discriminator live in different latent spaces.
@@ -28,29 +25,6 @@ SEED_OFFSET_GENERATOR_LORA = 1
 SEED_OFFSET_DISCRIMINATOR_BACKBONE = 100   # tiny UNet (and its VAE for "reencode")
 SEED_OFFSET_DISCRIMINATOR_LORA = 101
 SEED_OFFSET_DISCRIMINATOR_HEAD = 102   # the MLP patch head
-
-
-class PretrainedMissing(UsageError, FileNotFoundError):
-    """A pretrained folder (diffusers layout) is not where the config says."""
-
-
-def resolve_path(path: str | os.PathLike) -> Path:
-    return Path(os.path.expandvars(os.path.expanduser(str(path))))
-
-
-def require_folder(path: str | os.PathLike | None, subfolders: list[str], hub_id: str, field: str) -> Path:
-    if not path:
-        raise PretrainedMissing(f"{field}: no folder given; download {hub_id} in diffusers layout and set {field}")
-    root = resolve_path(path)
-    missing = [s for s in subfolders if not (root / s).is_dir()]
-    if missing:
-        raise PretrainedMissing(
-            f"{field}: {root} is missing {', '.join(s + '/' for s in missing)}.\n"
-            f"Download the diffusers-format weights of {hub_id} on a machine with Hub access, e.g.\n"
-            f"  huggingface-cli download {hub_id} --local-dir {root}\n"
-            f"or `diffusers.DiffusionPipeline.from_pretrained('{hub_id}').save_pretrained('{root}')`,\n"
-            f"then copy the folder to {root} (or set {field} to where it is). Nothing is downloaded at train time.")
-    return root
 
 
 # --------------------------------------------------------------------------- tiny configs

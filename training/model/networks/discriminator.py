@@ -25,6 +25,7 @@ from torch import nn
 
 from pairforge.training.model.networks import backbones as bb
 from pairforge.training.model.networks.text import empty_prompt_sd, empty_prompt_sdxl, load_embedding_file
+from pairforge.training.model.pretrained_folders import require_folder
 
 
 class PatchHead(nn.Module):
@@ -139,7 +140,7 @@ def build_discriminator(cfg, gen_latent_scale: float, seed: int = 0) -> Diffusio
         vae_factor = 4
     else:
         subs = ["unet"] + (["vae"] if cfg.latent_adapter == "reencode" else [])
-        root = bb.require_folder(cfg.pretrained_path, subs, cfg.hub_id, "discriminator.pretrained_path")
+        root = require_folder(cfg.pretrained_path, subs, cfg.hub_id, "discriminator.pretrained_path")
         unet, sched = bb.load_unet(root), bb.load_scheduler(root)
         if cfg.latent_adapter == "reencode":
             vae = bb.load_vae(root)

@@ -26,6 +26,7 @@ from torch import nn
 
 from pairforge.training.model.networks import backbones as bb
 from pairforge.training.model.networks.text import empty_prompt_sd, load_embedding_file
+from pairforge.training.model.pretrained_folders import require_folder, resolve_path
 
 EXPORT_FORMAT = "pairforge-onestep-generator/1"
 
@@ -164,7 +165,7 @@ def build_generator(cfg, seed: int = 0) -> OneStepGenerator:
         sched = bb.default_scheduler()
         real_gain = bb.start_at_identity(vae, unet, float(sched.alphas_cumprod[cfg.timestep]))
     else:
-        root = bb.require_folder(cfg.pretrained_path, ["vae", "unet"], cfg.hub_id, "generator.pretrained_path")
+        root = require_folder(cfg.pretrained_path, ["vae", "unet"], cfg.hub_id, "generator.pretrained_path")
         vae, unet, sched = bb.load_vae(root), bb.load_unet(root), bb.load_scheduler(root)
     vae.requires_grad_(False)
     unet.requires_grad_(False)
@@ -186,4 +187,4 @@ def build_generator(cfg, seed: int = 0) -> OneStepGenerator:
 
 
 def generator_base_description(cfg, seed: int) -> str:
-    return f"tiny(seed={seed})" if cfg.arch == "tiny" else str(bb.resolve_path(cfg.pretrained_path))
+    return f"tiny(seed={seed})" if cfg.arch == "tiny" else str(resolve_path(cfg.pretrained_path))
