@@ -4,7 +4,8 @@ Two modes:
 
 - ``pairforge eval --sr SR_DIR --hr HR_DIR [--lr LR_DIR]`` scores existing results (files matched
   by name; with ``--lr`` a bicubic row is added);
-- ``pairforge eval --model EXPORT_DIR|bicubic`` runs the model, and bicubic beside it, on paired
+- ``pairforge eval --model EXPORT_DIR|CHECKPOINT|bicubic [--model …]`` runs the models (a
+  pairforge export, a published checkpoint such as Real-ESRGAN's .pth), and bicubic beside them, on paired
   folders (``--lr --hr``), a pairforge dataset (``--data``) or HR images degraded by a preset
   and seed (``--hr --preset --seed``: reproducible, the DIV2K-val protocol).
 
@@ -26,7 +27,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                               epilog="\n".join(__doc__.splitlines()[2:]))
     src = p.add_argument_group("what to score")
     src.add_argument("--sr", type=Path, help="folder of existing SR results (scored against --hr)")
-    src.add_argument("--model", help="a generator export folder (DIR/export of a training run), or 'bicubic'")
+    src.add_argument("--model", action="append", metavar="MODEL",
+                     help="a generator export folder (RUN/export of a training run), a published SR checkpoint "
+                          "(.pth/.safetensors of Real-ESRGAN, ESRGAN, SwinIR, HAT, … recognised by spandrel), or "
+                          "'bicubic'; give it several times for one table with every model on the same pairs")
     src.add_argument("--hr", type=Path, help="folder of HR references")
     src.add_argument("--lr", type=Path, help="folder of LR inputs paired with --hr by name")
     src.add_argument("--data", help="a pairforge dataset (folder, file:// or s3:// URL); LR view 0 of each sample")
@@ -52,7 +56,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     pub.add_argument("--published", action="store_true", help="print the table of published results and exit")
     o = p.add_argument_group("output and running")
     o.add_argument("--out", type=Path, default=Path("eval-out"), help="output folder (default eval-out)")
-    o.add_argument("--name", help="the model's row name (default: the run folder's name)")
+    o.add_argument("--name", action="append",
+                   help="row name of the models, in the order given (default: the run folder's name, or the "
+                        "checkpoint file's stem); with --sr, the SR folder's row")
     o.add_argument("--save-images", action="store_true", help="write every SR image (and the LR) under OUT/images/")
     o.add_argument("--crops", type=int, default=0, metavar="N",
                    help="write side-by-side centre crops (LR | methods … | HR) of the first N images to OUT/crops/")

@@ -1,4 +1,6 @@
-"""``pairforge upscale``: super-resolve images with a trained generator's ``export/`` folder.
+"""``pairforge upscale``: super-resolve images with a trained generator's ``export/`` folder, or with
+a published SR checkpoint (Real-ESRGAN, ESRGAN, SwinIR, HAT, … ``.pth``/``.safetensors``, recognised
+by spandrel) through the same tiling, colour fix and 8-bit rounding.
 
 INPUT is an image file, a folder (its images, sorted by name) or a glob. OUTPUT is a file when
 INPUT names one file (unless OUTPUT is a folder or has no suffix), otherwise a folder that
@@ -32,17 +34,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     from pairforge.training.model.inference import DEFAULT_OVERLAP, DEFAULT_SCALE, DEFAULT_TILE, DEFAULT_VAE_TILE
 
     p = subparsers.add_parser(
-        "upscale", help="super-resolve images with an exported generator (tiled, any size)",
+        "upscale", help="super-resolve images with an exported generator or a published checkpoint (tiled, any size)",
         description="Super-resolve an image, a folder of images or a glob with a generator exported by "
-        "`pairforge train` (RUN/export). Output size is exactly scale × input size.")
+        "`pairforge train` (RUN/export) or a published SR checkpoint. Output size is exactly scale × input size.")
     p.add_argument("input", help="an image file, a folder of images, or a glob (quote it)")
     p.add_argument("output", help="output file (when INPUT is one file; its suffix sets the format) or folder")
-    p.add_argument("--model", required=True, metavar="EXPORT_DIR", help="the export/ folder of a training run")
+    p.add_argument("--model", required=True, metavar="MODEL",
+                   help="the export/ folder of a training run, or a published SR checkpoint (.pth/.safetensors)")
     p.add_argument("--scale", type=int, default=None,
-                   help=f"SR factor (default: the export's, else {DEFAULT_SCALE})")
+                   help=f"SR factor (default: the model's, else {DEFAULT_SCALE}; a checkpoint runs at its own only)")
     p.add_argument("--tile", type=int, default=DEFAULT_TILE,
-                   help="UNet tile side in output pixels, run in latent space; 0: the whole image at once "
-                        f"(default {DEFAULT_TILE})")
+                   help="tile side in output pixels (an export's UNet tiles, in latent space; a checkpoint's "
+                        f"network sees tile/scale LR pixels); 0: the whole image at once (default {DEFAULT_TILE})")
     p.add_argument("--tile-overlap", type=int, default=None,
                    help=f"output pixels neighbouring tiles share and blend over (default: a quarter of --tile, "
                         f"at most {DEFAULT_OVERLAP})")
@@ -156,18 +159,18 @@ def _check_args(args: argparse.Namespace) -> None:
     if overlap is not None and (overlap < 0 or (args.tile > 0 and 2 * overlap > args.tile)):
         raise UsageError("--tile-overlap must be between 0 and half of --tile")
     from pairforge.training.model.inference import check_device
-    from pairforge.training.model.pixels import export_scale
+    from pairforge.training.model.sr_models import check_model_path
 
-    export_scale(args.model)  # ExportError (a UsageError): the one message for a folder that is no export
+    check_model_path(args.model)  # ExportError/ModelFileError (UsageErrors): one line for what is no model
 
     args.device = check_device(args.device)  # DeviceUnavailable (a UsageError): one line, exit 2
 
 
-def _upscale_one(gen, src: Path, dst: Path, scale: int, args: argparse.Namespace) -> str | None:
+def _upscale_one(model, src: Path, dst: Path, scale: int, args: argparse.Namespace) -> str | None:
     """Read, upscale, write one image; returns why it failed, or None."""
     import torch
 
-    from pairforge.training.model.inference import read_image, upscale_tensor, write_image
+    from pairforge.training.model.inference import read_image, write_image
     from pairforge.training.model.pixels import UnreadableImage
 
     if _same_file(dst, src):  # check_outputs refused this already; kept as the last guard before a write
@@ -177,8 +180,8 @@ def _upscale_one(gen, src: Path, dst: Path, scale: int, args: argparse.Namespace
     except UnreadableImage as e:  # the decoder's one line: corrupt, not_an_image, too_large …
         return str(e)
     try:
-        sr = upscale_tensor(gen, lr, scale, tile=args.tile, overlap=args.tile_overlap, batch=args.batch_size,
-                            vae_tile=args.vae_tile, color_fix=args.color_fix, bf16=False if args.fp32 else None)
+        sr = model.upscale(lr, scale, tile=args.tile, overlap=args.tile_overlap, batch=args.batch_size,
+                           vae_tile=args.vae_tile, color_fix=args.color_fix, bf16=False if args.fp32 else None)
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
         return f"out of memory on {src} ({lr.shape[-1]}×{lr.shape[-2]}); try a smaller --tile / --vae-tile"
@@ -192,8 +195,9 @@ def _upscale_one(gen, src: Path, dst: Path, scale: int, args: argparse.Namespace
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from pairforge.training.model.inference import DEFAULT_SCALE, load_generator
-    from pairforge.training.model.pixels import export_scale, read_image
+    from pairforge.training.model.inference import DEFAULT_SCALE
+    from pairforge.training.model.pixels import read_image
+    from pairforge.training.model.sr_models import ModelFileError, load_model
 
     # everything that can be wrong with the arguments is found here, before any image is written:
     # UsageError (its subclasses UnreadableImage, ExportError, DeviceUnavailable too) exits 2
@@ -202,13 +206,15 @@ def run(args: argparse.Namespace) -> int:
     check_outputs(pairs, args.overwrite)
     if len(pairs) == 1 and Path(args.input).is_file():
         read_image(pairs[0][0])  # the one file the user named: unreadable is bad usage, checked before the model loads
-    scale = args.scale or export_scale(args.model) or DEFAULT_SCALE
-    gen = load_generator(args.model, args.device)
+    model = load_model(args.model, args.device)  # a checkpoint that is no SR model: ModelFileError, exit 2
+    if model.kind == "published checkpoint" and args.scale not in (None, model.scale):
+        raise ModelFileError(f"{args.model} is a ×{model.scale} model; it cannot upscale ×{args.scale}")
+    scale = args.scale or model.scale or DEFAULT_SCALE
     failed = []
     bar = tqdm(pairs, unit="img", desc="upscale", file=sys.stderr, disable=True if args.no_progress else None)
     for src, dst in bar:
         bar.set_postfix_str(src.name, refresh=False)
-        why = _upscale_one(gen, src, dst, scale, args)
+        why = _upscale_one(model, src, dst, scale, args)
         if why is None:
             tqdm.write(str(dst), file=sys.stdout)
         else:

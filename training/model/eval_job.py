@@ -27,7 +27,8 @@ class EvalRequest:
     """What to score and how; the fields are ``pairforge eval``'s options (``--sr`` → ``sr`` …)."""
 
     sr: Path | None = None
-    model: str | None = None
+    #: generator export folders, published checkpoint files (.pth/.safetensors …) or "bicubic"
+    model: list[str] | str | None = None
     hr: Path | None = None
     lr: Path | None = None
     data: str | None = None
@@ -41,7 +42,8 @@ class EvalRequest:
     dataset_name: str | None = None
     protocol: str | None = None
     out: Path = Path("eval-out")
-    name: str | None = None
+    #: row names, in the order of the (non-bicubic) models; a model without one is named by its file
+    name: list[str] | str | None = None
     save_images: bool = False
     crops: int = 0
     limit: int | None = None
@@ -51,6 +53,9 @@ class EvalRequest:
     color_fix: str | None = None
 
     def __post_init__(self) -> None:
+        self.model = [self.model] if isinstance(self.model, (str, Path)) else list(self.model or [])
+        self.model = [str(m) for m in self.model]
+        self.name = [self.name] if isinstance(self.name, str) else list(self.name or [])
         for name in ("sr", "hr", "lr", "weights", "out"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
@@ -94,8 +99,8 @@ def eval_mode(req: EvalRequest) -> str:
         if req.hr is None or req.model or req.data or req.preset:
             raise UsageError("--sr takes --hr (and optionally --lr), and no --model/--data/--preset")
         return "sr"
-    if req.model is None:
-        raise UsageError("give --sr SR_DIR --hr HR_DIR, or --model EXPORT_DIR|bicubic with its inputs")
+    if not req.model:
+        raise UsageError("give --sr SR_DIR --hr HR_DIR, or --model EXPORT_DIR|CHECKPOINT|bicubic with its inputs")
     has = {k: getattr(req, k) is not None for k in ("lr", "hr", "data", "preset")}
     combos = {"lr": {"lr", "hr"}, "data": {"data"}, "preset": {"hr", "preset"}}
     given = [mode for mode, keys in combos.items() if {k for k, v in has.items() if v} == keys]
@@ -143,14 +148,19 @@ def _select(req: EvalRequest, mode: str):
 
     if mode != "data":
         return None
-    export = None if req.model == "bicubic" else Path(req.model)
-    selection = ev.select_dataset_pairs(req.data, export, req.pairs)
+    selection = ev.select_dataset_pairs(req.data, _export_dir(req), req.pairs)
     problems = ev.missing_shards(selection)
     if problems:
         raise DatasetUnusable(f"{redact(str(req.data))} is not usable as given: {len(problems)} shard(s) missing or "
                               f"not their recorded size: {'; '.join(problems[n] for n in sorted(problems))}")
     ev.warn(selection.summary)
     return selection
+
+
+def _export_dir(req: EvalRequest) -> Path | None:
+    """The pairforge export whose run's record picks the pairs (held-out or not): the first export
+    given; published checkpoints have no record here (they trained on their own data)."""
+    return next((Path(m) for m in req.model if m != "bicubic" and Path(m).is_dir()), None)
 
 
 def _pairs_report(selection, result) -> tuple[dict, list[str]]:
@@ -174,15 +184,13 @@ def _pairs_report(selection, result) -> tuple[dict, list[str]]:
     return info, [line]
 
 
-def _scale(req: EvalRequest, mode: str, first) -> int:
-    """One scale for the run: the export's, the preset's, --scale, or the first pair's sizes."""
+def _scale(req: EvalRequest, mode: str, first, models: dict) -> int:
+    """One scale for the run: the models', the preset's, --scale, or the first pair's sizes; a
+    model of another scale than the pairs is refused in one line, naming both."""
     from pairforge.degradations import load_preset
     from pairforge.training.model import evaluate as ev
-    from pairforge.training.model.pixels import export_scale
 
-    claims = {}
-    if req.model and req.model != "bicubic":
-        claims["export"] = export_scale(Path(req.model))  # ExportError (a UsageError): one line, exit 2
+    claims = {name: model.scale for name, model in models.items()}
     if mode == "preset":
         claims["preset"] = load_preset(req.preset).scale
     if first is not None and first.lr is not None:
@@ -192,6 +200,24 @@ def _scale(req: EvalRequest, mode: str, first) -> int:
     if len(set(known.values())) > 1:
         raise ev.EvalError("the scale is ambiguous: " + ", ".join(f"{k} x{v}" for k, v in known.items()))
     return next(iter(known.values()), 4)
+
+
+def _load_models(req: EvalRequest, device: str) -> dict:
+    """Row name → loaded model (:mod:`sr_models`: an export or a published checkpoint), in the
+    order given; ``bicubic`` is the bicubic row every run with LR has anyway."""
+    from pairforge.training.model.sr_models import load_model
+
+    specs = [m for m in req.model if m != "bicubic"]
+    names = req.name if req.sr is None else []
+    if len(names) > len(specs):
+        raise UsageError(f"--name given {len(names)} times for {len(specs)} model(s)")
+    models: dict = {}
+    for i, spec in enumerate(specs):
+        model = load_model(spec, device, names[i] if i < len(names) else None)
+        if model.name in models or model.name == "bicubic":
+            raise UsageError(f"two rows would be named {model.name!r} (--model {spec}); name them with --name")
+        models[model.name] = model
+    return models
 
 
 def _crop(req: EvalRequest, scale: int, notes: list[str]) -> int:
@@ -236,11 +262,12 @@ def _score(req: EvalRequest, mode: str):
     first = next(pairs, None)
     if first is None:
         raise ev.EvalError("no images to evaluate")
-    scale = _scale(req, mode, first)
+    models = _load_models(req, device)
+    scale = _scale(req, mode, first, models)
     crop = _crop(req, scale, notes)
     published = _published_notes(req, mode, notes)
     scorer = ev.Scorer(crop, device, req.weights)
-    methods = _methods(req, mode, scale, device)
+    methods = _methods(req, mode, scale, models)
     noref = ev.NoReferenceMetrics(device, want_fid=not req.no_fid)
     req.out.mkdir(parents=True, exist_ok=True)
     result = ev.run_evaluation(chain([first], pairs), methods, scorer, req.out, scale=scale, noref=noref,
@@ -282,17 +309,16 @@ def _stopped_early(result, files: str) -> int:
     return 130 if interrupted else 1
 
 
-def _methods(req: EvalRequest, mode: str, scale: int, device: str) -> dict:
+def _methods(req: EvalRequest, mode: str, scale: int, models: dict) -> dict:
     """Name -> LR→SR function (None: the pair's existing SR), bicubic first whenever there is an LR."""
     from pairforge.training.model import evaluate as ev
 
     methods: dict = {}
     if mode == "sr":
-        methods[req.name or req.sr.resolve().name] = None
-    elif req.model != "bicubic":
-        model = ev.ModelMethod(Path(req.model), scale, device, req.name, tile=req.tile, overlap=req.overlap,
-                               color_fix=req.color_fix)
-        methods[model.name] = model
+        methods[(req.name or [None])[0] or req.sr.resolve().name] = None
+    options = {"tile": req.tile, "overlap": req.overlap, "color_fix": req.color_fix}
+    for name, model in models.items():
+        methods[name] = ev.ModelMethod(model, scale, **options)
     if mode != "sr" or req.lr is not None:
         methods = {"bicubic": lambda lr: ev.bicubic_upscale(lr, scale), **methods}
     return methods
@@ -304,7 +330,8 @@ def _settings(req: EvalRequest, mode: str, scale: int, crop: int, device: str, b
     options = {k: v for k, v in (("tile", req.tile), ("overlap", req.overlap), ("color_fix", req.color_fix))
                if v is not None}
     return {"mode": mode, "scale": scale, "crop_border": crop, "device": device, "perceptual_backbone": backbone,
-            "sr": _s(req.sr), "hr": _s(req.hr), "lr": _s(req.lr), "data": req.data, "model": req.model,
+            "sr": _s(req.sr), "hr": _s(req.hr), "lr": _s(req.lr), "data": req.data,
+            "model": req.model[0] if len(req.model) == 1 else (req.model or None),
             "model_options": options, "preset": req.preset, "seed": req.seed if mode == "preset" else None,
             "dataset_name": req.dataset_name, "protocol": req.protocol, "pairs_option": req.pairs,
             "crops_columns": (["lr (nearest)"] if mode != "sr" or req.lr else []) + methods + ["hr"]}

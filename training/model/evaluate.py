@@ -37,6 +37,7 @@ from pairforge.errors import UsageError
 from pairforge.training.model import pixels
 from pairforge.training.model.metrics import psnr_y, ssim_y
 from pairforge.training.model.published import PublishedRow
+from pairforge.training.model.sr_models import export_name
 
 __all__ = ["EvalError", "Pair", "COLUMNS", "NO_REFERENCE", "read_image", "match_folders", "sr_folder_pairs",
            "lr_folder_pairs", "dataset_pairs", "preset_pairs", "bicubic_upscale", "ModelMethod", "Scorer",
@@ -277,7 +278,7 @@ def select_dataset_pairs(url: str, export_dir: str | Path | None, choice: str | 
         return DataSelection(str(url), choice or "all", all_reads, {}, f"scoring all {n_all}pairs of {shown}",
                              "bicubic has no training", None, entries)
     split = training_split(export_dir)
-    name = model_name(Path(export_dir))
+    name = export_name(Path(export_dir))
     if split is None:
         why = (f"{export_dir} has no record of what it trained on (RUN/run.json with a data split, written by "
                "`pairforge train`)")
@@ -408,32 +409,21 @@ def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
 
 
 class ModelMethod:
-    """An exported generator, run through the inference module's tiled ``upscale_tensor``.
+    """A loaded model (:mod:`pairforge.training.model.sr_models`: an export or a published
+    checkpoint) as an LR → SR function on 8-bit arrays.
 
-    ``options`` go to ``upscale_tensor`` as given (tile, overlap, color fix …); what is not given
-    keeps the inference module's defaults, so ``eval`` scores what ``pairforge upscale`` writes.
+    ``options`` go to the model's ``upscale`` as given (tile, overlap, colour fix …); what is not
+    given keeps the inference defaults, so ``eval`` scores what ``pairforge upscale`` writes.
     """
 
-    def __init__(self, export_dir: Path, scale: int, device: str, name: str | None = None, **options) -> None:
-        from pairforge.training.model import inference
-
-        self.export_dir = Path(export_dir)
-        self.name = name or model_name(self.export_dir)
-        self.scale = scale
+    def __init__(self, model, scale: int, **options) -> None:
+        self.model, self.name, self.scale = model, model.name, scale
         self.options = {k: v for k, v in options.items() if v is not None}
-        self._upscale = inference.upscale_tensor
-        self.generator = inference.load_generator(self.export_dir, device)
 
     def __call__(self, lr: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            sr = self._upscale(self.generator, _to_tensor(lr), self.scale, **self.options)
+            sr = self.model.upscale(_to_tensor(lr), self.scale, **self.options)
         return pixels.to_uint8(sr)
-
-
-def model_name(export_dir: Path) -> str:
-    """``runs/d3sr/export`` → ``d3sr``; any other folder → its own name."""
-    p = Path(export_dir).resolve()
-    return p.parent.name if p.name == "export" and p.parent.name else p.name
 
 
 # ----------------------------------------------------------------------------- scoring
