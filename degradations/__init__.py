@@ -15,29 +15,27 @@ chain faster (:func:`retain_freed_memory`) is opt-in, applied by pairforge's own
 #: extent, differentiable JPEG per sample), so content-addressed shards never mix engines.
 __version__ = "0.2.0"
 
-from .chain import StageTimer, apply_chain
-from .config import ConfigError, DegradationConfig, available_presets, load_preset
-from .degrader import Degrader, replay
-from .describe import describe_record
-from .filters import usm_sharpen
-from .kernels import build_kernels
-from .memory import retain_freed_memory
-from .sampling import RECORD_FORMAT, draw_record
+import importlib
 
-__all__ = [
-    "ConfigError",
-    "DegradationConfig",
-    "Degrader",
-    "RECORD_FORMAT",
-    "StageTimer",
-    "__version__",
-    "apply_chain",
-    "available_presets",
-    "build_kernels",
-    "describe_record",
-    "draw_record",
-    "load_preset",
-    "replay",
-    "retain_freed_memory",
-    "usm_sharpen",
-]
+#: public name → the module that defines it, imported on first use (PEP 562): reading a preset
+#: (``pairforge presets``, a synth dry run) then does not import torch (~2 s per command)
+_EXPORTS = {
+    "StageTimer": "chain", "apply_chain": "chain",
+    "ConfigError": "config", "DegradationConfig": "config", "available_presets": "config", "load_preset": "config",
+    "Degrader": "degrader", "replay": "degrader",
+    "describe_record": "describe", "usm_sharpen": "filters", "build_kernels": "kernels",
+    "retain_freed_memory": "memory", "RECORD_FORMAT": "sampling", "draw_record": "sampling",
+}
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

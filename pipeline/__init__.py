@@ -17,22 +17,31 @@ training loop: ranks, epochs, resume).
 """
 from __future__ import annotations
 
-from .job import JobError, SynthResult, synth
-from .pair_dataset import PairDataset, PairLoader
-from .patching import PatchConfig
-from .shards import (
-    EncodeConfig,
-    ShardIntegrityError,
-    UnsafeMemberError,
-    load_manifest,
-    read_pairs,
-    shard_urls,
-    verify_shard,
-)
-from .sources import SourceError
-from .storage import StorageConfig, StorageError
-from .synth_config import DatasetConfig, RunConfig, SynthConfig
+import importlib
 
-__all__ = ["synth", "PairDataset", "PairLoader", "SynthConfig", "DatasetConfig", "RunConfig", "PatchConfig", "EncodeConfig", "SynthResult",
-           "JobError", "SourceError", "read_pairs", "load_manifest", "shard_urls", "UnsafeMemberError",
-           "ShardIntegrityError", "verify_shard", "StorageConfig", "StorageError"]
+#: public name → the module that defines it. Imported on first use (PEP 562): `pairforge ls`,
+#: `inspect` or `presets` then start without torch (~2 s each), which only synth and the readers need.
+_EXPORTS = {
+    "synth": "job", "SynthResult": "job", "JobError": "job",
+    "PairDataset": "pair_dataset", "PairLoader": "pair_dataset",
+    "PatchConfig": "patching",
+    "EncodeConfig": "shards", "ShardIntegrityError": "shards", "UnsafeMemberError": "shards",
+    "load_manifest": "shards", "read_pairs": "shards", "shard_urls": "shards", "verify_shard": "shards",
+    "SourceError": "sources",
+    "StorageConfig": "storage", "StorageError": "storage",
+    "DatasetConfig": "synth_config", "RunConfig": "synth_config", "SynthConfig": "synth_config",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
