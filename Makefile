@@ -20,8 +20,8 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[test]'
+	# one resolve for torch and the project (two calls resolved torch's dependencies twice)
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 -e '.[test]'
 	@touch $(STAMP)
 
 # lint first (seconds): a finding fails `make test` before the suite's minutes are spent
