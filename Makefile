@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # kill/resume scenarios, so two workers fit two cores.
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test lint venv bench clean
+.PHONY: demo test lint venv bench wheelhouse clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,13 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/degradations.py
+
+# an offline bundle for a GPU node that has its own torch: every other wheel pairforge needs
+# (docs/clusters.md, "Air-gapped GPU nodes"); WHEELHOUSE_ARGS='--without ray' for a training-only node
+WHEELHOUSE ?= wheelhouse
+WHEELHOUSE_ARGS ?=
+wheelhouse: $(STAMP)
+	$(PY) tools/wheelhouse.py $(WHEELHOUSE) $(WHEELHOUSE_ARGS)
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache
