@@ -190,15 +190,18 @@ def test_upscale_with_a_checkpoint(pairs, tmp_path):
     for name in ("coffee", "chelsea", "rocket"):
         assert np.asarray(Image.open(tmp_path / "sr" / f"{name}.png")).shape == (96, 128, 3)
     assert "Warning" not in run.stderr, run.stderr  # no third-party noise
-    other = subprocess.run([*PAIRFORGE, "upscale", str(pairs / "lr" / "coffee.png"), str(tmp_path / "x.png"),
-                            "--model", str(ckpt), "--scale", "2", "--device", "cpu"],
-                           capture_output=True, text=True, timeout=240)
-    lines = other.stderr.strip().splitlines()
-    assert other.returncode == 2 and len(lines) == 1 and "×4 model; it cannot upscale ×2" in lines[0], other.stderr
+
+
+def test_upscale_refuses_another_scale_and_a_file_that_is_no_model(pairs, tmp_path, capsys):
+    ckpt = checkpoint(tmp_path, "esrgan", 4)
+    assert main(["upscale", str(pairs / "lr" / "coffee.png"), str(tmp_path / "x.png"), "--model", str(ckpt),
+                 "--scale", "2", "--device", "cpu"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "×4 model; it cannot upscale ×2" in lines[0], lines
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x00" * 64)
-    bad = subprocess.run([*PAIRFORGE, "upscale", str(pairs / "lr" / "coffee.png"), str(tmp_path / "y.png"),
-                          "--model", str(junk), "--device", "cpu"], capture_output=True, text=True, timeout=240)
-    lines = bad.stderr.strip().splitlines()
-    assert bad.returncode == 2 and len(lines) == 1 and "not a readable checkpoint" in lines[0], bad.stderr
+    assert main(["upscale", str(pairs / "lr" / "coffee.png"), str(tmp_path / "y.png"), "--model", str(junk),
+                 "--device", "cpu"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "not a readable checkpoint" in lines[0], lines
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "y.png").exists()
