@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # kill/resume scenarios, so two workers fit two cores.
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test lint venv bench wheelhouse clean
+.PHONY: demo test lint venv bench wheelhouse full-size clean
 
 venv: $(STAMP)
 
@@ -43,6 +43,11 @@ WHEELHOUSE ?= wheelhouse
 WHEELHOUSE_ARGS ?=
 wheelhouse: $(STAMP)
 	$(PY) tools/wheelhouse.py $(WHEELHOUSE) $(WHEELHOUSE_ARGS)
+
+# the full-size d3sr-sd21 preset (random SD2.1 weights) through train/resume/upscale/eval on this
+# machine; minutes and ~15 GB of memory per rank, so not part of `make test`
+full-size: $(STAMP)
+	$(PY) bench/full_size_commands.py --out bench/results/full-size-$$(date +%F).md
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache
