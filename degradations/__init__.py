@@ -15,7 +15,7 @@ chain faster (:func:`retain_freed_memory`) is opt-in, applied by pairforge's own
 #: extent, differentiable JPEG per sample), so content-addressed shards never mix engines.
 __version__ = "0.2.0"
 
-import importlib
+from pairforge.lazy import lazy_exports
 
 #: public name → the module that defines it, imported on first use (PEP 562): reading a preset
 #: (``pairforge presets``, a synth dry run) then does not import torch (~2 s per command)
@@ -27,15 +27,4 @@ _EXPORTS = {
     "retain_freed_memory": "memory", "RECORD_FORMAT": "sampling", "draw_record": "sampling",
 }
 __all__ = ["__version__", *_EXPORTS]
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -17,7 +17,7 @@ training loop: ranks, epochs, resume).
 """
 from __future__ import annotations
 
-import importlib
+from pairforge.lazy import lazy_exports
 
 #: public name → the module that defines it. Imported on first use (PEP 562): `pairforge ls`,
 #: `inspect` or `presets` then start without torch (~2 s each), which only synth and the readers need.
@@ -32,16 +32,4 @@ _EXPORTS = {
     "DatasetConfig": "synth_config", "RunConfig": "synth_config", "SynthConfig": "synth_config",
 }
 __all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
