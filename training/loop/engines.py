@@ -109,6 +109,52 @@ def skip_shm_comm_op() -> bool:
     return True
 
 
+#: DeepSpeed's Muon modules, imported by its ZeRO code only to ask whether the optimizer is Muon
+MUON_MODULES = ("deepspeed.runtime.zero.muon.muon_optimizer", "deepspeed.runtime.zero.muon.original_muon")
+
+
+class _NotMuon:
+    """What the stand-in modules hand out for any name: a class no optimizer is an instance
+    of (``isinstance`` answers False) and that refuses to be called."""
+
+    def __new__(cls, *args, **kwargs):
+        raise RuntimeError("pairforge trains with AdamW; DeepSpeed's Muon optimizer is not loaded")
+
+
+def _not_muon_attribute(name: str) -> type:
+    """Module ``__getattr__`` of a stand-in: every public name is :class:`_NotMuon`; dunder
+    names (``__file__`` …, which ``inspect`` and pickle probe) do not exist."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    return _NotMuon
+
+
+def skip_muon_probe() -> list[str]:
+    """Answer DeepSpeed's "is this optimizer Muon?" checks without importing Muon; call before
+    ``deepspeed.initialize``. Returns the modules stood in for.
+
+    Why: ``deepspeed.initialize`` (``is_zero_supported_optimizer``), ZeRO-1/2's first gradient
+    partition and ZeRO-3 / bf16 set-up import ``MuonWithAuxAdam`` and ``muon_update`` only to
+    ask ``isinstance(optimizer, MuonWithAuxAdam)`` or ``tensor.use_muon``; those imports pull in
+    ``torch._inductor`` kernels and take ~4.7 s of every rank's start on 2 CPU cores (measured:
+    1.9 s + 2.8 s). pairforge hands DeepSpeed ``torch.optim.AdamW`` objects only, so the answer
+    is always "no": stand-in modules whose every name is :class:`_NotMuon` give it. A module
+    imported already (a user's own Muon code) is left alone.
+    """
+    import sys
+    import types
+
+    stood_in = []
+    for name in MUON_MODULES:
+        if name in sys.modules:
+            continue
+        module = types.ModuleType(name, "pairforge: stands in for DeepSpeed's Muon optimizer (never used)")
+        module.__getattr__ = _not_muon_attribute
+        sys.modules[name] = module
+        stood_in.append(name)
+    return stood_in
+
+
 def build_engine(module: torch.nn.Module, engine_cfg, optim_cfg, micro_batch: int,
                  override_path: str | None = None):
     import deepspeed
@@ -116,6 +162,7 @@ def build_engine(module: torch.nn.Module, engine_cfg, optim_cfg, micro_batch: in
     from pairforge.training.loop.checkpoint import install_safe_checkpoint_engine
 
     ds_cfg = deepspeed_config(engine_cfg, optim_cfg, micro_batch, override_path)
+    skip_muon_probe()
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=make_optimizer(module, optim_cfg),
                                            config=ds_cfg)
     install_safe_checkpoint_engine(engine)
