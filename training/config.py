@@ -88,10 +88,16 @@ class DiscriminatorConfig:
     #: range of the shared diffusion time t ~ U[t_min, t_max] for real and fake latents
     t_min: int = 0
     t_max: int = 999
+    #: what D's inputs go through first, in D's step and in G's adversarial term: "none" or
+    #: "dihedral" (the same random flip/90° rotation for a sample's real and fake latent; against
+    #: a small dataset's memorisation, see training/loop/d_augment.py)
+    augment: Literal["none", "dihedral"] = "none"
     #: how generator latents enter a discriminator trained on another VAE's latent space:
     #: "rescale" = z / s_gen * s_disc (explicit scaling-factor change, 0.18215 → 0.13025),
     #: "reencode" = encode the generated/real image with the discriminator's own VAE.
-    latent_adapter: Literal["rescale", "reencode"] = "rescale"
+    #: "unshuffle" (tiny presets only) = a lossless space-to-depth view of the image, for a
+    #: generator latent that does not keep the detail D must judge (the tiny box-filter VAE).
+    latent_adapter: Literal["rescale", "reencode", "unshuffle"] = "rescale"
     #: fixed conditioning for the UNet's cross-attention (and SDXL's pooled embedding):
     #: "zeros", "empty-prompt" (encoded once from pretrained_path's text encoder(s)) or a
     #: .safetensors file with `prompt_embeds` (+ `pooled_prompt_embeds` for SDXL)
@@ -216,6 +222,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check(d.train_lora or d.train_backbone, "discriminator.train_lora",
            "nothing in the discriminator would train", d.train_lora)
     _check(d.head_hidden >= 1, "discriminator.head_hidden", "expected an integer >= 1", d.head_hidden)
+    _check(d.latent_adapter != "unshuffle" or d.arch in ("tiny", "tiny-sdxl"), "discriminator.latent_adapter",
+           "'unshuffle' needs a random-init tiny discriminator (a pretrained UNet's conv_in reads 4 latent channels)",
+           d.latent_adapter)
     _check(0 <= d.t_min <= d.t_max <= 999, "discriminator.t_max", "expected 0 <= t_min <= t_max <= 999",
            (d.t_min, d.t_max))
     for name in ("mse", "ea_dists", "dists", "lpips", "adv"):

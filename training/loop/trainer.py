@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader
 
 from pairforge.training.config import TrainConfig, from_dict
 from pairforge.training.loop import checkpoint as ckpt
+from pairforge.training.loop.d_augment import augment
 from pairforge.training.loop.data import batch_val, load_val_pairs, make_train_loader, split_train_val
 from pairforge.training.loop.engines import build_engines, frozen, init_distributed
 from pairforge.training.loop.logging_utils import RunLogger, image_grid
@@ -113,11 +114,13 @@ def generator_step(engine_g, engine_d, loss_fn, lr_up, hr, cfg: TrainConfig, noi
         fake_logits = None
         if use_adv:
             t = torch.randint(d_cfg.t_min, d_cfg.t_max + 1, (hr.shape[0],), device=device, generator=noise_gen)
-            noise = torch.randn(out_g["z_fake"].shape, device=device, generator=noise_gen)
+            shape = engine_d.module.latent_shape(out_g["z_fake"], out_g["sr"])
+            noise = torch.randn(shape, device=device, generator=noise_gen)
             # D's *module*, not its engine: an engine forward registers backward hooks on its
             # outputs that would run D's gradient reduction (and rescale the gradient by D's
             # accumulation steps) inside the G backward.
-            fake_logits = engine_d.module(out_g["z_fake"], t, noise, image01=out_g["sr"])
+            z_fake, sr = augment(d_cfg.augment, [out_g["z_fake"], out_g["sr"]], noise_gen, device)
+            fake_logits = engine_d.module(z_fake, t, noise, image01=sr)
         loss_g, parts = loss_fn(out_g["sr"], hr, fake_logits, use_adv=use_adv)
         engine_g.backward(loss_g)
         engine_g.step()
@@ -132,10 +135,12 @@ def discriminator_step(engine_d, out_g, hr, cfg: TrainConfig, noise_gen, device)
     d_cfg = cfg.discriminator
     z_real, z_fake = out_g["z_real"].detach(), out_g["z_fake"].detach()
     t = torch.randint(d_cfg.t_min, d_cfg.t_max + 1, (hr.shape[0],), device=device, generator=noise_gen)
-    noise_r = torch.randn(z_real.shape, device=device, generator=noise_gen)
-    noise_f = torch.randn(z_fake.shape, device=device, generator=noise_gen)
-    real_logits = engine_d(z_real, t, noise_r, image01=hr.to(z_real.dtype))
-    fake_logits = engine_d(z_fake, t, noise_f, image01=out_g["sr"].detach())
+    noise_r = torch.randn(engine_d.module.latent_shape(z_real, hr), device=device, generator=noise_gen)
+    noise_f = torch.randn(engine_d.module.latent_shape(z_fake, out_g["sr"]), device=device, generator=noise_gen)
+    z_real, hr_d, z_fake, sr_d = augment(d_cfg.augment, [z_real, hr.to(z_real.dtype), z_fake, out_g["sr"].detach()],
+                                         noise_gen, device)
+    real_logits = engine_d(z_real, t, noise_r, image01=hr_d)
+    fake_logits = engine_d(z_fake, t, noise_f, image01=sr_d)
     loss_d = d_loss(real_logits, fake_logits, cfg.loss.gan)
     engine_d.backward(loss_d)
     engine_d.step()

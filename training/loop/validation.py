@@ -69,8 +69,8 @@ def discriminator_sums(latents, discriminator, batches, device, seed: int = 0) -
         z_real, z_fake = out["z_real"], out["z_fake"]
         for lo, hi in D_T_BUCKETS:
             t = torch.randint(lo, hi, (hr.shape[0],), device=device, generator=gen)
-            noise_r = torch.randn(z_real.shape, device=device, generator=gen)
-            noise_f = torch.randn(z_fake.shape, device=device, generator=gen)
+            noise_r = torch.randn(discriminator.latent_shape(z_real, hr), device=device, generator=gen)
+            noise_f = torch.randn(discriminator.latent_shape(z_fake, out["sr"]), device=device, generator=gen)
             real = discriminator(z_real, t, noise_r, image01=hr.to(z_real.dtype))
             fake = discriminator(z_fake, t, noise_f, image01=out["sr"])
             for k, v in d_bucket_sums(real, fake, t).items():

@@ -154,14 +154,14 @@ def set_padding_mode(module: torch.nn.Module, mode: str) -> int:
     return n
 
 
-def tiny_unet(cross_attention_dim: int = 32, sdxl_like: bool = False) -> UNet2DConditionModel:
+def tiny_unet(cross_attention_dim: int = 32, sdxl_like: bool = False, in_channels: int = 4) -> UNet2DConditionModel:
     """A 2-level UNet with cross-attention only at the lower resolution.
 
     ``sdxl_like`` adds SDXL's ``text_time`` added conditions (pooled text embedding +
     6 time ids), so the SDXL code paths are exercised without SDXL weights.
     """
     kwargs = dict(
-        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        sample_size=16, in_channels=in_channels, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=8,

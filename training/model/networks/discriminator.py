@@ -88,8 +88,23 @@ class DiffusionDiscriminator(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.conv_in.weight.dtype
 
+    def latent_shape(self, z_gen: torch.Tensor, image01: torch.Tensor | None = None) -> torch.Size:
+        """The shape of what this discriminator noises for a generator latent / image (the
+        trainer draws the noise, seeded, in this shape)."""
+        if self.latent_adapter == "unshuffle":
+            b, c, h, w = image01.shape
+            f = self.vae_scale_factor
+            return torch.Size((b, c * f * f, h // f, w // f))
+        return z_gen.shape
+
     def to_disc_latent(self, z_gen: torch.Tensor | None, image01: torch.Tensor | None) -> torch.Tensor:
-        """Map a generator latent (or the image, for "reencode") into this UNet's latent space."""
+        """Map a generator latent (or the image, for "reencode" / "unshuffle") into this UNet's
+        input space. "unshuffle" is a lossless space-to-depth view of the image (each f×f block
+        of pixels becomes 3·f² channels at the latent's resolution): for the tiny presets, whose
+        box-filter "VAE" latent drops exactly the detail real and generated images differ in."""
+        if self.latent_adapter == "unshuffle":
+            x = image01.to(self.dtype) * 2 - 1
+            return torch.nn.functional.pixel_unshuffle(x, self.vae_scale_factor)
         if self.latent_adapter == "reencode":
             x = image01.to(self.dtype) * 2 - 1
             return self.vae.encode(x).latent_dist.mode() * self.disc_latent_scale
@@ -130,7 +145,8 @@ def build_discriminator(cfg, gen_latent_scale: float, seed: int = 0) -> Diffusio
         sdxl = cfg.arch == "tiny-sdxl"
         with torch.random.fork_rng():
             torch.manual_seed(seed + bb.SEED_OFFSET_DISCRIMINATOR_BACKBONE)
-            unet = bb.tiny_unet(cross_attention_dim=48 if sdxl else 32, sdxl_like=sdxl)
+            in_channels = 3 * 4 * 4 if cfg.latent_adapter == "unshuffle" else 4  # 4: the tiny VAE's factor
+            unet = bb.tiny_unet(cross_attention_dim=48 if sdxl else 32, sdxl_like=sdxl, in_channels=in_channels)
             if cfg.latent_adapter == "reencode":
                 vae = bb.tiny_vae()
         sched = bb.default_scheduler()
