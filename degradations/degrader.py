@@ -5,6 +5,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .algorithms import Algorithms, batched, use_algorithms
 from .chain import StageTimer, apply_chain
 from .config import DegradationConfig
 from .parallel import for_each_sample, in_sample_thread
@@ -26,9 +27,12 @@ class Degrader:
     A sample's parameters — and, on one device type, its pixels — do not depend on the batch
     it is in, so any batching, ordering or number of workers yields the same dataset.
     ``profile=True`` records per-stage wall time of the last call in ``last_stage_times``.
+    ``algorithms="batched"`` runs the algorithms a CUDA device gets on any device (tests; see
+    :mod:`.algorithms`).
     """
 
-    def __init__(self, cfg: DegradationConfig, device: str | torch.device = "cpu", profile: bool = False) -> None:
+    def __init__(self, cfg: DegradationConfig, device: str | torch.device = "cpu", profile: bool = False,
+                 algorithms: Algorithms = "auto") -> None:
         if not isinstance(cfg, DegradationConfig):
             raise TypeError(f"cfg must be a DegradationConfig (see load_preset), got {type(cfg).__name__}")
         self.cfg = cfg
@@ -36,6 +40,8 @@ class Degrader:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' was requested but torch.cuda.is_available() is False")
         self.profile = profile
+        with use_algorithms(algorithms):  # checks the name now, not at the first call
+            self.algorithms = algorithms
         self.last_stage_times: dict[str, float] = {}
 
     def draw(self, keys: Sequence[str], seed: int, hr_hw: tuple[int, int]) -> list[dict[str, Any]]:
@@ -51,10 +57,11 @@ class Degrader:
         records = self.draw(keys, seed, (int(hr.shape[-2]), int(hr.shape[-1])))
         timer = StageTimer(self.profile, self.device)
         hr = hr.to(self.device, non_blocking=True)
-        if self.device.type == "cpu":
-            lr, codecs = _apply_on_cpu(hr, records, timer)
-        else:
-            lr, codecs = apply_chain(hr, records, timer)
+        with use_algorithms(self.algorithms):
+            if batched(self.device):
+                lr, codecs = apply_chain(hr, records, timer)
+            else:
+                lr, codecs = _apply_on_cpu(hr, records, timer)
         for record, codec in zip(records, codecs):
             record["jpeg_codec"] = codec
             record["device_type"] = self.device.type

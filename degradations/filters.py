@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from .algorithms import batched
 from .canvas import Canvas, _border_index
 from .config import MAX_KERNEL_SIZE
 from .kernels import build_kernels, gaussian_kernel1d
@@ -71,10 +72,10 @@ def blur(canvas: Canvas, params: Sequence[dict[str, Any] | None]) -> Canvas:
     kernels = build_kernels(params, device=canvas.data.device)
     # every pixel a blurred sample's region leaves out is never read again, so it may stay unset
     out = torch.empty_like(canvas.data) if len(index) == len(params) else canvas.data.clone()
-    if canvas.data.device.type == "cpu":
-        _blur_each_image(canvas, kernels, index, out)
-    else:
+    if batched(canvas.data.device):
         _blur_batched(canvas, params, kernels, index, out)
+    else:
+        _blur_each_image(canvas, kernels, index, out)
     return canvas.with_data(out)
 
 

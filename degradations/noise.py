@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .algorithms import batched
 from .canvas import Canvas
 from .parallel import for_each_sample
 from .poisson import poisson_of_levels
@@ -58,11 +59,11 @@ def add_noise(canvas: Canvas, params: Sequence[dict[str, Any] | None]) -> Canvas
         torch.add(image, field(params[i], image).to(x.dtype), out=region).clamp_(0, 1)
 
     work = poisson + gaussian  # slowest first, for balance
-    if device.type == "cpu":
-        for_each_sample(add, work)
-    else:  # CUDA kernels are asynchronous already; host threads would only contend
+    if batched(device):  # CUDA kernels are asynchronous already; host threads would only contend
         for i in work:
             add(i)
+    else:
+        for_each_sample(add, work)
     return canvas.with_data(out)
 
 
@@ -76,7 +77,7 @@ def _poisson_noise(img: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Poisson(img·vals)/vals − img on the 8-bit-quantized image, vals from its level count."""
     levels = torch.mul(img, 255).round_().clamp_(0, 255)
     q = levels / 255
-    if img.device.type == "cpu":  # exact alias-table draws (see poisson.py)
+    if not batched(img.device):  # exact alias-table draws (see poisson.py)
         index = levels.to(torch.int32)
         count = int((torch.bincount(index.flatten(), minlength=256) > 0).sum())
         vals = 2 ** math.ceil(math.log2(count))

@@ -204,3 +204,52 @@ def test_pixels_do_not_depend_on_the_cpu_thread_count(hr, backend):
         torch.set_num_threads(threads)
     assert torch.equal(one, two)
     assert torch.equal(one, singles)
+
+
+def _has_poisson(record) -> bool:
+    return any((record[stage]["noise"] or {}).get("type") == "poisson" for stage in ("first", "second"))
+
+
+@pytest.mark.parametrize("preset", ["realesrgan-x4plus", "osediff"])
+@pytest.mark.parametrize("backend", ["real", "differentiable"])
+def test_the_cuda_algorithms_run_on_cpu_and_give_the_same_pairs(preset, backend):
+    """What a GPU will run (the whole batch through the chain at once, grouped blur over the
+    shared canvas, Poisson drawn with torch.poisson) runs here with ``algorithms="batched"``.
+    Same records; every sample without Poisson noise gets bit-identical pixels; a sample with
+    it gets another draw of the same noise (checked below), so only those may differ."""
+    cfg = load_preset(preset, jpeg_backend=backend)
+    hr = _photos(16, 128)
+    keys = [f"b{i}" for i in range(16)]
+    per_sample, records = Degrader(cfg)(hr, keys=keys, seed=5)
+    batched, records_b = Degrader(cfg, algorithms="batched")(hr, keys=keys, seed=5)
+    assert records_b == records
+    plain = [i for i, r in enumerate(records) if not _has_poisson(r)]
+    noisy = [i for i, r in enumerate(records) if _has_poisson(r)]
+    assert plain and noisy, "the batch should hold samples with and without Poisson noise"
+    assert torch.equal(batched[plain], per_sample[plain])
+    assert not torch.equal(batched[noisy], per_sample[noisy])  # the batched Poisson path really ran
+
+
+def test_batched_poisson_draws_the_same_noise_distribution():
+    """The two Poisson algorithms (CPU: exact alias tables; batched/CUDA: torch.poisson) give
+    noise with the same per-level mean and variance on an image holding every 8-bit level."""
+    from pairforge.degradations.algorithms import use_algorithms
+    from pairforge.degradations.noise import _poisson_noise
+
+    img = (torch.arange(256.0) / 255).repeat(3, 512, 1)  # (3, 512, 256): each level 1536 times
+    stats = {}
+    for kind in ("auto", "batched"):
+        with use_algorithms(kind):
+            noise = _poisson_noise(img, torch.Generator().manual_seed(11))
+        stats[kind] = (noise.mean().item(), noise.var().item(), noise.mean(dim=(0, 1)))
+    expected_var = (img.mean() / 256).item()  # Var[Poisson(q·v)/v] = q/v, v = 256 levels here
+    for kind, (mean, var, _) in stats.items():
+        assert abs(mean) < 5 * (expected_var / img.numel()) ** 0.5, (kind, mean)  # 5 standard errors
+        assert abs(var / expected_var - 1) < 0.02, (kind, var, expected_var)
+    level_means = stats["auto"][2] - stats["batched"][2]
+    assert level_means.abs().max() < 6 * (1 / 256) ** 0.5 * (1 / 1536 * 2) ** 0.5  # 6σ per level
+
+
+def test_an_unknown_algorithm_choice_is_refused():
+    with pytest.raises(ValueError, match="algorithms"):
+        Degrader(load_preset("osediff"), algorithms="fast")
