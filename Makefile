@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # kill/resume scenarios, so two workers fit two cores.
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test lint venv bench wheelhouse full-size clean
+.PHONY: demo test lint venv bench wheelhouse full-size gpu-check clean
 
 venv: $(STAMP)
 
@@ -48,6 +48,13 @@ wheelhouse: $(STAMP)
 # machine; minutes and ~15 GB of memory per rank, so not part of `make test`
 full-size: $(STAMP)
 	$(PY) bench/full_size_commands.py --out bench/results/full-size-$$(date +%F).md
+
+# one GPU node, a few minutes: CUDA tests, degradation GPU rows beside CPU, a full-size bf16 step per
+# ZeRO stage, upscale latency and tiled memory; one results file (bench/gpu_check.py). Without CUDA
+# it says what it skipped and exits 0. GPU_CHECK_ARGS='--skip train-step' and so on.
+GPU_CHECK_ARGS ?=
+gpu-check: $(STAMP)
+	$(PY) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache
