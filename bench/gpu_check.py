@@ -73,7 +73,7 @@ def _photos(n: int, size: int) -> torch.Tensor:
 def degradation(ctx: dict) -> list[str]:
     from pairforge.degradations import Degrader, load_preset
 
-    rows = ["| preset | HR | JPEG | GPU pairs/s | CPU pairs/s | GPU JPEG stages s | GPU−CPU mean |Δ| (levels) |",
+    rows = ["| preset | HR | JPEG | GPU pairs/s | CPU pairs/s | GPU JPEG stages s | GPU−CPU mean abs. difference (8-bit levels) |",
             "|---|---|---|---|---|---|---|"]
     for size, batch in ((256, 32), (512, 16)):
         hr = _photos(batch, size)
