@@ -73,7 +73,7 @@ from pairforge.degradations.rng import SampleRng
 from pairforge.errors import UsageError
 
 from .decode import to_float
-from .shards import ShardReader, dataset_shard, decode_sample, load_manifest
+from .shards import ShardReader, dataset_shard, decode_sample, load_manifest, pick_shards
 from .storage import redact
 
 REMAINDERS = ("repeat", "drop")
@@ -397,18 +397,7 @@ def _select_entries(url: str, shards: Sequence[int | str | dict] | None,
         entries = [dict(s) for s in shards]
     else:
         listed = load_manifest(url, storage_options)["shards"]
-        if shards is None:
-            entries = list(listed)
-        else:
-            by_name = {e["name"]: e for e in listed}
-            entries = []
-            for s in shards:
-                if isinstance(s, (int, np.integer)) and -len(listed) <= int(s) < len(listed):
-                    entries.append(listed[int(s)])
-                elif isinstance(s, str) and s in by_name:
-                    entries.append(by_name[s])
-                else:
-                    raise UsageError(f"shard {s!r} is not part of {redact(url)} ({len(listed)} shards)")
+        entries = list(listed) if shards is None else pick_shards(listed, shards, lambda e: e["name"], url)
     entries = [e for e in entries if int(e["count"]) > 0]
     if not entries:
         raise UsageError(f"{redact(url)}: the chosen shards hold no samples")

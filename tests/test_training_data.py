@@ -137,6 +137,14 @@ def test_views_crops_outputs_and_params(uneven_dataset):
         PairDataset(url, views="some")
     with pytest.raises(UsageError, match="shard 'nope.tar' is not part of"):
         PairDataset(url, shards=["nope.tar"])
+    # one picking rule for every reader: the dataset object and the shard resolver agree
+    from pairforge.pipeline.shards import shard_sources
+
+    names = [e["name"] for e in PairDataset(url, shards=[-1, 0]).entries]
+    assert [s.name for s in shard_sources(url, [-1, 0])] == names
+    with pytest.raises(UsageError, match="shard 'nope.tar' is not part of") as refused:
+        shard_sources(url, ["nope.tar"])
+    assert isinstance(refused.value, KeyError)  # what shard_urls callers caught before
 
 
 @pytest.mark.parametrize("workers", [0, 2])

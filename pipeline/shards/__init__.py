@@ -15,7 +15,9 @@ from .reader import (
     ShardReader,
     ShardSource,
     SkippedShards,
+    UnknownShard,
     dataset_shard,
+    pick_shards,
     read_pairs,
     shard_sources,
     shard_urls,
@@ -29,6 +31,6 @@ __all__ = [
     "EncodeConfig", "encode_image", "encode_sample", "decode_image_bytes", "decode_sample", "UnsafeMemberError",
     "ShardResult", "write_shard", "write_stats",
     "build_manifest", "committed_shards", "unconfirmed_shards", "load_manifest", "read_json", "pretty_json",
-    "ShardSource", "dataset_shard", "shard_sources", "shard_urls", "ShardReader", "ShardIntegrityError",
+    "ShardSource", "dataset_shard", "shard_sources", "shard_urls", "pick_shards", "UnknownShard", "ShardReader", "ShardIntegrityError",
     "SkippedShards", "verify_shard", "verified_stream", "read_pairs", "ON_DAMAGE",
 ]

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from pairforge.errors import WorkFailed
+from pairforge.errors import UsageError, WorkFailed
 
 from .. import storage
 from .codec import decode_sample
@@ -68,17 +68,29 @@ def shard_sources(url: str, shards: Sequence[int | str] | None = None,
         sources = [ShardSource(storage.normalize(url))]
     else:
         sources = [dataset_shard(url, s) for s in load_manifest(url, storage_options)["shards"]]
-    if shards is None:
-        return sources
-    by_name = {s.name: s for s in sources}
+    return sources if shards is None else pick_shards(sources, shards, lambda s: s.name, url)
+
+
+class UnknownShard(UsageError, KeyError):
+    """A shard picked by index or name that the dataset does not have (exit 2: the user's pick)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+def pick_shards(listed: Sequence[Any], picks: Sequence[int | str], name_of: Callable[[Any], str],
+                url: str) -> list[Any]:
+    """The items of ``listed`` (a dataset's shards, in manifest order) that ``picks`` names, by
+    index (negative counts from the end) or by shard name; the one rule for every reader."""
+    by_name = {name_of(item): item for item in listed}
     out = []
-    for s in shards:
-        if isinstance(s, (int, np.integer)):
-            out.append(sources[int(s)])
-        elif s in by_name:
-            out.append(by_name[s])
+    for p in picks:
+        if isinstance(p, (int, np.integer)) and -len(listed) <= int(p) < len(listed):
+            out.append(listed[int(p)])
+        elif isinstance(p, str) and p in by_name:
+            out.append(by_name[p])
         else:
-            raise KeyError(f"shard {s!r} is not part of {storage.redact(url)}")
+            raise UnknownShard(f"shard {p!r} is not part of {storage.redact(url)} ({len(listed)} shards)")
     return out
 
 
