@@ -269,6 +269,14 @@ class PairDataset(IterableDataset):
                            for e in self.entries])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    def set_layout(self, batch_size: int, num_workers: int, batches: int | None = None) -> None:
+        """The loader's batch size and worker count (and, to start mid-epoch, how many batches of
+        this epoch were taken), for a DataLoader built around this dataset by hand rather than by
+        :meth:`loader` — the trainer does, to pick its own worker start method."""
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        if batches is not None:
+            self.batches = int(batches)
+
     def loader(self, batch_size: int, num_workers: int = 0, **loader_kw: Any) -> PairLoader:
         """A DataLoader over this dataset that counts the batches it hands out (for :meth:`state_dict`)."""
         return PairLoader(self, batch_size, num_workers, **loader_kw)
@@ -350,7 +358,7 @@ class PairLoader:
         if loader_kw.get("persistent_workers"):
             raise UsageError("persistent_workers would keep the workers' first epoch: PairLoader starts them "
                              "per epoch")
-        dataset.batch_size, dataset.num_workers = int(batch_size), int(num_workers)
+        dataset.set_layout(batch_size, num_workers)
         self.dataset = dataset
         self.drop_last = bool(loader_kw.get("drop_last", False))
         self._loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, **loader_kw)

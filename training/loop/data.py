@@ -82,7 +82,7 @@ def train_dataset(url: str, shards: list[dict], rank: int, world: int, batch_siz
     ds = PairDataset(url, shards=shards, seed=seed, rank=rank, world_size=world, crop=crop,
                      shuffle_window=shuffle_window, endless=True, transform=generator_pair,
                      storage_options=storage_options)
-    ds.batch_size, ds.num_workers, ds.batches = batch_size, num_workers, start_batches
+    ds.set_layout(batch_size, num_workers, batches=start_batches)
     return ds
 
 
