@@ -24,6 +24,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -131,25 +132,44 @@ def photo_dir(tmp_path_factory):
     return root
 
 
+@contextlib.contextmanager
+def _environ(values: dict[str, str]):
+    """``os.environ`` with ``values`` set inside the block, as it was after it."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
-def dist_env():
+def _in_process_rank() -> dict[str, str]:
     """One in-process gloo rank (DeepSpeed needs a process group), made once per session:
     DeepSpeed caches process groups, so destroying and re-creating the default group between
-    test modules leaves it holding stale ones."""
+    test modules leaves it holding stale ones. Returns its launch variables."""
     from pairforge.training.loop.engines import init_distributed
     from pairforge.training.runtime.launch import default_env, free_port
 
-    old = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                                          "TORCH_EXTENSIONS_DIR")}
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(free_port()), **{k: v for k, v in default_env().items()})
-    init_distributed()
-    yield
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    env = dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
+               **default_env())
+    with _environ(env):
+        init_distributed()
+    return env
+
+
+@pytest.fixture(scope="module")
+def dist_env(_in_process_rank):
+    """The in-process rank, with its launch variables (which DeepSpeed reads while building and
+    stepping engines) set only while the module that asks for it runs. Left set for the rest of
+    the session, a later test's ``pairforge train`` in this worker inherited RANK/MASTER_PORT,
+    took them for torchrun's and met the in-process rank's port (EADDRINUSE)."""
+    with _environ(_in_process_rank):
+        yield
 
 
 # --------------------------------------------------------------------------- perceptual weights and pyiqa's calibration
