@@ -36,7 +36,7 @@ import torch
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-sys.path.insert(0, str(BENCH))  # full_size_commands
+sys.path.insert(0, str(BENCH))  # full_size_commands, degradations (the bench's, first on the path)
 PAIRFORGE = [sys.executable, "-m", "pairforge.clusters.cli"]
 CHECKS = ("cuda-tests", "degradation", "train-step", "upscale")
 #: D3SR's reported latency for a 512² output on an A100-40GB (paper, complexity table; shared/reference/methods.md)
@@ -57,26 +57,14 @@ def cuda_tests(ctx: dict) -> list[str]:
     return [f"pytest (CUDA tests): {summary}"]
 
 
-def _photos(n: int, size: int) -> torch.Tensor:
-    import numpy as np
-    from skimage import data
-
-    images = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
-    out = []
-    for i in range(n):
-        img = images[i % len(images)]
-        reps = (-(-size // img.shape[0]), -(-size // img.shape[1]), 1)
-        out.append(torch.from_numpy(np.ascontiguousarray(np.tile(img, reps)[:size, :size])).permute(2, 0, 1))
-    return torch.stack(out)
-
-
 def degradation(ctx: dict) -> list[str]:
+    from degradations import make_hr  # bench/degradations.py: its sample-photo HR batches
     from pairforge.degradations import Degrader, load_preset
 
     rows = ["| preset | HR | JPEG | GPU pairs/s | CPU pairs/s | GPU JPEG stages s | GPU−CPU mean abs. difference (8-bit levels) |",
             "|---|---|---|---|---|---|---|"]
     for size, batch in ((256, 32), (512, 16)):
-        hr = _photos(batch, size)
+        hr = make_hr(batch, size)
         keys = [f"g{i}" for i in range(batch)]
         for preset in ("realesrgan-x4plus", "osediff"):
             for backend in ("real", "differentiable"):

@@ -28,12 +28,17 @@ def batched(device: torch.device) -> bool:
     return device.type != "cpu" or _FORCE_BATCHED.get()
 
 
+def check_algorithms(kind: str) -> Algorithms:
+    """``kind`` if it is one of :data:`ALGORITHMS`, else a ValueError naming them."""
+    if kind not in ALGORITHMS:
+        raise ValueError(f"algorithms must be one of {ALGORITHMS}, got {kind!r}")
+    return kind
+
+
 @contextlib.contextmanager
 def use_algorithms(kind: Algorithms) -> Iterator[None]:
     """Run the block with the given algorithm choice (see :data:`ALGORITHMS`)."""
-    if kind not in ALGORITHMS:
-        raise ValueError(f"algorithms must be one of {ALGORITHMS}, got {kind!r}")
-    token = _FORCE_BATCHED.set(kind == "batched")
+    token = _FORCE_BATCHED.set(check_algorithms(kind) == "batched")
     try:
         yield
     finally:

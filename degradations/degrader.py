@@ -5,7 +5,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .algorithms import Algorithms, batched, use_algorithms
+from .algorithms import Algorithms, batched, check_algorithms, use_algorithms
 from .chain import StageTimer, apply_chain
 from .config import DegradationConfig
 from .parallel import for_each_sample, in_sample_thread
@@ -40,8 +40,7 @@ class Degrader:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' was requested but torch.cuda.is_available() is False")
         self.profile = profile
-        with use_algorithms(algorithms):  # checks the name now, not at the first call
-            self.algorithms = algorithms
+        self.algorithms = check_algorithms(algorithms)
         self.last_stage_times: dict[str, float] = {}
 
     def draw(self, keys: Sequence[str], seed: int, hr_hw: tuple[int, int]) -> list[dict[str, Any]]:

@@ -135,16 +135,10 @@ def photo_dir(tmp_path_factory):
 @contextlib.contextmanager
 def _environ(values: dict[str, str]):
     """``os.environ`` with ``values`` set inside the block, as it was after it."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in values.items():
+            mp.setenv(k, v)
         yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,7 @@ __all__ = [
     "EncodeConfig", "encode_image", "encode_sample", "decode_image_bytes", "decode_sample", "UnsafeMemberError",
     "ShardResult", "write_shard", "write_stats",
     "build_manifest", "committed_shards", "unconfirmed_shards", "load_manifest", "read_json", "pretty_json",
-    "ShardSource", "dataset_shard", "shard_sources", "shard_urls", "pick_shards", "UnknownShard", "ShardReader", "ShardIntegrityError",
+    "ShardSource", "dataset_shard", "shard_sources", "shard_urls", "pick_shards", "UnknownShard",
+    "ShardReader", "ShardIntegrityError",
     "SkippedShards", "verify_shard", "verified_stream", "read_pairs", "ON_DAMAGE",
 ]

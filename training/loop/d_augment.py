@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import torch
 
-#: ``discriminator.augment`` values
-AUGMENTS = ("none", "dihedral")
-
 
 def draw_symmetries(batch: int, square: bool, generator: torch.Generator, device) -> torch.Tensor:
     """One of the 8 symmetries of the square per sample (0..7: bit 0 = flip, bits 1-2 = quarter

@@ -102,13 +102,12 @@ class DiffusionDiscriminator(nn.Module):
         input space. "unshuffle" is a lossless space-to-depth view of the image (each f×f block
         of pixels becomes 3·f² channels at the latent's resolution): for the tiny presets, whose
         box-filter "VAE" latent drops exactly the detail real and generated images differ in."""
+        if self.latent_adapter == "rescale":
+            return z_gen.to(self.dtype) * (self.disc_latent_scale / self.gen_latent_scale)
+        x = image01.to(self.dtype) * 2 - 1
         if self.latent_adapter == "unshuffle":
-            x = image01.to(self.dtype) * 2 - 1
             return torch.nn.functional.pixel_unshuffle(x, self.vae_scale_factor)
-        if self.latent_adapter == "reencode":
-            x = image01.to(self.dtype) * 2 - 1
-            return self.vae.encode(x).latent_dist.mode() * self.disc_latent_scale
-        return z_gen.to(self.dtype) * (self.disc_latent_scale / self.gen_latent_scale)
+        return self.vae.encode(x).latent_dist.mode() * self.disc_latent_scale
 
     def forward(self, z: torch.Tensor | None, t: torch.Tensor, noise: torch.Tensor,
                 image01: torch.Tensor | None = None) -> torch.Tensor:
@@ -143,9 +142,10 @@ def build_discriminator(cfg, gen_latent_scale: float, seed: int = 0) -> Diffusio
     vae = None
     if cfg.arch in ("tiny", "tiny-sdxl"):
         sdxl = cfg.arch == "tiny-sdxl"
+        vae_factor = 4  # the tiny VAE's
         with torch.random.fork_rng():
             torch.manual_seed(seed + bb.SEED_OFFSET_DISCRIMINATOR_BACKBONE)
-            in_channels = 3 * 4 * 4 if cfg.latent_adapter == "unshuffle" else 4  # 4: the tiny VAE's factor
+            in_channels = 3 * vae_factor ** 2 if cfg.latent_adapter == "unshuffle" else 4
             unet = bb.tiny_unet(cross_attention_dim=48 if sdxl else 32, sdxl_like=sdxl, in_channels=in_channels)
             if cfg.latent_adapter == "reencode":
                 vae = bb.tiny_vae()
@@ -153,7 +153,6 @@ def build_discriminator(cfg, gen_latent_scale: float, seed: int = 0) -> Diffusio
         # a tiny SDXL-like discriminator pretends to live in a different latent space, so the
         # rescale path is exercised; tiny SD-like shares the generator's scale
         disc_scale = bb.SDXL_LATENT_SCALE if sdxl else gen_latent_scale
-        vae_factor = 4
     else:
         subs = ["unet"] + (["vae"] if cfg.latent_adapter == "reencode" else [])
         root = require_folder(cfg.pretrained_path, subs, cfg.hub_id, "discriminator.pretrained_path")
