@@ -1,0 +1,72 @@
+"""tools/venv_install.py hands pip's own settings to uv, so `make` builds the venv pip would build.
+
+The settings come from the real ``pip config list`` (a config file and PIP_* variables), and a
+setting uv cannot follow sends the install to pip rather than being dropped.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("venv_install", ROOT / "tools" / "venv_install.py")
+venv_install = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(venv_install)
+
+
+def _settings_with(tmp_path: Path, config: str, **env: str) -> dict[str, str]:
+    conf = tmp_path / "pip.conf"
+    conf.write_text(config)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    clean.update(PIP_CONFIG_FILE=str(conf), **env)
+    code = "import sys, json; sys.path.insert(0, 'tools'); import venv_install as v; print(json.dumps(v.pip_settings()))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=clean,
+                         check=True).stdout
+    return json.loads(out)
+
+
+def test_pip_settings_follow_pips_precedence(tmp_path):
+    settings = _settings_with(
+        tmp_path,
+        "[global]\nindex-url = https://mirror.example/simple\nfind-links = /global/wheels\n"
+        "[install]\nfind-links = /install/wheels\n",
+        PIP_EXTRA_INDEX_URL="file:///a/simple file:///b/simple", PIP_CONSTRAINT="/c.txt")
+    assert settings["index-url"] == "https://mirror.example/simple"
+    assert settings["find-links"] == "/install/wheels"  # [install] over [global]
+    assert settings["extra-index-url"] == "file:///a/simple file:///b/simple"
+    assert settings["constraint"] == "/c.txt"
+
+
+def test_env_variables_win_over_the_config_file(tmp_path):
+    settings = _settings_with(tmp_path, "[global]\nfind-links = /from/file\n", PIP_FIND_LINKS="/from/env")
+    assert settings["find-links"] == "/from/env"
+
+
+def test_uv_flags_carry_every_index_folder_and_constraint():
+    flags = venv_install.uv_flags({"index-url": "https://m/simple", "extra-index-url": "file:///a file:///b",
+                                   "find-links": "/w1\n/w2", "constraint": "/c.txt", "no-index": "true",
+                                   "trusted-host": "m"})
+    pairs = list(zip(flags[::2], flags[1::2]))
+    assert ("--index-strategy", "unsafe-best-match") in pairs  # pip's best-version-of-all-indexes choice
+    assert ("--index-url", "https://m/simple") in pairs
+    assert [v for k, v in pairs if k == "--extra-index-url"] == ["file:///a", "file:///b"]
+    assert [v for k, v in pairs if k == "--find-links"] == ["/w1", "/w2"]
+    assert ("--constraint", "/c.txt") in pairs and ("--allow-insecure-host", "m") in pairs
+    assert "--no-index" in flags
+
+
+@pytest.mark.parametrize("setting", ["proxy", "client-cert", "require-hashes"])
+def test_a_setting_uv_cannot_follow_sends_the_install_to_pip(setting):
+    with pytest.raises(ValueError, match=setting):
+        venv_install.uv_flags({setting: "x"})
+
+
+def test_the_makefile_builds_the_venv_through_it():
+    makefile = (ROOT / "Makefile").read_text()
+    assert "tools/venv_install.py torch==" in makefile
