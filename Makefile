@@ -10,7 +10,9 @@ PYTEST_ARGS ?=
 # test files run on this many pytest-xdist workers (0: one process). Whole files go to one worker
 # (--dist loadfile), so a module's expensive fixtures (a killed launcher, a trained run) run once;
 # each worker has its own moto server and Ray. Much of the suite waits on subprocesses, Ray and
-# kill/resume scenarios, so two workers fit two cores.
+# kill/resume scenarios, so two workers fit two cores. Files go out longest first (tests/conftest.py:
+# LONGEST_FILES_FIRST); xdist's default order (most tests first) left the few-but-long kill scenarios
+# for the end, one worker running them while the other sat idle.
 PYTEST_WORKERS ?= 2
 
 .PHONY: demo test lint venv bench wheelhouse full-size gpu-check clean
@@ -29,7 +31,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 test: lint
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(VENV)/bin/pairforge demo --out $(DEMO_OUT)

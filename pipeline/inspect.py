@@ -70,6 +70,7 @@ def plot_histograms(values: dict[str, list], path: str, title: str = "") -> int:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     keys = [k for k, v in sorted(values.items()) if len(set(map(str, v))) > 1 or len(values) <= 12]
     keys = keys[:40]
@@ -80,7 +81,9 @@ def plot_histograms(values: dict[str, list], path: str, title: str = "") -> int:
     for ax, k in zip(axes.flat, keys):
         v = values[k]
         if all(isinstance(x, float) for x in v):
-            ax.hist(np.asarray(v, dtype=float), bins=30, color="#4477aa")
+            counts, edges = np.histogram(np.asarray(v, dtype=float), bins=30)
+            ax.stairs(counts, edges, fill=True, color="#4477aa")  # one artist instead of 30 bars
+            ax.xaxis.set_major_locator(MaxNLocator(4))
         else:
             counts: dict[str, int] = defaultdict(int)
             for x in v:
@@ -91,6 +94,7 @@ def plot_histograms(values: dict[str, list], path: str, title: str = "") -> int:
             ax.set_xticklabels(labels, rotation=30, fontsize=7, ha="right")
         ax.set_title(k, fontsize=8)
         ax.tick_params(labelsize=7)
+        ax.yaxis.set_major_locator(MaxNLocator(3, integer=True))  # counts: three ticks read as well as eight
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     if not keys:
