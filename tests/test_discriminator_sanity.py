@@ -210,3 +210,39 @@ def test_bucket_metrics_margin_accuracy_and_empty_buckets():
     assert m["d_acc_t600_1000"] == pytest.approx(0.5)  # a fake logit of exactly 0 is not "< 0"
     assert low_t_words(m) == "; D acc t<100 0.62 (margin +1.000)"
     assert low_t_words({}) == ""
+
+
+@pytest.mark.parametrize("updates", [1, 3])
+def test_discriminator_updates_per_step_is_the_d_to_g_ratio(dist_env, updates):
+    """``discriminator.updates_per_step`` = k: one trainer step updates G once and D k times (the
+    extra D updates reuse the step's fakes, so G runs once)."""
+    from types import SimpleNamespace
+
+    from pairforge.training.loop.engines import build_engine
+    from pairforge.training.loop.losses import GeneratorLoss
+    from pairforge.training.loop.trainer import train_on_batch
+
+    cfg = load_config(preset="tiny", overrides={"loss": {"perceptual_backbone": "random", "ea_dists": 0.0},
+                                                "discriminator": {"updates_per_step": updates}})
+    gen = build_generator(cfg.generator, seed=0)
+    engine_g = build_engine(gen, cfg.engine, cfg.optim_g, 2)
+    engine_d = build_engine(build_discriminator(cfg.discriminator, gen.latent_scale, seed=1), cfg.engine,
+                            cfg.optim_d, 2)
+    calls = []
+    engine_g.module.register_forward_hook(lambda *_: calls.append("G"))
+    nets = SimpleNamespace(engine_g=engine_g, engine_d=engine_d, loss_fn=GeneratorLoss(cfg.loss, {}),
+                           noise_gen=torch.Generator().manual_seed(0))
+    hr = _hr_crops(2, 5)
+    batch = {"hr": hr, "lr_up": F.interpolate(F.avg_pool2d(hr, 4), scale_factor=4, mode="bicubic").clamp(0, 1)}
+    d_before = [p.detach().clone() for p in engine_d.module.parameters()]
+    values = train_on_batch(SimpleNamespace(device="cpu", nets=nets, cfg=cfg), batch, use_adv=False)
+    assert (engine_g.global_steps, engine_d.global_steps, calls) == (1, updates, ["G"])
+    assert any(not torch.equal(a, p.detach()) for a, p in zip(d_before, engine_d.module.parameters()))
+    assert np.isfinite(values["loss_d"])
+
+
+def test_updates_per_step_below_one_is_refused_naming_the_field():
+    from pairforge.training.config import ConfigError
+
+    with pytest.raises(ConfigError, match="discriminator.updates_per_step"):
+        load_config(preset="tiny", overrides={"discriminator": {"updates_per_step": 0}})

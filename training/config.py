@@ -88,6 +88,10 @@ class DiscriminatorConfig:
     #: range of the shared diffusion time t ~ U[t_min, t_max] for real and fake latents
     t_min: int = 0
     t_max: int = 999
+    #: discriminator updates per training step (D:G ratio; D3SR does not say). Each extra update
+    #: reuses the step's detached real and fake latents with a fresh t and noise, so it costs
+    #: D's forward/backward only, not another generator pass.
+    updates_per_step: int = 1
     #: what D's inputs go through first, in D's step and in G's adversarial term: "none" or
     #: "dihedral" (the same random flip/90° rotation for a sample's real and fake latent; against
     #: a small dataset's memorisation, see training/loop/d_augment.py)
@@ -225,6 +229,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check(d.latent_adapter != "unshuffle" or d.arch in ("tiny", "tiny-sdxl"), "discriminator.latent_adapter",
            "'unshuffle' needs a random-init tiny discriminator (a pretrained UNet's conv_in reads 4 latent channels)",
            d.latent_adapter)
+    _check(d.updates_per_step >= 1, "discriminator.updates_per_step", "expected an integer >= 1",
+           d.updates_per_step)
     _check(0 <= d.t_min <= d.t_max <= 999, "discriminator.t_max", "expected 0 <= t_min <= t_max <= 999",
            (d.t_min, d.t_max))
     for name in ("mse", "ea_dists", "dists", "lpips", "adv"):

@@ -365,7 +365,10 @@ def train_on_batch(s: Session, batch: dict, use_adv: bool) -> dict[str, float]:
     n = s.nets
     out_g, loss_g, parts = generator_step(n.engine_g, n.engine_d, n.loss_fn, lr_up, hr, s.cfg, n.noise_gen,
                                           use_adv, s.device)
+    # the first update's logits (before any update on this batch's fakes) are what D is measured on
     loss_d, real_logits, fake_logits, t = discriminator_step(n.engine_d, out_g, hr, s.cfg, n.noise_gen, s.device)
+    for _ in range(s.cfg.discriminator.updates_per_step - 1):
+        discriminator_step(n.engine_d, out_g, hr, s.cfg, n.noise_gen, s.device)
     return {"loss_g": float(loss_g.detach()), "loss_d": float(loss_d.detach()),
             "d_real": float(real_logits.detach().mean()), "d_fake": float(fake_logits.detach().mean()), **parts,
             **d_bucket_sums(real_logits, fake_logits, t)}
