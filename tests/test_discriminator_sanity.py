@@ -44,8 +44,11 @@ def _cfg():
         "loss": {"perceptual_backbone": "random", "adv_start_step": 0, "mse": 0.0, "ea_dists": 0.0, "adv": 1.0},
         # the settings under which a random-init D learns (docs/training.md, "The diffusion
         # discriminator"); the tiny preset keeps D3SR's for its demo
-        "discriminator": {"t_min": 0, "t_max": T_SMALL, "head_norm": "none"},
-        "optim_d": {"lr": 5.0e-4},
+        # D judges latents here (real vs blurred), unaugmented, so the preset's image view and
+        # dihedral augmentation are off
+        "discriminator": {"t_min": 0, "t_max": T_SMALL, "head_norm": "none", "latent_adapter": "rescale",
+                          "augment": "none", "updates_per_step": 1},
+        "optim_d": {"lr": 5.0e-4, "betas": [0.9, 0.999]},
         "data": {"batch_size": BATCH}})
 
 
