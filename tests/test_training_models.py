@@ -48,7 +48,7 @@ def test_lora_only_on_unet_and_trainable_parts():
 
 
 def test_discriminator_sdxl_like_conditions_and_latent_scale():
-    cfg = _cfg(discriminator={"arch": "tiny-sdxl", "train_backbone": False})
+    cfg = _cfg(discriminator={"arch": "tiny-sdxl", "train_backbone": False, "latent_adapter": "rescale"})
     d = build_discriminator(cfg.discriminator, gen_latent_scale=SD21_LATENT_SCALE)
     assert d.sdxl and d.prompt_embeds.shape[-1] == 48 and d.pooled_embeds.shape == (1, 48)
     z = torch.randn(2, 4, 8, 8)
