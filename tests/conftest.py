@@ -39,9 +39,9 @@ import pytest
 os.environ.setdefault("RAY_local_fs_capacity_threshold", "1")
 
 #: the longest test files, longest first, as measured in a fresh clone's `make test --durations=0`
-#: (seconds on 2 cores).  `make test` hands whole files to 2 xdist workers in collection order, so
-#: alphabetical order left the multirank kills (t…) and e2e trainings for the end, one worker
-#: finishing them while the other sat idle.  Longest-first keeps both busy to the last minute.
+#: (seconds on 2 cores).  `make test` hands whole files to 2 xdist workers in collection order
+#: (--no-loadscope-reorder); xdist's own order, most tests first, left the few-but-long multirank
+#: kills and e2e trainings for the end, one worker running them while the other sat idle.
 LONGEST_FILES_FIRST = (
     "test_cluster_ray_multinode.py",      # 239
     "test_docs_snippets.py",              # 230

@@ -6,10 +6,7 @@ setting uv cannot follow sends the install to pip rather than being dropped.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,20 +17,20 @@ venv_install = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(venv_install)
 
 
-def _settings_with(tmp_path: Path, config: str, **env: str) -> dict[str, str]:
+def _settings_with(tmp_path: Path, monkeypatch, config: str, **env: str) -> dict[str, str]:
+    """pip_settings() (it asks a real ``pip config list``) with only this config file and these PIP_*."""
     conf = tmp_path / "pip.conf"
     conf.write_text(config)
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    clean.update(PIP_CONFIG_FILE=str(conf), **env)
-    code = "import sys, json; sys.path.insert(0, 'tools'); import venv_install as v; print(json.dumps(v.pip_settings()))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=clean,
-                         check=True).stdout
-    return json.loads(out)
+    for k in [k for k in os.environ if k.startswith("PIP_")]:
+        monkeypatch.delenv(k)
+    for k, v in {"PIP_CONFIG_FILE": str(conf), **env}.items():
+        monkeypatch.setenv(k, v)
+    return venv_install.pip_settings()
 
 
-def test_pip_settings_follow_pips_precedence(tmp_path):
+def test_pip_settings_follow_pips_precedence(tmp_path, monkeypatch):
     settings = _settings_with(
-        tmp_path,
+        tmp_path, monkeypatch,
         "[global]\nindex-url = https://mirror.example/simple\nfind-links = /global/wheels\n"
         "[install]\nfind-links = /install/wheels\n",
         PIP_EXTRA_INDEX_URL="file:///a/simple file:///b/simple", PIP_CONSTRAINT="/c.txt")
@@ -43,8 +40,8 @@ def test_pip_settings_follow_pips_precedence(tmp_path):
     assert settings["constraint"] == "/c.txt"
 
 
-def test_env_variables_win_over_the_config_file(tmp_path):
-    settings = _settings_with(tmp_path, "[global]\nfind-links = /from/file\n", PIP_FIND_LINKS="/from/env")
+def test_env_variables_win_over_the_config_file(tmp_path, monkeypatch):
+    settings = _settings_with(tmp_path, monkeypatch, "[global]\nfind-links = /from/file\n", PIP_FIND_LINKS="/from/env")
     assert settings["find-links"] == "/from/env"
 
 

@@ -66,8 +66,9 @@ def uv_environment(settings: dict[str, str]) -> dict[str, str]:
     env = dict(os.environ)
     if settings.get("cert"):
         env.setdefault("SSL_CERT_FILE", settings["cert"])
-    if settings.get("timeout") or settings.get("default-timeout"):
-        env.setdefault("UV_HTTP_TIMEOUT", settings.get("timeout") or settings["default-timeout"])
+    timeout = settings.get("timeout") or settings.get("default-timeout")
+    if timeout:
+        env.setdefault("UV_HTTP_TIMEOUT", timeout)
     return env
 
 
